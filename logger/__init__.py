@@ -1,0 +1,13 @@
+"""Training Health: per-batch gradient, activation and dead-unit statistics.
+
+`import training_health` stays light (no TensorFlow). The capture code lives
+in `training_health.keras` (HealthCallback) and `training_health.tf`
+(the GradientTape wrapper), which import TensorFlow.
+"""
+
+__version__ = "0.1.0"
+
+from training_health.format import FORMAT_VERSION, PLUGIN_NAME  # noqa: E402
+from training_health.records import Alert, LayerInfo, StepStats  # noqa: E402
+
+__all__ = ["Alert", "FORMAT_VERSION", "LayerInfo", "PLUGIN_NAME", "StepStats", "__version__"]

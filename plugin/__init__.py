@@ -1,0 +1,1 @@
+"""TensorBoard plugin for Training Health (filled in by the tab issue)."""

@@ -1,0 +1,44 @@
+from setuptools import setup
+
+setup(
+    name="training-health",
+    version="0.1.0",
+    description="Per-batch gradient, activation and dead-unit statistics for Keras, "
+    "with stall alerts and a TensorBoard tab that explains them.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.9",
+    packages=[
+        "training_health",
+        "training_health.detectors",
+        "training_health.plugin",
+    ],
+    package_dir={
+        "training_health": "logger",
+        "training_health.plugin": "plugin",
+    },
+    package_data={"training_health.plugin": ["static/*"]},
+    include_package_data=True,
+    install_requires=["tensorboard>=2.21", "protobuf", "numpy"],
+    extras_require={
+        "tf": ["tensorflow>=2.16"],
+        "s3": ["s3fs", "boto3"],
+        "gcs": ["gcsfs"],
+        "test": [
+            "tensorflow>=2.16",
+            "pytest",
+            "werkzeug",
+            "playwright",
+            "moto[server]",
+            "s3fs",
+            "boto3",
+        ],
+    },
+    entry_points={
+        "console_scripts": ["training-health = training_health.cli:main"],
+        "tensorboard_plugins": [
+            "training_health = training_health.plugin:TrainingHealthLoader",
+        ],
+    },
+)
