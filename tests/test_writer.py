@@ -1,0 +1,188 @@
+"""EventWriter: background writing, failure behaviour and flushing, checked on
+real files (a real failure: the logdir's parent is a regular file)."""
+
+import glob
+import os
+import subprocess
+import textwrap
+import time
+import warnings
+
+import pytest
+from tensorboard.backend.event_processing import event_file_loader
+from tensorboard.compat.proto import event_pb2
+from tensorboard.util import tensor_util
+
+from training_health import format as fmt
+from training_health.writer import EventWriter
+
+from conftest import REPO_ROOT
+
+TAG = fmt.TAG_GLOBAL
+
+
+def _event(step):
+    return fmt.make_event(TAG, step, [float(step), -1.0], wall_time=float(step))
+
+
+def _read_steps(logdir):
+    """Steps of our tag in every event file of `logdir`, file order; checks the header."""
+    steps = []
+    files = sorted(glob.glob(os.path.join(str(logdir), "events.out.tfevents.*")))
+    for path in files:
+        events = list(event_file_loader.EventFileLoader(path).Load())
+        assert events[0].file_version == "brain.Event:2"
+        for event in events[1:]:
+            (value,) = event.summary.value
+            assert value.tag == TAG
+            assert tensor_util.make_ndarray(value.tensor)[0] == event.step
+            steps.append(event.step)
+    return steps
+
+
+def _wait_for(predicate, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_background_thread_writes_without_flush(tmp_path):
+    logdir = tmp_path / "run"
+    writer = EventWriter(str(logdir), flush_secs=0.1)
+    try:
+        start = time.monotonic()
+        for step in range(1, 201):
+            writer.write(_event(step))
+        assert time.monotonic() - start < 1.0  # write() only queues
+        # Nobody calls flush(): the writer's own thread must write them.
+        assert _wait_for(lambda: _read_steps(logdir) == list(range(1, 201)))
+        writer.write(_event(201))
+        assert _wait_for(lambda: _read_steps(logdir) == list(range(1, 202)))
+        assert len(glob.glob(str(logdir / "events.out.tfevents.*"))) == 1  # one file, appended
+    finally:
+        writer.close()
+
+
+def test_close_flushes_and_refuses_later_writes(tmp_path):
+    writer = EventWriter(str(tmp_path / "run"), flush_secs=3600)
+    for step in (1, 2, 3):
+        writer.write(_event(step))
+    writer.close()
+    assert _read_steps(tmp_path / "run") == [1, 2, 3]
+    writer.close()  # safe twice
+    with pytest.raises(RuntimeError, match="after close"):
+        writer.write(_event(4))
+
+
+def test_flush_writes_now(tmp_path):
+    writer = EventWriter(str(tmp_path / "run"), flush_secs=3600)
+    try:
+        writer.write(_event(7))
+        assert writer.flush() is True
+        assert _read_steps(tmp_path / "run") == [7]
+        assert writer.flush() is True  # nothing pending is fine
+        assert writer.errors == 0 and writer.last_error is None
+    finally:
+        writer.close()
+
+
+def test_write_failure_warns_once_keeps_events_and_recovers(tmp_path, caplog):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a regular file where a directory should be")
+    logdir = blocker / "run"
+    writer = EventWriter(str(logdir), flush_secs=3600)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for step in (1, 2, 3):
+            writer.write(_event(step))  # never raises for I/O
+        assert writer.flush() is False
+        writer.write(_event(4))
+        assert writer.flush() is False
+        assert writer.flush() is False
+    ours = [w for w in caught if "could not write" in str(w.message)]
+    assert len(ours) == 1, [str(w.message) for w in caught]
+    assert issubclass(ours[0].category, RuntimeWarning)
+    assert str(logdir) in str(ours[0].message)
+    assert len([r for r in caplog.records if "could not write" in r.getMessage()]) == 1
+    assert writer.errors == 3
+    assert isinstance(writer.last_error, OSError)
+
+    blocker.unlink()  # the destination works again
+    writer.write(_event(5))
+    assert writer.flush() is True
+    writer.close()
+    assert _read_steps(logdir) == [1, 2, 3, 4, 5]  # nothing lost, nothing twice
+
+
+def test_close_on_failing_destination_does_not_raise(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    writer = EventWriter(str(blocker / "run"), flush_secs=3600)
+    writer.write(_event(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        writer.close()
+    assert isinstance(writer.last_error, OSError)
+
+
+def test_oldest_events_are_dropped_beyond_max_pending(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    writer = EventWriter(str(blocker / "run"), flush_secs=3600, max_pending=3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in range(1, 6):
+            writer.write(_event(step))
+        assert writer.flush() is False
+    blocker.unlink()
+    writer.close()
+    assert _read_steps(blocker / "run") == [3, 4, 5]
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(flush_secs=0), "flush_secs must be > 0; received 0"),
+        (dict(flush_secs=-1.5), "flush_secs must be > 0; received -1.5"),
+        (dict(max_pending=0), "max_pending must be >= 1; received 0"),
+    ],
+)
+def test_invalid_arguments(tmp_path, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        EventWriter(str(tmp_path / "run"), **kwargs)
+
+
+def test_interpreter_exit_flushes_without_close(tmp_path, python_exe):
+    logdir = tmp_path / "run"
+    script = textwrap.dedent(
+        """
+        import sys
+        from training_health import format as fmt
+        from training_health.writer import EventWriter
+
+        writer = EventWriter(sys.argv[1], flush_secs=3600)
+        for step in range(1, 51):
+            writer.write(fmt.make_event(fmt.TAG_GLOBAL, step, [float(step), -1.0]))
+        # no flush(), no close(): interpreter exit must write them
+        """
+    )
+    result = subprocess.run(
+        [python_exe, "-c", script, str(logdir)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert _read_steps(logdir) == list(range(1, 51))
+
+
+def test_events_are_parseable_protos(tmp_path):
+    writer = EventWriter(str(tmp_path / "run"), flush_secs=3600)
+    writer.write(event_pb2.Event(step=3, wall_time=1.5, file_version="ignored"))
+    writer.close()
+    (path,) = glob.glob(str(tmp_path / "run" / "events.out.tfevents.*"))
+    assert path.endswith(".training_health")
+    events = list(event_file_loader.RawEventFileLoader(path).Load())
+    assert len(events) == 2
+    parsed = event_pb2.Event.FromString(events[1])
+    assert (parsed.step, parsed.wall_time) == (3, 1.5)
