@@ -1,0 +1,159 @@
+"""A machine that only views logs needs no TensorFlow.
+
+Each check runs in a fresh interpreter where `tensorflow` and `keras` are
+blocked (`sys.modules[name] = None` makes any import of them fail), so a
+module that imports TensorFlow, even indirectly, fails here.
+"""
+
+import importlib.util
+import json
+import subprocess
+import textwrap
+
+import pytest
+
+from conftest import REPO_ROOT
+
+BLOCKED = ("tensorflow", "keras", "tf_keras")
+BLOCK = "import sys\nfor _name in %r:\n    sys.modules[_name] = None\n" % (BLOCKED,)
+
+# Modules that must import without TensorFlow.
+LIGHT_MODULES = (
+    "training_health",
+    "training_health.format",
+    "training_health.records",
+    "training_health.writer",
+    "training_health.run_writer",
+    "training_health.plugin",
+    "training_health.cli",
+)
+# Modules that need TensorFlow and must say how to get it.
+TF_MODULES = ("training_health.keras", "training_health.tf")
+
+
+def _python(python_exe, code, *args, block=True):
+    script = (BLOCK if block else "") + textwrap.dedent(code)
+    return subprocess.run(
+        [python_exe, "-c", script, *args], cwd=REPO_ROOT, capture_output=True, text=True, timeout=180
+    )
+
+
+def test_blocking_really_blocks_tensorflow(python_exe):
+    result = _python(python_exe, "import tensorflow")
+    assert result.returncode != 0
+    assert "ModuleNotFoundError" in result.stderr
+
+
+def test_light_modules_import_with_tensorflow_blocked(python_exe):
+    code = """
+        import importlib, json
+        for name in %r:
+            importlib.import_module(name)
+        from training_health import format as fmt
+        print(json.dumps([fmt.PLUGIN_NAME, fmt.FORMAT_VERSION]))
+    """ % (LIGHT_MODULES,)
+    result = _python(python_exe, code)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["training_health", 1]
+
+
+def test_light_modules_do_not_import_tensorflow(python_exe):
+    """Unblocked (TensorFlow installed): importing them still must not load it."""
+    code = """
+        import importlib, json, sys
+        for name in %r:
+            importlib.import_module(name)
+        print(json.dumps(sorted(m for m in ("tensorflow", "keras") if m in sys.modules)))
+    """ % (LIGHT_MODULES,)
+    result = _python(python_exe, code, block=False)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout.strip().splitlines()[-1]) == []
+
+
+def test_cli_help_runs_with_tensorflow_blocked(python_exe):
+    code = """
+        import runpy, sys
+        sys.argv = ["training-health", "--help"]
+        try:
+            runpy.run_module("training_health.cli", run_name="__main__", alter_sys=True)
+        except SystemExit as e:
+            sys.exit(e.code)
+    """
+    result = _python(python_exe, code)
+    assert result.returncode == 0, result.stderr
+    assert "usage: training-health" in result.stdout
+    for command in ("demo", "check", "watch", "report"):
+        assert command in result.stdout
+
+
+def test_write_and_read_a_run_with_tensorflow_blocked(python_exe, tmp_path):
+    """Writing (RunWriter) and reading back through TensorBoard's data provider."""
+    code = """
+        import sys
+        import numpy as np
+        from tensorboard import context
+        from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+        from training_health import format as fmt
+        from training_health.records import LayerInfo
+        from training_health.run_writer import RunWriter
+
+        logdir = sys.argv[1]
+        writer = RunWriter(logdir + "/run", [LayerInfo("dense", "Dense", "relu", None, 4, True, True)])
+        for step in (1, 2):
+            writer.write_step(step, np.full((1, len(fmt.LAYER_STATS)), step), np.zeros(len(fmt.GLOBAL_STATS)))
+        writer.close()
+        mux = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={fmt.PLUGIN_NAME: 0})
+        mux.AddRunsFromDirectory(logdir)
+        mux.Reload()
+        provider = data_provider.MultiplexerDataProvider(mux, logdir)
+        data = provider.read_tensors(
+            context.RequestContext(), experiment_id="", plugin_name=fmt.PLUGIN_NAME, downsample=100
+        )
+        print([float(d.numpy[0, 0]) for d in data["run"][fmt.TAG_LAYERS]])
+    """
+    result = _python(python_exe, code, str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == "[1.0, 2.0]"
+
+
+def test_plugin_entry_point_loads_with_tensorflow_blocked(python_exe, tmp_path):
+    """What TensorBoard does on a viewing machine: entry point -> loader -> plugin."""
+    code = """
+        import sys
+        from importlib.metadata import entry_points
+        from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
+        from tensorboard.plugins import base_plugin
+
+        (ep,) = [e for e in entry_points(group="tensorboard_plugins") if e.name == "training_health"]
+        loader_class = ep.load()
+        loader = loader_class()
+        mux = plugin_event_multiplexer.EventMultiplexer()
+        context = base_plugin.TBContext(
+            logdir=sys.argv[1], data_provider=data_provider.MultiplexerDataProvider(mux, sys.argv[1])
+        )
+        plugin = loader.load(context)
+        print(plugin.plugin_name, sorted(plugin.get_plugin_apps()))
+    """
+    result = _python(python_exe, code, str(tmp_path))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("training_health ")
+
+
+@pytest.mark.parametrize("module", TF_MODULES)
+def test_tf_modules_fail_with_a_hint_to_the_tf_extra(python_exe, module):
+    if importlib.util.find_spec(module) is None:
+        pytest.skip("%s is not part of the package yet" % module)
+    code = """
+        import importlib
+        try:
+            importlib.import_module(%r)
+        except ImportError as e:
+            print("IMPORT_ERROR:", e)
+        else:
+            print("IMPORTED")
+    """ % (module,)
+    result = _python(python_exe, code)
+    assert result.returncode == 0, result.stderr
+    out = result.stdout.strip()
+    assert out.startswith("IMPORT_ERROR:"), out
+    assert "[tf]" in out, "the ImportError must name the [tf] extra; got: %s" % out
