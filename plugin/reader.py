@@ -87,11 +87,11 @@ class Reader:
             plugin_name=fmt.PLUGIN_NAME,
             run_tag_filter=provider.RunTagFilter(runs=[run], tags=[tag]),
         )
-        if run not in listing:
+        if tag in listing.get(run, {}):
+            return listing[run][tag]
+        if run not in self.list_runs(ctx, experiment_id):
             raise errors.NotFoundError("no Training Health data for run %r" % (run,))
-        if tag not in listing[run]:
-            raise errors.NotFoundError("run %r has no %r data" % (run, tag))
-        return listing[run][tag]
+        raise errors.NotFoundError("run %r has no %r data" % (run, tag))
 
     def metadata(self, time_series):
         """Parsed plugin metadata; FailedPreconditionError for unknown versions."""
