@@ -2,11 +2,17 @@
 
 `EventWriter` takes `Event` protos from the training side (`write()` only
 appends to a bounded in-memory queue) and a background thread frames them as
-TFRecords and appends them to an event file. It never raises into training:
-an I/O failure (permissions, disk full, unreachable bucket) is reported once
-through `logging`/`warnings`, the events are kept (up to `max_pending`) and
-retried on the next flush. Files are flushed on `close()` and at interpreter
-exit.
+TFRecords and appends them to an event file. It never raises I/O errors into
+training: a failure (permissions, disk full, unreachable bucket) is reported
+once through `logging`/`warnings`, the events are kept (up to `max_pending`)
+and retried on the next cycle. `flush()` and `close()` wait a bounded time.
+Files are flushed on `close()` and at interpreter exit.
+
+Logdirs may be URLs (``s3://``, ``gs://``, any fsspec URL, see
+`training_health.remote`). Object stores cannot append, so for URLs the
+current event file is uploaded whole on each cycle and the writer rolls over
+to a new event file (a name that sorts after the previous one) every
+`roll_secs`; readers see the files of a directory as one run.
 """
 
 import atexit
@@ -23,10 +29,17 @@ import weakref
 from tensorboard.compat.proto import event_pb2
 from tensorboard.summary.writer.record_writer import RecordWriter
 
+from training_health.remote import is_url, local_path
+
 log = logging.getLogger("training_health")
 
 _LIVE_WRITERS = weakref.WeakSet()
 _COUNTER = itertools.count()
+
+LOCAL_FLUSH_SECS = 2.0
+REMOTE_FLUSH_SECS = 5.0  # each cycle re-uploads the current object
+REMOTE_ROLL_SECS = 60.0
+REMOTE_CLOSE_SECS = 15.0
 
 
 def _close_all_at_exit():
@@ -56,15 +69,16 @@ class _Buffer:
 
 
 def is_remote(logdir):
-    return "://" in str(logdir) and not str(logdir).startswith("file://")
+    """True when `logdir` is a URL other than ``file://``."""
+    return is_url(logdir)
 
 
 class LocalSink:
     """Appends to one local event file."""
 
     def __init__(self, logdir, filename):
-        self.logdir = logdir
-        self.path = os.path.join(logdir, filename)
+        self.logdir = local_path(logdir)
+        self.path = os.path.join(self.logdir, filename)
 
     def append(self, data):
         os.makedirs(self.logdir, exist_ok=True)
@@ -73,52 +87,116 @@ class LocalSink:
             f.flush()
 
 
-def _event_filename():
-    return "events.out.tfevents.%010d.%s.%d.%d.training_health" % (
-        int(time.time()),
+def _event_filename(timestamp):
+    # The zero-padded timestamp and process-wide counter make every new file
+    # of a writer sort after its previous one.
+    return "events.out.tfevents.%010d.%s.%d.%08d.training_health" % (
+        timestamp,
         socket.gethostname(),
         os.getpid(),
         next(_COUNTER),
     )
 
 
+def _positive_or_none(name, value):
+    if value is not None and not value > 0:
+        raise ValueError("%s must be a number > 0 or None; received %r" % (name, value))
+    return None if value is None else float(value)
+
+
 class EventWriter:
     """Writes `Event`s to `logdir` from a background thread.
 
     Args:
-        logdir: directory (or URL, see `training_health.remote`) of the run.
-        flush_secs: how often the thread writes what is queued. Defaults to 2.
+        logdir: directory or URL (``s3://bucket/run``, ``gs://...``, any
+            fsspec URL; see `training_health.remote`) of the run.
+        flush_secs: how often the thread writes what is queued. Defaults to
+            2 for local directories and 5 for URLs (where each write
+            re-uploads the current event file).
         max_pending: events kept in memory while the destination fails;
             beyond that the oldest are dropped (and the drop is reported).
             Defaults to 100000.
-        sink_factory: callable(logdir, filename) -> object with `append(bytes)`.
-            Defaults to local files for paths and to `training_health.remote`
-            for URLs.
+        sink_factory: callable(logdir, filename) -> object with `append(bytes)`
+            that raises OSError on failure. Defaults to local files for paths
+            and to `training_health.remote.make_sink` for URLs.
+        roll_secs: start a new event file when the current one is this old
+            (seconds) and more data comes. Defaults to 60 for URLs and None
+            (one file per writer) for local directories.
+        flush_timeout: the longest `flush()` waits for the thread, in
+            seconds. Defaults to 10.
+        close_timeout: how long `close()` keeps retrying a failing
+            destination, in seconds. Defaults to 15 for URLs and 0 (one
+            final attempt) for local directories.
+        storage_options: options for the fsspec filesystem of a URL logdir
+            (e.g. ``{"client_kwargs": {"endpoint_url": ...}}``). Defaults to
+            None.
+
+    Raises:
+        ValueError: an argument is out of range.
+        training_health.remote.MissingDependencyError: `logdir` is a URL
+            whose client library is not installed (the message names the
+            extra to install).
     """
 
-    def __init__(self, logdir, flush_secs=2.0, max_pending=100000, sink_factory=None):
-        if flush_secs <= 0:
-            raise ValueError("flush_secs must be > 0; received %r" % (flush_secs,))
+    def __init__(
+        self,
+        logdir,
+        flush_secs=None,
+        max_pending=100000,
+        sink_factory=None,
+        roll_secs=None,
+        flush_timeout=10.0,
+        close_timeout=None,
+        storage_options=None,
+    ):
+        self.logdir = str(logdir)
+        remote = is_remote(self.logdir)
+        flush_secs = _positive_or_none("flush_secs", flush_secs)
+        self.flush_secs = flush_secs or (REMOTE_FLUSH_SECS if remote else LOCAL_FLUSH_SECS)
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1; received %r" % (max_pending,))
-        self.logdir = str(logdir)
-        self.flush_secs = float(flush_secs)
         self.max_pending = int(max_pending)
+        roll_secs = _positive_or_none("roll_secs", roll_secs)
+        self.roll_secs = roll_secs or (REMOTE_ROLL_SECS if remote else None)
+        if flush_timeout is None or flush_timeout < 0:
+            raise ValueError("flush_timeout must be a number >= 0; received %r" % (flush_timeout,))
+        self.flush_timeout = float(flush_timeout)
+        if close_timeout is None:
+            close_timeout = REMOTE_CLOSE_SECS if remote else 0.0
+        if close_timeout < 0:
+            raise ValueError("close_timeout must be >= 0; received %r" % (close_timeout,))
+        self.close_timeout = float(close_timeout)
         if sink_factory is None:
-            if is_remote(self.logdir):
-                from training_health import remote
+            if remote:
+                from training_health import remote as remote_module
 
-                sink_factory = remote.make_sink
+                remote_module.check_available(self.logdir)  # missing extra: fail now, clearly
+
+                def sink_factory(logdir, filename):
+                    return remote_module.make_sink(logdir, filename, storage_options)
+
             else:
                 sink_factory = LocalSink
         self._sink_factory = sink_factory
         self._sink = None
+        self._sink_started = 0.0
+        self._sink_clean = True  # the last append to the current sink succeeded
+        self._header_written = False
+        self._failing = False
+        self._last_timestamp = 0
+        self.files = []  # names of the event files started, oldest first
         self._pending = collections.deque()
         self._lock = threading.Lock()  # guards _pending
         self._io_lock = threading.Lock()  # one writer of the file at a time
+        self._cond = threading.Condition()  # guards the flush bookkeeping below
+        self._requested = 0
+        self._completed = 0
+        self._last_ok = True
         self._wake = threading.Event()
         self._closed = False
+        self._close_deadline = None
         self._warned = False
+        self._warned_drop = False
         self._dropped = 0
         self.errors = 0  # failed write attempts, for callers and tests
         self.last_error = None
@@ -127,6 +205,17 @@ class EventWriter:
         )
         self._thread.start()
         _LIVE_WRITERS.add(self)
+
+    @property
+    def dropped(self):
+        """Events dropped because more than `max_pending` were waiting."""
+        return self._dropped
+
+    @property
+    def pending(self):
+        """Events queued and not written yet."""
+        with self._lock:
+            return len(self._pending)
 
     def write(self, event):
         """Queues one Event. Never blocks on I/O, never raises for I/O."""
@@ -139,63 +228,146 @@ class EventWriter:
                 self._dropped += 1
 
     def flush(self):
-        """Writes everything queued now, from the calling thread. Returns True on success."""
-        return self._write_pending()
+        """Has everything queued now written; waits at most `flush_timeout` seconds.
+
+        Returns:
+            True when everything queued at the call was written, False when
+            the destination failed or the wait timed out (the events stay
+            queued and are retried).
+        """
+        if not self._thread.is_alive():
+            return self._write_pending()
+        with self._cond:
+            self._requested += 1
+            target = self._requested
+        self._wake.set()
+        deadline = time.monotonic() + self.flush_timeout
+        with self._cond:
+            while self._completed < target:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._cond.wait(remaining)
+            return self._last_ok
 
     def close(self):
-        """Writes what is queued and stops the thread. Safe to call twice."""
+        """Writes what is queued and stops the thread. Safe to call twice.
+
+        Retries a failing destination for at most `close_timeout` seconds,
+        then warns how many events could not be written.
+        """
         if self._closed:
             return
+        self._close_deadline = time.monotonic() + self.close_timeout
         self._closed = True
         self._wake.set()
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout=30)
-        self._write_pending()
+        if threading.current_thread() is not self._thread:
+            self._thread.join(timeout=self.close_timeout + self.flush_timeout + 5)
         _LIVE_WRITERS.discard(self)
+        left = self.pending
+        if left:
+            message = (
+                "training_health: %d events could not be written to %s before close (%s)"
+                % (left, self.logdir, self.last_error)
+            )
+            log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def _run(self):
-        while not self._closed:
-            self._wake.wait(self.flush_secs)
-            self._wake.clear()
-            self._write_pending()
+        while True:
+            closing = self._closed
+            if not closing:
+                self._wake.wait(self.flush_secs)
+                self._wake.clear()
+                closing = self._closed
+            with self._cond:
+                generation = self._requested
+            ok = self._write_pending()
+            with self._cond:
+                self._completed = max(self._completed, generation)
+                self._last_ok = ok
+                self._cond.notify_all()
+            if closing:
+                remaining = self._close_deadline - time.monotonic()
+                if ok or remaining <= 0:
+                    return
+                time.sleep(min(1.0, remaining))
 
     def _write_pending(self):
         with self._io_lock:
-            return self._write_pending_locked()
+            try:
+                return self._write_pending_locked()
+            except Exception as e:  # a bug, not I/O: log it with its traceback, keep the data
+                self.errors += 1
+                self.last_error = e
+                log.error("training_health: unexpected error while writing to %s", self.logdir, exc_info=True)
+                return False
+
+    def _roll_due(self):
+        if self._sink is None or not self._sink_clean:
+            # Never roll after a failed append: the failed upload may have
+            # landed, and the retry must go to the same file (no duplicates).
+            return False
+        if getattr(self._sink, "full", False):
+            return True
+        return self.roll_secs is not None and time.monotonic() - self._sink_started >= self.roll_secs
+
+    def _new_filename(self):
+        timestamp = max(int(time.time()), self._last_timestamp)
+        self._last_timestamp = timestamp
+        return _event_filename(timestamp)
 
     def _write_pending_locked(self):
         with self._lock:
             events = list(self._pending)
+        self._report_drops()
         if not events:
             return True
+        if self._roll_due():
+            self._sink = None
         buf = _Buffer()
         records = RecordWriter(buf)
         try:
             if self._sink is None:
-                sink = self._sink_factory(self.logdir, _event_filename())
+                filename = self._new_filename()
+                self._sink = self._sink_factory(self.logdir, filename)
+                self._sink_started = time.monotonic()
+                self._header_written = False
+                self.files.append(filename)
+            if not self._header_written:
                 header = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
                 records.write(header.SerializeToString())
-                self._header = buf.take()
-                self._sink = sink
-                first = self._header
-            else:
-                first = b""
             for event in events:
                 records.write(event.SerializeToString())
-            self._sink.append(first + buf.take())
+            self._sink.append(buf.take())
         except OSError as e:  # remote sinks raise OSError subclasses too
+            self._sink_clean = False
             self._report(e)
-            if first:
-                self._sink = None  # the header did not land: write it again next time
             return False
+        self._sink_clean = True
+        self._header_written = True
         with self._lock:
             for _ in range(len(events)):
                 if self._pending:
                     self._pending.popleft()
+        if self._failing:
+            self._failing = False
+            log.info("training_health: writing to %s works again", self.logdir)
         return True
+
+    def _report_drops(self):
+        if self._dropped and not self._warned_drop:
+            self._warned_drop = True
+            message = (
+                "training_health: more than %d events waited for %s (%s); the oldest are "
+                "being dropped" % (self.max_pending, self.logdir, self.last_error)
+            )
+            log.warning(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def _report(self, error):
         self.errors += 1
+        self._failing = True
         self.last_error = error
         if not self._warned:
             self._warned = True
