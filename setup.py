@@ -1,4 +1,15 @@
-from setuptools import setup
+from setuptools import find_packages, setup
+
+
+def _packages(prefix, folder):
+    """`prefix` and every package under `folder`, named below `prefix`.
+
+    Args:
+        prefix: import name of the package that `folder` maps to.
+        folder: source folder (with an `__init__.py`) of that package.
+    """
+    return [prefix] + ["%s.%s" % (prefix, name) for name in find_packages(folder)]
+
 
 setup(
     name="training-health",
@@ -9,16 +20,13 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    packages=[
-        "training_health",
-        "training_health.detectors",
-        "training_health.plugin",
-    ],
+    # Every subpackage of logger/ and plugin/ is found, so a new one ships.
+    packages=_packages("training_health", "logger") + _packages("training_health.plugin", "plugin"),
     package_dir={
         "training_health": "logger",
         "training_health.plugin": "plugin",
     },
-    package_data={"training_health.plugin": ["static/*"]},
+    package_data={"training_health.plugin": ["static/**/*"]},
     include_package_data=True,
     install_requires=["tensorboard>=2.21", "protobuf", "numpy"],
     extras_require={
@@ -33,6 +41,9 @@ setup(
             "moto[server]",
             "s3fs",
             "boto3",
+            "fsspec",
+            "tbparse",
+            "pandas",
         ],
     },
     entry_points={

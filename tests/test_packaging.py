@@ -1,0 +1,180 @@
+"""Packaging: the wheel holds every package, data file and entry point, and a
+plain (non-editable) install into a fresh virtual environment works.
+
+The build runs on a copy of the source tree (what a clean clone would hold,
+plus untracked files not ignored by git), so it never writes into the
+checkout.
+"""
+
+import configparser
+import fnmatch
+import json
+import os
+import shutil
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+from conftest import REPO_ROOT
+
+# Folder -> import name, as mapped in setup.py.
+PACKAGE_DIRS = {"logger": "training_health", "plugin": "training_health.plugin"}
+STATIC = os.path.join("plugin", "static")
+# Added to the copy only, to check the package-data globs (files and a subfolder).
+PROBE_FILES = (os.path.join(STATIC, "zz_probe.js"), os.path.join(STATIC, "zz_sub", "zz_probe.css"))
+IGNORED_NAMES = (".git", "build", "dist", "__pycache__", ".pytest_cache", "runs", "*.egg-info", "*venv*")
+
+
+def _source_files():
+    """Paths (relative) of the source tree: git's tracked and untracked-unignored files."""
+    if shutil.which("git") and os.path.isdir(os.path.join(REPO_ROOT, ".git")):
+        out = subprocess.run(
+            ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+            cwd=REPO_ROOT, capture_output=True, check=True,
+        ).stdout
+        return [p for p in out.decode("utf-8").split("\0") if p and os.path.isfile(os.path.join(REPO_ROOT, p))]
+    files = []
+    for root, dirs, names in os.walk(REPO_ROOT):
+        dirs[:] = [d for d in dirs if not any(fnmatch.fnmatch(d, pat) for pat in IGNORED_NAMES)]
+        files.extend(os.path.relpath(os.path.join(root, n), REPO_ROOT) for n in names)
+    return files
+
+
+@pytest.fixture(scope="module")
+def source_copy(tmp_path_factory):
+    dest = tmp_path_factory.mktemp("src") / "training-health"
+    for rel in _source_files():
+        target = dest / rel
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(os.path.join(REPO_ROOT, rel), target)
+    for rel in PROBE_FILES:
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        (dest / rel).write_text("/* probe */\n")
+    return dest
+
+
+def _pip(python, *args, timeout=300):
+    result = subprocess.run(
+        [python, "-m", "pip", *args, "--disable-pip-version-check", "--no-input"],
+        capture_output=True, text=True, timeout=timeout,
+    )
+    assert result.returncode == 0, "pip %s failed:\n%s\n%s" % (args, result.stdout[-3000:], result.stderr[-3000:])
+    return result
+
+
+@pytest.fixture(scope="module")
+def wheel(source_copy, tmp_path_factory):
+    out = tmp_path_factory.mktemp("wheel")
+    _pip(sys.executable, "wheel", str(source_copy), "--no-deps", "-w", str(out))
+    (path,) = [p for p in os.listdir(out) if p.endswith(".whl")]
+    with zipfile.ZipFile(out / path) as zf:
+        yield out / path, zf
+
+
+def _expected_modules(root):
+    """Wheel paths of every package __init__ and module under the mapped folders of `root`."""
+    expected = set()
+    for folder, package in PACKAGE_DIRS.items():
+        base = os.path.join(str(root), folder)
+        for dirpath, dirs, names in os.walk(base):
+            dirs[:] = [d for d in dirs if d != "__pycache__"]
+            if "__init__.py" not in names:
+                dirs[:] = []  # not a package: nothing below ships as code
+                continue
+            rel = os.path.relpath(dirpath, base)
+            prefix = package.replace(".", "/") + ("" if rel == "." else "/" + rel.replace(os.sep, "/"))
+            expected.update("%s/%s" % (prefix, n) for n in names if n.endswith(".py"))
+    return expected
+
+
+def test_wheel_contains_every_package_and_module(wheel, source_copy):
+    _, zf = wheel
+    names = set(zf.namelist())
+    expected = _expected_modules(source_copy)
+    for must in ("training_health/__init__.py", "training_health/detectors/__init__.py",
+                 "training_health/plugin/__init__.py", "training_health/format.py", "training_health/cli.py"):
+        assert must in expected
+    missing = expected - names
+    assert not missing, "modules missing from the wheel: %s" % sorted(missing)
+    assert not [n for n in names if n.startswith(("logger/", "plugin/", "tests/"))]
+
+
+def test_wheel_contains_static_files(wheel, source_copy):
+    _, zf = wheel
+    names = set(zf.namelist())
+    static_root = source_copy / STATIC
+    static = [
+        os.path.relpath(os.path.join(d, n), str(source_copy / "plugin")).replace(os.sep, "/")
+        for d, _, files in os.walk(static_root) for n in files
+    ]
+    assert len(static) >= len(PROBE_FILES)
+    for rel in static:
+        assert "training_health/plugin/" + rel in names, rel
+    real = [s for s in static if "zz_" not in s]
+    for ext in (".js", ".css"):
+        if not any(s.endswith(ext) for s in real):
+            pytest.skip("the source tree has no plugin/static/*%s yet (probe files shipped)" % ext)
+
+
+def test_wheel_entry_points_and_requirements(wheel):
+    _, zf = wheel
+    (ep_name,) = [n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt")]
+    eps = configparser.ConfigParser()
+    eps.read_string(zf.read(ep_name).decode("utf-8"))
+    assert eps["console_scripts"]["training-health"].strip() == "training_health.cli:main"
+    assert eps["tensorboard_plugins"]["training_health"].strip() == "training_health.plugin:TrainingHealthLoader"
+    (meta_name,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
+    requires = [line.split(":", 1)[1].strip() for line in zf.read(meta_name).decode().splitlines()
+                if line.startswith("Requires-Dist:")]
+    base = [r for r in requires if "extra ==" not in r]
+    assert any(r.replace(" ", "").startswith("tensorboard>=2.21") for r in base), requires
+    assert not [r for r in base if r.startswith("tensorflow")], "TensorFlow must stay an extra: %s" % base
+    tf_extra = [r for r in requires if r.startswith("tensorflow") and 'extra == "tf"' in r]
+    assert tf_extra, requires
+    for extra in ("tf", "s3", "gcs", "test"):
+        assert "Provides-Extra: %s" % extra in zf.read(meta_name).decode()
+
+
+def test_plain_install_into_fresh_venv(source_copy, tmp_path):
+    venv = tmp_path / "venv"
+    # System site-packages supply the dependencies (TensorBoard, numpy, ...);
+    # the venv gets its own, non-editable copy of training-health.
+    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
+    python = str(venv / "bin" / "python")
+    _pip(python, "install", str(source_copy))
+    site = subprocess.run(
+        [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+        capture_output=True, text=True, check=True,
+    ).stdout.strip()
+    assert site.startswith(str(venv))
+    probe = """
+import importlib.metadata as md, json, os, training_health, training_health.plugin, training_health.format
+(ep,) = [e for e in md.entry_points(group="tensorboard_plugins") if e.name == "training_health"]
+loader = ep.load()
+print(json.dumps({
+    "init": training_health.__file__,
+    "plugin": training_health.plugin.__file__,
+    "loader": loader.__module__,
+    "dist": str(md.distribution("training-health").locate_file("")),
+    "static": sorted(os.listdir(os.path.join(os.path.dirname(training_health.plugin.__file__), "static"))),
+}))
+"""
+    result = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    info = json.loads(result.stdout.strip().splitlines()[-1])
+    # the installed copy is imported, not the editable checkout
+    assert info["init"] == os.path.join(site, "training_health", "__init__.py")
+    assert info["plugin"] == os.path.join(site, "training_health", "plugin", "__init__.py")
+    assert info["dist"].rstrip("/") == site.rstrip("/")
+    assert info["loader"] == "training_health.plugin"
+    assert "zz_probe.js" in info["static"]
+
+    script = venv / "bin" / "training-health"
+    assert script.exists()
+    with open(script, encoding="utf-8") as f:
+        assert f.readline().startswith("#!" + str(venv))
+    result = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: training-health")
