@@ -1,0 +1,90 @@
+"""oscillating_loss: the loss bounces up and down without progress."""
+
+import collections
+
+import numpy as np
+
+from training_health import hints
+from training_health.detectors.base import (
+    MODEL, Detector, Finding, check_float, check_int, finite)
+
+
+class OscillatingLossDetector(Detector):
+    """Raises `oscillating_loss` when the loss swings widely and goes nowhere.
+
+    Over the last `window` steps: the loss has made no progress (its median
+    is not `min_improvement` below the median of the first logged steps),
+    and it swings widely (the spread between its 10th and 90th percentiles
+    is at least `spread` times its median, and at least a third of the
+    step-to-step moves are larger than half the median). This is what a
+    learning rate too high for the loss surface looks like.
+
+    Mini-batch noise alone does not trigger it: a run that learns makes
+    progress, and the noise of a run that does not learn (small batches,
+    dropout) stays within a fraction of the loss level.
+
+    Args:
+        window: steps (batches) looked at. Defaults to 100.
+        min_observations: logged steps needed in the window (and in the
+            reference). Defaults to 20.
+        spread: (p90 - p10) / median over the window. Defaults to 1.0: loss
+            noise of batches of 8+ examples stays well below the loss itself
+            (we measured 0.1-0.5 relative on small-batch and dropout runs),
+            while too-high learning rates throw the loss between a fraction
+            and several times its level.
+        min_improvement: relative improvement of the window median over the
+            reference that counts as progress. Defaults to 0.1.
+        patience: steps the condition must last. Defaults to 0: the window
+            already is the evidence.
+        clear_patience: steps without the condition that close the
+            episode. Defaults to 100.
+        start_from_step: no alert before this step. Defaults to 0.
+    """
+
+    kind = "oscillating_loss"
+
+    def __init__(self, window=100, min_observations=20, spread=1.0, min_improvement=0.1,
+                 patience=0, clear_patience=100, start_from_step=0):
+        super().__init__(patience, 1, clear_patience, start_from_step)
+        self.window = check_int("window", window, minimum=1)
+        self.min_window_observations = check_int("min_observations", min_observations, minimum=3)
+        self.spread = check_float("spread", spread, 0.0, low_open=True)
+        self.min_improvement = check_float("min_improvement", min_improvement, 0.0, 1.0)
+        self._reset_state()
+
+    def _reset_state(self):
+        self._history = collections.deque()
+        self._reference_values = []
+        self._reference = None
+
+    def _evaluate(self, step, stats):
+        loss = stats.global_values.get("loss")
+        if loss is None or not finite(loss):
+            return {}
+        loss = float(loss)
+        if self._reference is None:
+            self._reference_values.append(loss)
+            if len(self._reference_values) >= self.min_window_observations:
+                self._reference = float(np.median(self._reference_values))
+        self._history.append((step, loss))
+        while self._history and self._history[0][0] <= step - self.window:
+            self._history.popleft()
+        if self._reference is None or len(self._history) < self.min_window_observations:
+            return {}
+        values = np.array([v for _, v in self._history])
+        median = float(np.median(values))
+        if median <= 0:
+            return {MODEL: None}
+        p10, p90 = np.percentile(values, [10, 90])
+        relative_spread = (p90 - p10) / median
+        big_moves = float(np.mean(np.abs(np.diff(values)) > 0.5 * median))
+        progress = median < (1.0 - self.min_improvement) * self._reference
+        if progress or relative_spread < self.spread or big_moves < 1.0 / 3.0:
+            return {MODEL: None}
+        return {MODEL: Finding(
+            "warning",
+            "loss swings between %.3g and %.3g (10th-90th percentile, median %.3g) over "
+            "the last %d steps without improving on its start (%.3g) at step %d"
+            % (p10, p90, median, self.window, self._reference, step),
+            hints.hint_for(self.kind, stats),
+        )}

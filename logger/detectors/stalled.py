@@ -1,0 +1,168 @@
+"""stalled: loss and metrics not improving while the weights barely change."""
+
+import collections
+import math
+
+import numpy as np
+
+from training_health import hints
+from training_health.format import GLOBAL_STATS
+from training_health.detectors.base import (
+    MODEL, Detector, Finding, check_float, check_int, finite, weighted_rows)
+
+
+def _halves_differ(values, min_delta):
+    """Whether the mean of the second half differs from the first half's.
+
+    The difference must exceed `min_delta` and two standard errors of the
+    difference, so batch-to-batch noise does not count as change.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    half = len(values) // 2
+    a, b = values[:half], values[half:]
+    diff = abs(a.mean() - b.mean())
+    se = math.sqrt(a.var() / max(len(a), 1) + b.var() / max(len(b), 1))
+    return diff > max(min_delta, 2.0 * se)
+
+
+class StalledDetector(Detector):
+    """Raises `stalled` when training goes nowhere and the weights stand still.
+
+    Over the last `patience` steps (batches) all of these hold:
+
+    - the loss has not improved: the mean of the later half of the window
+      is not lower than the earlier half's by more than `min_delta` (times
+      the loss) and two standard errors (noise does not count);
+    - no compiled metric has changed in either direction by the same test;
+    - the weights barely change: at least half of the layers with weights
+      moved by less than `min_update_ratio` of their norm per step (median
+      over the window), or the learning rate is 0, or the loss is exactly
+      constant over the window;
+    - the loss is above `converged_loss`: a loss that converged near zero
+      and stays flat is success, not a stall.
+
+    Args:
+        patience: steps over which the loss must not improve. Defaults to 50
+            (under an epoch of even small datasets, well over the handful of
+            steps an early plateau of a healthy run takes to show change in
+            the weights).
+        min_observations: logged steps needed in the window. Defaults to 10.
+        min_delta: relative loss improvement that counts. Defaults to 1e-3
+            (Keras's ReduceLROnPlateau uses an absolute 1e-4 per epoch).
+        min_update_ratio: ||dW||/||W|| per step below which a layer counts as
+            not moving. Defaults to 1e-7: healthy training runs at ~1e-3
+            (CS231n) and even a converged SGD run keeps ~1e-5 from gradient
+            noise, while a layer with no gradient under Adam decays below
+            1e-7 within ~70 steps and is exactly 0 under SGD.
+        converged_loss: losses below this are never called stalled.
+            Defaults to 1e-3.
+        clear_patience: steps of progress that close the episode. Defaults
+            to 50.
+        start_from_step: no alert before this step. Defaults to 0.
+    """
+
+    kind = "stalled"
+
+    def __init__(self, patience=50, min_observations=10, min_delta=1e-3, min_update_ratio=1e-7,
+                 converged_loss=1e-3, clear_patience=50, start_from_step=0):
+        super().__init__(0, 1, clear_patience, start_from_step)
+        self.window = check_int("patience", patience, minimum=1)
+        self.min_window_observations = check_int("min_observations", min_observations, minimum=4)
+        self.min_delta = check_float("min_delta", min_delta, 0.0)
+        self.min_update_ratio = check_float("min_update_ratio", min_update_ratio, 0.0)
+        self.converged_loss = check_float("converged_loss", converged_loss, 0.0)
+        self._reset_state()
+
+    def _reset_state(self):
+        self._history = collections.deque()
+
+    def _frozen_fraction(self, stats):
+        rows = weighted_rows(stats)
+        if not rows:
+            return None
+        col = stats.layer_stats.index("update_ratio")
+        ratios = [float(stats.layer_values[i, col]) for i in rows]
+        ratios = [r for r in ratios if finite(r)]
+        if not ratios:
+            return None
+        return ratios
+
+    def _evaluate(self, step, stats):
+        g = stats.global_values
+        loss = g.get("loss")
+        if loss is None or not finite(loss):
+            self._history.clear()  # nan_inf speaks for non-finite losses
+            return {}
+        metrics = {k: float(v) for k, v in g.items()
+                   if k not in _NOT_METRICS and finite(v)}
+        lr = g.get("learning_rate")
+        self._history.append((step, float(loss), metrics, self._frozen_fraction(stats),
+                              float(lr) if finite(lr) else None))
+        while self._history and self._history[0][0] <= step - self.window:
+            self._history.popleft()
+        if (len(self._history) < self.min_window_observations
+                or step - self._history[0][0] < self.window - self._spacing()):
+            return {}
+        losses = [h[1] for h in self._history]
+        mean_loss = float(np.mean(losses))
+        if mean_loss <= self.converged_loss:
+            return {MODEL: None}
+        half = len(losses) // 2
+        improved = (np.mean(losses[:half]) - np.mean(losses[half:])
+                    > max(self.min_delta * abs(mean_loss), 2.0 * _se(losses, half)))
+        if improved:
+            return {MODEL: None}
+        for name in self._history[-1][2]:
+            series = [h[2].get(name) for h in self._history]
+            if any(v is None for v in series):
+                continue
+            if _halves_differ(series, self.min_delta * max(abs(float(np.mean(series))), 1e-12)):
+                return {MODEL: None}
+        still = self._stillness()
+        if still is None:
+            return {MODEL: None}
+        reason, certain = still
+        metric_text = "".join(
+            ", %s %.4g" % (k, v) for k, v in list(self._history[-1][2].items())[:2])
+        return {MODEL: Finding(
+            "critical" if certain else "warning",
+            "loss %.4g has not improved over the last %d steps (from step %d)%s; %s"
+            % (losses[-1], step - self._history[0][0], self._history[0][0], metric_text, reason),
+            hints.hint_for(self.kind, stats),
+        )}
+
+    def _spacing(self):
+        if len(self._history) < 2:
+            return 0
+        return self._history[-1][0] - self._history[-2][0]
+
+    def _stillness(self):
+        """(why the weights count as standing still, certain?) or None if they move."""
+        lrs = [h[4] for h in self._history]
+        if lrs and all(lr == 0 for lr in lrs):
+            return "the learning rate is 0", True
+        losses = [h[1] for h in self._history]
+        if max(losses) - min(losses) <= 1e-7 * max(abs(losses[0]), 1e-12):
+            return "the loss is exactly constant", True
+        per_step = [h[3] for h in self._history if h[3]]
+        if len(per_step) < self.min_window_observations // 2:
+            return None
+        n_layers = min(len(r) for r in per_step)
+        medians = np.median(np.array([r[:n_layers] for r in per_step]), axis=0)
+        frozen = int(np.sum(medians < self.min_update_ratio))
+        if frozen * 2 < n_layers:
+            return None
+        if np.all(medians == 0):
+            return ("the weights are exactly unchanged (update ratio 0 in all %d layers)"
+                    % n_layers, True)
+        return ("%d of %d layers with weights are not moving (update ratio < %.0e per step)"
+                % (frozen, n_layers, self.min_update_ratio), frozen == n_layers)
+
+
+_NOT_METRICS = frozenset(GLOBAL_STATS)
+
+
+def _se(values, half):
+    a = np.asarray(values[:half], dtype=np.float64)
+    b = np.asarray(values[half:], dtype=np.float64)
+    return math.sqrt(a.var() / max(len(a), 1) + b.var() / max(len(b), 1))

@@ -1,0 +1,243 @@
+"""Hints: likely causes and fixes, drawn from what was measured.
+
+Every function here reads one `records.StepStats` (the step at which an alert
+is raised) and returns short clauses, each naming a measured fact and what to
+do about it. `hint_for(kind, stats, layer)` joins the clauses relevant to an
+alert kind; when nothing specific was measured it falls back to the kind's
+usual causes. Pure functions: no I/O, no TensorFlow.
+"""
+
+import math
+
+# Inputs whose batch min/max fall outside [-INPUT_LIMIT, INPUT_LIMIT] are
+# called "unscaled". Standardized data rarely exceeds |x| = 5 in a batch
+# (a z-score of 5 is a 1-in-3-million value); raw pixels reach 255.
+INPUT_LIMIT = 5.0
+# A learning rate above this is called high (UMLAUT's rule of thumb: 0.01);
+# below LOW_LEARNING_RATE it is called very low (UMLAUT: 1e-7; we say 1e-6).
+HIGH_LEARNING_RATE = 1e-2
+LOW_LEARNING_RATE = 1e-6
+# Update-to-weight ratio ||dW||/||W|| per step: ~1e-3 is typical (CS231n);
+# above 1e-1 every step rewrites a tenth of the weights.
+HIGH_UPDATE_RATIO = 1e-1
+# Fractions of a layer's units that make it worth naming in a hint.
+DEAD_HINT_FRAC = 0.5
+SATURATED_HINT_FRAC = 0.5
+
+BOUNDED = ("sigmoid", "tanh", "softmax", "hard_sigmoid", "hard_tanh", "hard_silu")
+
+
+def _num(x):
+    try:
+        x = float(x)
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def _column(stats, stat):
+    if stat not in stats.layer_stats:
+        return [None] * len(stats.layers)
+    return [_num(v) for v in stats.column(stat)]
+
+
+def input_range(stats):
+    """Clause about inputs outside [-INPUT_LIMIT, INPUT_LIMIT], or None."""
+    lo = _num(stats.global_values.get("input_min"))
+    hi = _num(stats.global_values.get("input_max"))
+    if lo is None or hi is None:
+        return None
+    if max(abs(lo), abs(hi)) <= INPUT_LIMIT:
+        return None
+    advice = "divide by 255" if 0 <= lo and 100 < hi <= 256 else "standardize them"
+    return (
+        "inputs range %s..%s: scale them to about [-1, 1] (%s, or add a "
+        "Normalization/Rescaling layer)" % (_fmt(lo), _fmt(hi), advice)
+    )
+
+
+def nonfinite_inputs(stats):
+    n = _num(stats.global_values.get("input_nonfinite"))
+    if n:
+        return (
+            "the input batch holds %d NaN/Inf values: clean the data "
+            "(e.g. np.nan_to_num, drop or impute missing values)" % n
+        )
+    return None
+
+
+def learning_rate(stats, kind):
+    """Clause about the learning rate, phrased for the alert kind, or None."""
+    lr = _num(stats.global_values.get("learning_rate"))
+    if lr is None:
+        return None
+    if lr == 0:
+        return "the learning rate is 0: nothing can change; set a positive learning rate"
+    if kind in ("stalled", "vanishing_gradients") and lr < LOW_LEARNING_RATE:
+        return "learning rate %s is very low: try 1e-3 (Adam) or 1e-2 (SGD)" % _fmt(lr)
+    if kind in ("exploding_gradients", "oscillating_loss", "nan_inf", "dead_units", "stalled"):
+        if lr > HIGH_LEARNING_RATE:
+            return "learning rate %s is high: try 10x lower" % _fmt(lr)
+    return None
+
+
+def high_update_ratio(stats):
+    ratios = [r for r in _column(stats, "update_ratio") if r is not None]
+    if ratios and max(ratios) > HIGH_UPDATE_RATIO:
+        return (
+            "a step changes weights by up to %s of their norm (typical: 1e-3): "
+            "lower the learning rate or clip gradients (clipnorm=1.0)" % _pct(max(ratios))
+        )
+    return None
+
+
+def dead_layers(stats):
+    """Clause naming ReLU-family layers with most units dead, or None."""
+    names = []
+    window = _column(stats, "dead_frac_window")
+    batch = _column(stats, "dead_frac")
+    for i, info in enumerate(stats.layers):
+        if not info.is_relu_family:
+            continue
+        frac = window[i] if window[i] is not None else batch[i]
+        if frac is not None and frac >= DEAD_HINT_FRAC:
+            names.append("%s of %s" % (_pct(frac), info.name))
+    if not names:
+        return None
+    return (
+        "dead ReLU units (%s): lower the learning rate, scale the inputs, use He "
+        "initialization, or LeakyReLU" % ", ".join(names[:3])
+    )
+
+
+def saturated_layers(stats):
+    names = []
+    for i, info in enumerate(stats.layers):
+        frac = _column(stats, "act_saturated_frac")[i]
+        if info.activation in BOUNDED and frac is not None and frac >= SATURATED_HINT_FRAC:
+            names.append("%s of %s (%s)" % (_pct(frac), info.name, info.activation))
+    if not names:
+        return None
+    return (
+        "saturated activations (%s): scale the inputs, use a smaller initializer, "
+        "or BatchNormalization before the activation" % ", ".join(names[:3])
+    )
+
+
+def single_unit_softmax(stats):
+    for info in stats.layers:
+        if info.activation == "softmax" and info.units == 1:
+            return (
+                "%s applies softmax to a single unit, which always outputs 1.0: use "
+                "sigmoid for one output (binary crossentropy) or softmax over 2+ units"
+                % info.name
+            )
+    return None
+
+
+def squashing_stack(stats):
+    squash = [info.name for info in stats.layers
+              if info.has_weights and info.activation in ("sigmoid", "tanh", "hard_sigmoid")]
+    if len(squash) >= 3:
+        return (
+            "%d stacked sigmoid/tanh layers shrink gradients at every layer: use ReLU "
+            "with He initialization, BatchNormalization, or residual connections" % len(squash)
+        )
+    return None
+
+
+def large_weights(stats, layer=None):
+    norms = _column(stats, "weight_norm")
+    worst = None
+    for i, info in enumerate(stats.layers):
+        if layer is not None and info.name != layer:
+            continue
+        if norms[i] is not None and norms[i] > 1e3 and (worst is None or norms[i] > worst[1]):
+            worst = (info.name, norms[i])
+    if worst is None:
+        return None
+    return (
+        "weights of %s have norm %s: check the initializer (a large stddev or "
+        "constant) and add gradient clipping (clipnorm=1.0)" % (worst[0], _fmt(worst[1]))
+    )
+
+
+def hint_for(kind, stats, layer=None):
+    """The hint for an alert of `kind` raised at `stats` (about `layer`).
+
+    Args:
+        kind: one of `records.KINDS`.
+        stats: the `records.StepStats` of the step at which the alert is raised.
+        layer: the alert's layer name, or None.
+
+    Returns:
+        A short string: measured causes first, then the usual fix.
+    """
+    clauses = []
+
+    def add(clause):
+        if clause and clause not in clauses:
+            clauses.append(clause)
+
+    if kind == "stalled":
+        add(learning_rate(stats, kind))
+        add(input_range(stats))
+        add(dead_layers(stats))
+        add(single_unit_softmax(stats))
+        add(saturated_layers(stats))
+        fallback = ("check the learning rate, that layers are trainable, and the "
+                    "output activation against the loss")
+    elif kind == "dead_units":
+        add(learning_rate(stats, kind))
+        add(input_range(stats))
+        add(large_weights(stats, layer))
+        fallback = ("lower the learning rate, use He initialization, LeakyReLU, "
+                    "or BatchNormalization before the ReLU")
+    elif kind == "vanishing_gradients":
+        add(squashing_stack(stats))
+        add(saturated_layers(stats))
+        add(input_range(stats))
+        fallback = ("use ReLU-family activations with He initialization, "
+                    "BatchNormalization, or residual connections")
+    elif kind == "exploding_gradients":
+        add(learning_rate(stats, kind))
+        add(large_weights(stats))
+        add(input_range(stats))
+        add(high_update_ratio(stats))
+        fallback = "clip gradients (clipnorm=1.0), lower the learning rate, check the initializer"
+    elif kind == "nan_inf":
+        add(nonfinite_inputs(stats))
+        add(learning_rate(stats, kind))
+        add(large_weights(stats))
+        add(input_range(stats))
+        fallback = ("look for log(0) or division by zero in custom losses, clip gradients "
+                    "(clipnorm=1.0), or use tf.debugging.enable_check_numerics")
+    elif kind == "saturation":
+        add(single_unit_softmax(stats))
+        add(input_range(stats))
+        add(large_weights(stats, layer))
+        add(learning_rate(stats, kind))
+        fallback = ("scale the inputs, use a smaller initializer, BatchNormalization, "
+                    "and check the output activation matches the loss")
+    elif kind == "oscillating_loss":
+        add(learning_rate(stats, kind))
+        add(high_update_ratio(stats))
+        add(input_range(stats))
+        fallback = "lower the learning rate (try 10x lower) or use a learning-rate schedule"
+    else:
+        raise ValueError("unknown alert kind %r" % (kind,))
+    if not clauses:
+        return fallback
+    return "; ".join(clauses)
+
+
+def _fmt(x):
+    if x == 0:
+        return "0"
+    if abs(x) >= 1e4 or abs(x) < 1e-3:
+        return "%.1e" % x
+    return "%.4g" % x
+
+
+def _pct(frac):
+    return "%d%%" % round(100 * frac) if frac >= 0.01 else "%.1e" % frac
