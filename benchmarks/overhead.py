@@ -1,0 +1,103 @@
+"""Overhead of HealthCallback against plain `fit` and Keras's TensorBoard callback.
+
+Trains one benchmark CNN (conv + dense layers, batch 64) three ways in ONE
+process, interleaving the variants round by round so that machine noise hits
+all of them alike:
+
+  plain      model.fit
+  health     model.fit + HealthCallback (statistics every batch)
+  keras_tb   model.fit + keras.callbacks.TensorBoard(histogram_freq=1, update_freq="batch")
+
+Prints the median ms/step of each, the ratios to plain, and the bytes the
+HealthCallback wrote per monitored layer per step. The last line reads:
+
+  health_callback_vs_plain=R1 keras_tensorboard_vs_plain=R2 bytes_per_layer_step=B
+
+Usage: python benchmarks/overhead.py [--rounds 7] [--steps 60] [--jit]
+"""
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from training_health.keras import HealthCallback  # noqa: E402
+
+
+def make_model(jit):
+    model = keras.Sequential([
+        keras.Input((32, 32, 3)),
+        keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
+        keras.layers.MaxPooling2D(),
+        keras.layers.Conv2D(32, 3, activation="relu", padding="same"),
+        keras.layers.Flatten(),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(10, activation="softmax"),
+    ])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit)
+    return model
+
+
+def dir_bytes(path):
+    return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--steps", type=int, default=60, help="batches per timed fit call")
+    parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    args = parser.parse_args(argv)
+
+    keras.utils.set_random_seed(0)
+    batch = 64
+    n = batch * args.steps
+    x = np.random.rand(n, 32, 32, 3).astype("float32")
+    y = np.random.randint(0, 10, n)
+    tmp = tempfile.mkdtemp(prefix="th-bench-")
+    health_dir = os.path.join(tmp, "health")
+    health = HealthCallback(health_dir, histogram_every=100)
+    variants = {
+        "plain": (make_model(args.jit), []),
+        "health": (make_model(args.jit), [health]),
+        "keras_tb": (make_model(args.jit), [keras.callbacks.TensorBoard(
+            os.path.join(tmp, "keras_tb"), histogram_freq=1, update_freq="batch")]),
+    }
+    for model, callbacks in variants.values():  # warm-up: tracing and first-epoch costs
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
+    health._writer.flush()
+    bytes_before = dir_bytes(health_dir)
+    steps_before = health._flusher.last_step
+
+    times = {name: [] for name in variants}
+    for r in range(args.rounds):
+        order = list(variants) if r % 2 == 0 else list(reversed(variants))
+        for name in order:
+            model, callbacks = variants[name]
+            t0 = time.perf_counter()
+            model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
+            times[name].append((time.perf_counter() - t0) * 1000.0 / args.steps)
+    health._writer.flush()
+    logged_steps = health._flusher.last_step - steps_before
+    n_layers = len(health._program.layers)
+    bytes_per_layer_step = (dir_bytes(health_dir) - bytes_before) / (n_layers * logged_steps)
+
+    med = {name: statistics.median(v) for name, v in times.items()}
+    for name, v in times.items():
+        print("%-9s median %.2f ms/step  (rounds: %s)" % (name, med[name], " ".join("%.1f" % t for t in v)))
+    print("monitored layers: %d, steps logged in timed rounds: %d" % (n_layers, logged_steps))
+    health.close()
+    print("health_callback_vs_plain=%.2f keras_tensorboard_vs_plain=%.2f bytes_per_layer_step=%.0f"
+          % (med["health"] / med["plain"], med["keras_tb"] / med["plain"], bytes_per_layer_step))
+
+
+if __name__ == "__main__":
+    main()

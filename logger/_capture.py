@@ -1,0 +1,463 @@
+"""Capture machinery shared by the Keras callback and the GradientTape wrapper.
+
+* `Recording`: per-trace collection of what one training step produced
+  (layer outputs, gradients, the batch loss). Layers' `call` and the
+  optimizer's `apply` are wrapped so that, while a recording is open in the
+  tracing thread, they hand their tensors to it. The wrappers do nothing
+  outside a recording (evaluate/predict traces are untouched).
+* `DeviceProgram`: the device side. Given a recording it computes every
+  statistic in the step and writes one row into a ring buffer variable; it
+  never transfers anything to the host and uses no summary ops (XLA-safe).
+* `HostFlusher`: the host side. Every few batches it reads the new rows,
+  turns them into `StepStats`, hands them to the `RunWriter` (whose thread
+  writes the files) and to the detectors.
+"""
+
+import contextlib
+import logging
+import threading
+
+import numpy as np
+import tensorflow as tf
+
+from training_health import _tf_stats as ts
+from training_health import format as fmt
+from training_health._layers import layer_info
+from training_health.records import StepStats
+
+log = logging.getLogger("training_health")
+
+_local = threading.local()
+
+
+class Recording:
+    """What one traced training step produced."""
+
+    def __init__(self):
+        self.activations = {}  # layer index -> first output tensor
+        self.grads_and_vars = None  # (grads, variables) given to the optimizer
+        self.loss = None
+
+
+def current_recording():
+    return getattr(_local, "recording", None)
+
+
+@contextlib.contextmanager
+def recording():
+    rec = Recording()
+    previous = current_recording()
+    _local.recording = rec
+    try:
+        yield rec
+    finally:
+        _local.recording = previous
+
+
+def _first_tensor(out):
+    for t in tf.nest.flatten(out):
+        if isinstance(t, (tf.Tensor, tf.Variable)) or hasattr(t, "dtype"):
+            return t
+    return None
+
+
+class Patches:
+    """Instance-attribute wrappers, removed exactly by `restore()`."""
+
+    def __init__(self):
+        self._saved = []  # (obj, attr name, previous instance value or _MISSING)
+
+    _MISSING = object()
+
+    def _set(self, obj, name, value):
+        previous = obj.__dict__.get(name, self._MISSING)
+        self._saved.append((obj, name, previous))
+        object.__setattr__(obj, name, value)
+
+    def wrap_layer_calls(self, layers):
+        for index, layer in enumerate(layers):
+            original = layer.call
+
+            def call(*args, __original=original, __index=index, **kwargs):
+                out = __original(*args, **kwargs)
+                rec = current_recording()
+                if rec is not None and __index not in rec.activations:
+                    tensor = _first_tensor(out)
+                    if tensor is not None:
+                        rec.activations[__index] = tensor
+                return out
+
+            self._set(layer, "call", call)
+
+    def wrap_optimizer(self, optimizer):
+        original = optimizer.apply
+
+        def apply(grads, trainable_variables=None):
+            rec = current_recording()
+            if rec is not None and rec.grads_and_vars is None:
+                variables = trainable_variables
+                if variables is None:
+                    variables = optimizer._trainable_variables
+                rec.grads_and_vars = (list(grads), list(variables))
+            return original(grads, trainable_variables)
+
+        self._set(optimizer, "apply", apply)
+
+    def wrap_compute_loss(self, model):
+        original = model.compute_loss
+
+        def compute_loss(*args, **kwargs):
+            loss = original(*args, **kwargs)
+            rec = current_recording()
+            if rec is not None:
+                rec.loss = loss
+            return loss
+
+        self._set(model, "compute_loss", compute_loss)
+
+    def restore(self):
+        for obj, name, previous in reversed(self._saved):
+            if previous is self._MISSING:
+                object.__delattr__(obj, name)
+            else:
+                object.__setattr__(obj, name, previous)
+        self._saved = []
+
+
+def _metric_objects(model):
+    """(name, metric) of the compiled metrics, flattened, loss tracker excluded."""
+    out = []
+    for m in model.metrics:
+        inner = getattr(m, "metrics", None)
+        if inner is not None and not hasattr(m, "total"):
+            out.extend(inner)
+        elif m.name != "loss":
+            out.append(m)
+    seen, result = set(), []
+    for m in out:
+        if m.name not in seen and m.name != "loss":
+            seen.add(m.name)
+            result.append((m.name, m))
+    return result
+
+
+def _metric_state(metric):
+    total, count = getattr(metric, "total", None), getattr(metric, "count", None)
+    if total is not None and count is not None:
+        return (tf.cast(tf.convert_to_tensor(total), tf.float32),
+                tf.cast(tf.convert_to_tensor(count), tf.float32))
+    return None
+
+
+def _leading(t, k):
+    """The first k examples of a batch (all of it when smaller)."""
+    if getattr(t, "shape", None) is None or t.shape.rank in (None, 0):
+        return t
+    return t[:k]
+
+
+class DeviceProgram:
+    """Device-side state and the per-step statistics op.
+
+    Args:
+        layers: the monitored Keras layers.
+        metrics: list of (name, metric) whose per-batch value is recorded.
+        every_n_batches, histogram_every, dead_window, rows: see HealthCallback.
+        start_step: the global step of the first training step.
+    """
+
+    def __init__(self, layers, model, every_n_batches, histogram_every, dead_window,
+                 rows, start_step, activation_examples=None):
+        self.activation_examples = activation_examples
+        self.layers = list(layers)
+        self.model = model
+        self.every_n_batches = int(every_n_batches)
+        self.histogram_every = int(histogram_every)
+        self.dead_window = int(dead_window)
+        self.rows = int(rows)
+        self.metrics = None  # (name, metric) list, known once the step is traced
+        self.global_names = None
+        self.buffer = None
+        self.hist_slots = max(2, self.rows // max(1, self.histogram_every) + 2) if self.histogram_every else 0
+        # Layer -> its trainable variables (by id) for grouping gradients.
+        self._var_layer = {}
+        for i, layer in enumerate(self.layers):
+            for v in layer.trainable_weights:
+                self._var_layer.setdefault(id(v), i)
+        self.units = [0] * len(self.layers)  # known after tracing
+        self.captured = [False] * len(self.layers)
+        self.traced = False
+        with tf.init_scope():
+            self.step = tf.Variable(int(start_step), dtype=tf.int64, trainable=False, name="th_step")
+            self.start = tf.Variable(int(start_step), dtype=tf.int64, trainable=False, name="th_start")
+            self.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="th_count")
+            if self.hist_slots:
+                shape = [self.hist_slots, len(self.layers), len(fmt.HIST_SERIES), fmt.HIST_ROW]
+                self.hist = tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name="th_hist")
+                self.hist_steps = tf.Variable(tf.zeros([self.hist_slots], tf.int64), trainable=False, name="th_hist_steps")
+                self.hist_count = tf.Variable(0, dtype=tf.int64, trainable=False, name="th_hist_count")
+        self._last_active = {}  # layer index -> int64 [units] variable
+        self._metric_prev = {}  # metric name -> (total, count) float32 variables
+
+    def _ensure_buffers(self):
+        """Creates the row buffer once the compiled metrics are known (first trace)."""
+        if self.buffer is not None:
+            return
+        self.metrics = _metric_objects(self.model) if self.model is not None else []
+        self.global_names = tuple(fmt.GLOBAL_STATS) + tuple(n for n, _ in self.metrics)
+        self.width = len(self.global_names) + len(self.layers) * len(fmt.LAYER_STATS)
+        with tf.init_scope():
+            self.buffer = tf.Variable(tf.zeros([self.rows, self.width], tf.float32), trainable=False, name="th_rows")
+            self.row_steps = tf.Variable(tf.zeros([self.rows], tf.int64), trainable=False, name="th_row_steps")
+
+    # -- helpers used by the wrappers ------------------------------------
+    def monitored_variables(self):
+        return [v for layer in self.layers for v in layer.trainable_weights]
+
+    def _metric_value(self, name, metric):
+        """This batch's value of a metric: from the change of its (total, count)
+        since the previous step for mean-type metrics, else its result()."""
+        state = _metric_state(metric)
+        nan = tf.constant(float("nan"), tf.float32)
+        if state is None:
+            try:
+                return tf.reshape(tf.cast(metric.result(), tf.float32), []), []
+            except (TypeError, ValueError):
+                return nan, []
+        total, count = state
+        prev = self._metric_prev.get(name)
+        if prev is None:
+            with tf.init_scope():
+                prev = (tf.Variable(0.0, trainable=False, name="th_prev_total"),
+                        tf.Variable(0.0, trainable=False, name="th_prev_count"))
+            self._metric_prev[name] = prev
+        p_total, p_count = prev[0].read_value(), prev[1].read_value()
+        reset = count < p_count  # metrics were reset (new epoch) before this step
+        d_total = tf.where(reset, total, total - p_total)
+        d_count = tf.where(reset, count, count - p_count)
+        value = tf.where(d_count > 0, d_total / tf.maximum(d_count, 1e-30), nan)
+        return value, [prev[0].assign(total), prev[1].assign(count)]
+
+    def _last_active_var(self, index, units):
+        var = self._last_active.get(index)
+        if var is None:
+            with tf.init_scope():
+                start = int(self.start.numpy())
+                var = tf.Variable(tf.fill([units], np.int64(start - 1)), trainable=False,
+                                  name="th_last_active_%d" % index)
+            self._last_active[index] = var
+        return var
+
+    # -- the per-step op --------------------------------------------------
+    def record(self, rec, inputs, weights_before, optimizer):
+        """Adds the statistics of one step to the graph; returns the op that writes them."""
+        self._ensure_buffers()
+        step = self.step.read_value()
+        self.traced = True
+
+        grads, variables = rec.grads_and_vars if rec.grads_and_vars is not None else ([], [])
+        scale = None
+        if optimizer is not None and hasattr(optimizer, "inner_optimizer") and hasattr(optimizer, "dynamic_scale"):
+            scale = tf.cast(tf.convert_to_tensor(optimizer.dynamic_scale), tf.float32)
+        per_layer_grads = [[] for _ in self.layers]
+        all_grads = []
+        for g, v in zip(grads, variables):
+            if g is None:
+                continue
+            g = ts._as_f32(g)
+            if scale is not None:
+                g = g / scale
+            all_grads.append(g)
+            index = self._var_layer.get(id(v))
+            if index is not None:
+                per_layer_grads[index].append(g)
+
+        # Units activity is tracked every batch (the dead-unit window needs it).
+        activity_updates = []
+        active = {}
+        if self.activation_examples:
+            k = self.activation_examples
+            rec.activations = {i: _leading(a, k) for i, a in rec.activations.items()}
+            inputs = [_leading(x, k) for x in inputs]
+        for i in range(len(self.layers)):
+            a = rec.activations.get(i)
+            if a is None:
+                continue
+            self.captured[i] = True
+            units = int(a.shape[-1]) if (a.shape.rank or 0) >= 2 and a.shape[-1] is not None else 1
+            self.units[i] = units
+            var = self._last_active_var(i, units)
+            active[i] = ts.units_active(a)
+            activity_updates.append(var.assign(tf.where(active[i], step, var.read_value())))
+
+        def write_row():
+            vec = self._row(rec, inputs, all_grads, per_layer_grads, weights_before,
+                            metric_values, optimizer, step, active)
+            slot = self.count % self.rows
+            w1 = self.buffer.scatter_nd_update([[slot]], vec[None, :])
+            w2 = self.row_steps.scatter_nd_update([[slot]], step[None])
+            with tf.control_dependencies([w1, w2]):
+                return self.count.assign_add(1)
+
+        # Metric snapshots are updated every batch so each value covers one batch.
+        metric_values, metric_updates = [], []
+        for name, metric in self.metrics:
+            value, updates = self._metric_value(name, metric)
+            metric_values.append(value)
+            metric_updates.extend(updates)
+
+        with tf.control_dependencies(activity_updates):
+            if self.every_n_batches == 1:
+                done = write_row()
+            else:
+                done = tf.cond(tf.equal(step % self.every_n_batches, 0), write_row,
+                               lambda: self.count.read_value())
+            ops = [done]
+            if self.hist_slots:
+                ops.append(tf.cond(
+                    tf.equal(step % self.histogram_every, 0),
+                    lambda: self._write_histograms(rec, per_layer_grads, step),
+                    lambda: self.hist_count.read_value(),
+                ))
+            with tf.control_dependencies(ops):
+                with tf.control_dependencies(metric_updates):
+                    return self.step.assign_add(1)
+
+    def _row(self, rec, inputs, all_grads, per_layer_grads, weights_before,
+             metric_values, optimizer, step, active):
+        nan = tf.constant(float("nan"), tf.float32)
+        g = ts.gradient_stats(all_grads)
+        if inputs:
+            inp = ts.input_stats(inputs)
+        else:
+            inp = {k: nan for k in ("input_mean", "input_std", "input_min", "input_max", "input_nonfinite")}
+        loss = ts._as_f32(rec.loss) if rec.loss is not None else nan
+        lr = nan
+        if optimizer is not None:
+            try:
+                lr = tf.cast(tf.convert_to_tensor(optimizer.learning_rate), tf.float32)
+            except (TypeError, ValueError, AttributeError):
+                lr = nan
+        global_values = dict(
+            loss=tf.reshape(loss, []) if loss.shape.rank == 0 else tf.reduce_mean(loss),
+            grad_norm=g["grad_norm"], grad_nonfinite=g["grad_nonfinite"], learning_rate=lr, **inp,
+        )
+        values = [global_values[name] for name in fmt.GLOBAL_STATS] + list(metric_values)
+
+        offset = 0
+        for i, layer in enumerate(self.layers):
+            n_vars = len(layer.trainable_weights)
+            before = weights_before[offset: offset + n_vars]
+            offset += n_vars
+            after_w = [v.value for v in layer.trainable_weights]
+            gs = ts.gradient_stats(per_layer_grads[i]) if per_layer_grads[i] else ts.gradient_stats([])
+            ws = ts.weight_stats(before, after_w)
+            a = rec.activations.get(i)
+            if a is not None:
+                acts = ts.activation_stats(a, layer_info(layer).bounds)
+                dead = 1.0 - tf.reduce_mean(tf.cast(active[i], tf.float32))
+                last = self._last_active[i].read_value()
+                threshold = tf.maximum(step - self.dead_window + 1, self.start.read_value())
+                dead_w = tf.reduce_mean(tf.cast(last < threshold, tf.float32))
+            else:
+                acts = {k: nan for k in fmt.LAYER_STATS if k.startswith("act_")}
+                dead = dead_w = nan
+            stats = dict(gs, **ws, **acts, dead_frac=dead, dead_frac_window=dead_w)
+            values.extend(stats[k] for k in fmt.LAYER_STATS)
+        return tf.stack([tf.reshape(tf.cast(v, tf.float32), []) for v in values])
+
+    def _write_histograms(self, rec, per_layer_grads, step):
+        rows = []
+        for i in range(len(self.layers)):
+            grad_row = ts.gradient_histogram(per_layer_grads[i])
+            a = rec.activations.get(i)
+            act_row = ts.activation_histogram(a) if a is not None else tf.fill([fmt.HIST_ROW], float("nan"))
+            rows.append(tf.stack([grad_row, act_row]))
+        value = tf.stack(rows)
+        slot = self.hist_count % self.hist_slots
+        w1 = self.hist.scatter_nd_update([[slot]], value[None])
+        w2 = self.hist_steps.scatter_nd_update([[slot]], step[None])
+        with tf.control_dependencies([w1, w2]):
+            return self.hist_count.assign_add(1)
+
+    def layer_infos(self):
+        return [layer_info(l, self.units[i], self.captured[i]) for i, l in enumerate(self.layers)]
+
+
+class HostFlusher:
+    """Reads new rows from a DeviceProgram and writes / checks them on the host.
+
+    Args:
+        program: the DeviceProgram.
+        run_writer_factory: callable(layer_infos, metric_names) -> RunWriter.
+        detectors: a DetectorSuite or None.
+        on_alerts: callable(list of Alert) for the caller's reactions.
+    """
+
+    def __init__(self, program, run_writer_factory, detectors, on_alerts):
+        self.program = program
+        self._factory = run_writer_factory
+        self.writer = None
+        self.detectors = detectors
+        self.on_alerts = on_alerts
+        self._lock = threading.Lock()
+        self._read = 0  # rows consumed
+        self._hist_read = 0
+        self.lost_rows = 0
+        self.last_step = None
+
+    def flush(self, blocking=True):
+        """Reads and writes new rows. With blocking=False, skips if a flush is running."""
+        if not self._lock.acquire(blocking=blocking):
+            return
+        try:
+            self._flush_locked()
+        finally:
+            self._lock.release()
+
+    def _flush_locked(self):
+        p = self.program
+        if p.buffer is None:
+            return  # nothing traced yet
+        count = int(p.count.numpy())
+        if count == self._read and (not p.hist_slots or int(p.hist_count.numpy()) == self._hist_read):
+            return
+        buffer = p.buffer.numpy()
+        steps = p.row_steps.numpy()
+        if self.writer is None:
+            metric_names = p.global_names[len(fmt.GLOBAL_STATS):]
+            self.layer_infos = tuple(p.layer_infos())
+            self.writer = self._factory(self.layer_infos, metric_names)
+        first = max(self._read, count - p.rows)
+        if first > self._read:
+            self.lost_rows += first - self._read
+            log.warning("training_health: %d logged steps were overwritten before they were read; "
+                        "lower flush_every", first - self._read)
+        n_global = len(p.global_names)
+        shape = (len(p.layers), len(fmt.LAYER_STATS))
+        for r in range(first, count):
+            slot = r % p.rows
+            step = int(steps[slot])
+            row = buffer[slot]
+            layer_values = row[n_global:].reshape(shape)
+            global_values = row[:n_global]
+            if self.last_step is not None and step <= self.last_step:
+                continue
+            self.last_step = step
+            self.writer.write_step(step, layer_values, global_values)
+            if self.detectors is not None:
+                stats = StepStats(step, self.layer_infos, fmt.LAYER_STATS, layer_values,
+                                  dict(zip(p.global_names, (float(x) for x in global_values))))
+                alerts = self.detectors.update(step, stats)
+                if alerts:
+                    self.writer.write_alerts(step, alerts)
+                    self.on_alerts(alerts)
+        self._read = count
+        if p.hist_slots:
+            hcount = int(p.hist_count.numpy())
+            hist = p.hist.numpy()
+            hsteps = p.hist_steps.numpy()
+            for r in range(max(self._hist_read, hcount - p.hist_slots), hcount):
+                slot = r % p.hist_slots
+                self.writer.write_histograms(int(hsteps[slot]), hist[slot])
+            self._hist_read = hcount

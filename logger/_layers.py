@@ -1,0 +1,96 @@
+"""Which Keras layers are monitored, and what their activation is."""
+
+import re
+
+import keras
+
+from training_health.records import LayerInfo
+
+_BOUNDS = {
+    "sigmoid": (0.0, 1.0),
+    "hard_sigmoid": (0.0, 1.0),
+    "tanh": (-1.0, 1.0),
+    "hard_tanh": (-1.0, 1.0),
+    "softsign": (-1.0, 1.0),
+    "softmax": (0.0, 1.0),
+    "relu6": (0.0, 6.0),
+}
+
+_ACTIVATION_LAYERS = {
+    "Activation", "ReLU", "LeakyReLU", "ELU", "PReLU", "Softmax",
+}
+
+
+def activation_of(layer):
+    """(normalized activation name, bounds or None) of a layer's output."""
+    cls = type(layer).__name__
+    if cls == "ReLU":
+        if getattr(layer, "max_value", None) == 6:
+            return "relu6", _BOUNDS["relu6"]
+        if getattr(layer, "negative_slope", 0.0):
+            return "leaky_relu", None
+        return "relu", None
+    if cls in ("LeakyReLU", "PReLU"):
+        return "leaky_relu", None
+    if cls == "ELU":
+        return "elu", None
+    if cls == "Softmax":
+        return "softmax", _BOUNDS["softmax"]
+    fn = getattr(layer, "activation", None)
+    if fn is None or not callable(fn):
+        return "", None
+    name = getattr(fn, "__name__", "") or ""
+    name = {"hard_silu": "hard_swish", "swish": "silu"}.get(name, name)
+    return name, _BOUNDS.get(name)
+
+
+def _leaves(model):
+    for layer in model.layers:
+        if isinstance(layer, keras.Model):
+            yield from _leaves(layer)
+        else:
+            yield layer
+
+
+def select_layers(model, patterns=None):
+    """The layers to monitor, in model order.
+
+    Args:
+        model: a built Keras model.
+        patterns: None for the default (layers with trainable weights and
+            activation layers), or a list of layer names / regular expressions
+            matched against the whole layer name.
+    """
+    leaves = list(_leaves(model))
+    if patterns is None:
+        chosen = [
+            l for l in leaves
+            if l.trainable_weights or type(l).__name__ in _ACTIVATION_LAYERS
+        ]
+    else:
+        compiled = [re.compile(p) for p in patterns]
+        chosen = [l for l in leaves if any(c.fullmatch(l.name) for c in compiled)]
+        if not chosen:
+            raise ValueError(
+                "`layers` matched no layer of the model; received %r, the model's layers are %s"
+                % (list(patterns), [l.name for l in leaves])
+            )
+    seen, unique = set(), []
+    for layer in chosen:
+        if id(layer) not in seen:
+            seen.add(id(layer))
+            unique.append(layer)
+    return unique
+
+
+def layer_info(layer, units=0, has_activation=False):
+    activation, bounds = activation_of(layer)
+    return LayerInfo(
+        name=layer.name,
+        type=type(layer).__name__,
+        activation=activation,
+        bounds=bounds,
+        units=int(units or 0),
+        has_weights=bool(layer.trainable_weights),
+        has_activation=bool(has_activation),
+    )

@@ -1,0 +1,263 @@
+"""`HealthCallback`: per-batch training health for `model.fit`, in one line.
+
+    model.fit(x, y, callbacks=[training_health.keras.HealthCallback("runs/my_run")])
+"""
+
+try:
+    import keras
+    import tensorflow as tf
+except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "training_health.keras needs TensorFlow (Keras 3). Install it with "
+        "`pip install training-health[tf]` (or `pip install tensorflow`). (%s)" % e
+    ) from e
+
+import logging
+import re
+
+from training_health import _capture
+from training_health._layers import select_layers
+from training_health.run_writer import RunWriter
+
+log = logging.getLogger("training_health")
+
+__all__ = ["HealthCallback"]
+
+
+def _check_int(name, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(
+            "`%s` must be an integer >= %d; received %r" % (name, minimum, value)
+        )
+
+
+def _check_int_public(name, value):
+    _check_int(name, value, 1)
+
+
+def check_options(every_n_batches, histogram_every, dead_window, flush_every, layers, stop_on):
+    """Validates the knobs shared by HealthCallback and HealthMonitor."""
+    _check_int("every_n_batches", every_n_batches, 1)
+    _check_int("histogram_every", histogram_every, 0)
+    _check_int("dead_window", dead_window, 1)
+    _check_int("flush_every", flush_every, 1)
+    if layers is not None:
+        if isinstance(layers, str) or not all(isinstance(p, str) for p in layers):
+            raise ValueError(
+                "`layers` must be a list of layer names or regular expressions, e.g. "
+                "layers=['conv2d', 'dense.*']; received %r" % (layers,)
+            )
+        for p in layers:
+            try:
+                re.compile(p)
+            except re.error as e:
+                raise ValueError("`layers` entry %r is not a valid regular expression: %s" % (p, e)) from e
+    from training_health.records import KINDS
+
+    unknown = [k for k in stop_on if k not in KINDS]
+    if isinstance(stop_on, str) or unknown:
+        raise ValueError(
+            "`stop_on` must be a list of alert kinds from %s; received %r" % (KINDS, stop_on)
+        )
+
+
+def default_detectors():
+    """The default DetectorSuite, or None if detectors are not available."""
+    try:
+        from training_health.detectors import DetectorSuite
+    except ImportError:
+        return None
+    return DetectorSuite()
+
+
+class HealthCallback(keras.callbacks.Callback):
+    """Logs per-batch, per-layer training health and raises stall alerts.
+
+    Statistics are computed inside the training step (also under XLA), kept
+    in a small device-side buffer and read every `flush_every` batches; a
+    background thread writes them to TensorBoard event files. The model is
+    left as it was after training: `predict`, `evaluate` and `save` behave
+    the same.
+
+    Args:
+        logdir: directory (or bucket URL) of this run's event files.
+        every_n_batches: log statistics every this many batches. Defaults to 1.
+        histogram_every: log gradient and activation histograms every this
+            many batches; 0 turns them off. Defaults to 100.
+        layers: list of layer names or regular expressions (full match) to
+            monitor, or None for every layer with trainable weights plus
+            activation layers. Defaults to None.
+        dead_window: number of batches over which a unit must stay at <= 0
+            to count as dead in `dead_frac_window`. Defaults to 50.
+        flush_every: read the device buffer every this many batches (and at
+            each epoch end). Lower means fresher data and alerts; each read is
+            one small device-to-host copy. Defaults to 50.
+        activation_examples: activation and input statistics (and dead
+            units) are computed on the first this many examples of each
+            batch, which keeps their cost to a fraction of a step; None uses
+            the whole batch. Gradient and weight statistics always cover the
+            whole batch. Defaults to 8.
+        detectors: a `training_health.detectors.DetectorSuite`, or None to
+            turn online alerts off. Defaults to the default suite.
+        stop_on: alert kinds that stop training (like `TerminateOnNaN`),
+            e.g. `["nan_inf"]`. Defaults to `()`.
+        on_alert: callable taking each raised `Alert` (for a webhook or a
+            pager). Exceptions it raises are logged, not propagated.
+            Defaults to None.
+    """
+
+    # Batch hooks only count batches and occasionally read a small buffer:
+    # safe to dispatch asynchronously, which keeps Keras's fast path.
+    async_safe = True
+
+    def __init__(self, logdir, every_n_batches=1, histogram_every=100, layers=None,
+                 dead_window=50, flush_every=50, activation_examples=8, detectors="default",
+                 stop_on=(), on_alert=None):
+        super().__init__()
+        if not isinstance(logdir, str) and not hasattr(logdir, "__fspath__"):
+            raise ValueError("`logdir` must be a path or URL string; received %r" % (logdir,))
+        check_options(every_n_batches, histogram_every, dead_window, flush_every, layers, stop_on)
+        if on_alert is not None and not callable(on_alert):
+            raise ValueError("`on_alert` must be callable or None; received %r" % (on_alert,))
+        self.logdir = str(logdir)
+        self.every_n_batches = every_n_batches
+        self.histogram_every = histogram_every
+        self.layer_patterns = None if layers is None else list(layers)
+        self.dead_window = dead_window
+        self.flush_every = flush_every
+        if activation_examples is not None:
+            _check_int_public("activation_examples", activation_examples)
+        self.activation_examples = activation_examples
+        self.detectors = default_detectors() if detectors == "default" else detectors
+        self.stop_on = tuple(stop_on)
+        self.on_alert = on_alert
+        self.alerts = []  # every alert raised so far, for the caller
+        self._program = None
+        self._flusher = None
+        self._patches = None
+        self._batches = 0
+        self._writer = None
+        self._warned_skipped = False
+        self._train_function = None
+        self._keras_train_function = None
+
+    # -- lifecycle -----------------------------------------------------------
+    def on_train_begin(self, logs=None):
+        model = self.model
+        if self._program is None or self._program_model is not model:
+            self._build(model)
+        elif self.detectors is not None:
+            pass  # keep detector state across repeated fit calls on the same run
+        self._batches = 0
+        self._keras_train_function = model.train_function
+        self._install(model)
+
+    def _build(self, model):
+        layers = select_layers(model, self.layer_patterns)
+        start = int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0
+        rows = max(4 * self.flush_every, 64)
+        self._program = _capture.DeviceProgram(
+            layers, model, self.every_n_batches, self.histogram_every, self.dead_window,
+            rows, start, activation_examples=self.activation_examples,
+        )
+        self._program_model = model
+        self._train_function = None
+        if self.detectors is not None:
+            self.detectors.reset()
+        self._flusher = _capture.HostFlusher(
+            self._program, self._make_writer, self.detectors, self._handle_alerts
+        )
+
+    def _make_writer(self, layer_infos, metric_names):
+        if self._writer is None:
+            self._writer = RunWriter(self.logdir, layer_infos, metric_names)
+        return self._writer
+
+    def _install(self, model):
+        program = self._program
+        patches = _capture.Patches()
+        patches.wrap_layer_calls(program.layers)
+        if model.optimizer is not None:
+            patches.wrap_optimizer(model.optimizer)
+        patches.wrap_compute_loss(model)
+        original_step = model.train_step
+
+        def train_step(data):
+            x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
+            inputs = [t for t in tf.nest.flatten(x) if t is not None]
+            weights_before = [tf.identity(v.value) for v in program.monitored_variables()]
+            with _capture.recording() as rec:
+                logs = original_step(data)
+            done = program.record(rec, inputs, weights_before, model.optimizer)
+            with tf.control_dependencies([done]):
+                return tf.nest.map_structure(tf.identity, logs)
+
+        patches._set(model, "train_step", train_step)
+        self._patches = patches
+        if self._train_function is None:
+            model.make_train_function(force=True)
+            self._train_function = model.train_function
+        else:  # a later fit on the same model: reuse the traced step, no retrace
+            model.train_function = self._train_function
+
+    def _uninstall(self):
+        if self._patches is not None:
+            self._patches.restore()
+            self._patches = None
+            # Keras's own step again for whatever the user does next.
+            self.model.train_function = self._keras_train_function
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._batches += 1
+        if self._batches % self.flush_every == 0:
+            self._flush(blocking=False)
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._flush(blocking=True)
+
+    def on_train_end(self, logs=None):
+        try:
+            self._flush(blocking=True)
+            if self._writer is not None:
+                self._writer.flush()
+        finally:
+            self._uninstall()
+
+    # -- host side -----------------------------------------------------------
+    def _flush(self, blocking):
+        if self._flusher is None:
+            return
+        self._flusher.flush(blocking=blocking)
+        if not self._warned_skipped and self._program.traced:
+            self._warned_skipped = True
+            skipped = [l.name for l, ok in zip(self._program.layers, self._program.captured) if not ok]
+            if skipped:
+                log.warning(
+                    "training_health: could not capture the outputs of %s (not called through "
+                    "Layer.__call__ in the training step); their gradient and weight statistics "
+                    "are still logged", skipped)
+
+    def _handle_alerts(self, alerts):
+        for alert in alerts:
+            if alert.cleared:
+                log.info("training_health: %s%s cleared at step %d", alert.kind,
+                         " in %s" % alert.layer if alert.layer else "", alert.step)
+                continue
+            self.alerts.append(alert)
+            log.warning("training_health: [%s] %s at step %d%s: %s Hint: %s", alert.severity,
+                        alert.kind, alert.step, " in %s" % alert.layer if alert.layer else "",
+                        alert.message, alert.hint)
+            if self.on_alert is not None:
+                try:
+                    self.on_alert(alert)
+                except Exception:  # the user's hook must not end training; the traceback is logged
+                    log.exception("training_health: on_alert raised")
+            if alert.kind in self.stop_on:
+                log.warning("training_health: stopping training on %s (stop_on=%r)",
+                            alert.kind, list(self.stop_on))
+                self.model.stop_training = True
+
+    def close(self):
+        """Flushes and closes the event files (also done at interpreter exit)."""
+        if self._writer is not None:
+            self._writer.close()
