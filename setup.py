@@ -33,8 +33,12 @@ setup(
         "tf": ["tensorflow>=2.16"],
         "s3": ["s3fs", "boto3"],
         "gcs": ["gcsfs"],
+        # CI and test machines are CPU-only: on Linux x86-64 the test extra takes
+        # the CPU build (which also skips re-downloading TensorFlow where it is
+        # installed); elsewhere `tensorflow` is the CPU build already.
         "test": [
-            "tensorflow>=2.16",
+            'tensorflow-cpu>=2.16; sys_platform == "linux" and platform_machine == "x86_64"',
+            'tensorflow>=2.16; sys_platform != "linux" or platform_machine != "x86_64"',
             "pytest",
             "werkzeug",
             "playwright",

@@ -11,6 +11,7 @@ import fnmatch
 import json
 import os
 import shutil
+import site as pysite
 import subprocess
 import sys
 import zipfile
@@ -143,12 +144,18 @@ def test_plain_install_into_fresh_venv(source_copy, tmp_path):
     # the venv gets its own, non-editable copy of training-health.
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", "--without-pip", str(venv)], check=True)
     python = str(venv / "bin" / "python")
-    _pip(python, "install", str(source_copy))
     site = subprocess.run(
         [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
         capture_output=True, text=True, check=True,
     ).stdout.strip()
     assert site.startswith(str(venv))
+    # When the tests themselves run in a virtual environment (as .ci/run does),
+    # the dependencies live there, not in the base interpreter's site: list
+    # those folders after the new venv's own (a plain path line in a .pth
+    # file runs none of the .pth files there, so no editable finder loads).
+    with open(os.path.join(site, "zz_test_dependencies.pth"), "w", encoding="utf-8") as f:
+        f.write("\n".join(p for p in pysite.getsitepackages() if os.path.isdir(p)) + "\n")
+    _pip(python, "install", str(source_copy))
     probe = """
 import importlib.metadata as md, json, os, training_health, training_health.plugin, training_health.format
 (ep,) = [e for e in md.entry_points(group="tensorboard_plugins") if e.name == "training_health"]
@@ -178,3 +185,22 @@ print(json.dumps({
     result = subprocess.run([str(script), "--help"], capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith("usage: training-health")
+
+
+def _ci_test_command():
+    with open(os.path.join(REPO_ROOT, ".ci", "run"), encoding="utf-8") as f:
+        lines = [line for line in f if line.startswith("TEST_COMMAND=")]
+    assert len(lines) == 1, ".ci/run must define TEST_COMMAND once"
+    return lines[0].strip()[len("TEST_COMMAND='"):-1]
+
+
+def test_ci_runs_the_readme_test_command():
+    command = _ci_test_command()
+    assert command.startswith('pip install -e ".[test]"') and "pytest" in command
+    with open(os.path.join(REPO_ROOT, "README.md"), encoding="utf-8") as f:
+        readme_lines = [line.strip() for line in f]
+    assert command in readme_lines, "README.md must show the test command %r on a line of its own" % command
+    ci = os.path.join(REPO_ROOT, ".ci", "run")
+    assert os.access(ci, os.X_OK)
+    syntax = subprocess.run(["bash", "-n", ci], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
