@@ -58,7 +58,7 @@ def input_range(stats):
 
 def nonfinite_inputs(stats):
     n = _num(stats.global_values.get("input_nonfinite"))
-    if n:
+    if n is not None and n >= 1:
         return (
             "the input batch holds %d NaN/Inf values: clean the data "
             "(e.g. np.nan_to_num, drop or impute missing values)" % n

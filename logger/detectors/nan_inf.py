@@ -5,8 +5,8 @@ from training_health.detectors.base import MODEL, Detector, Finding, finite
 
 
 def _count(x):
-    """A NaN/Inf count as a float; NaN (not measured) counts as 0."""
-    return float(x) if finite(x) else 0.0
+    """A NaN/Inf count as a float; NaN (not measured) or < 1 counts as 0."""
+    return float(x) if finite(x) and float(x) >= 1 else 0.0
 
 
 class NanInfDetector(Detector):
