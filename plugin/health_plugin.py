@@ -4,9 +4,8 @@ Each route is a thin `*_route` that parses the query, calls a `*_impl`
 method returning plain data (dicts, lists, numbers, strings) and answers
 through `http_util.Respond`. Bad arguments raise
 `tensorboard.errors.InvalidArgumentError` (400), unknown runs, tags or
-layers `NotFoundError` (404), logs of a newer format
-`FailedPreconditionError` (400); `_json_route` turns them into a JSON
-`{"error": ...}` answer. See `http_api.md` for every route.
+layers `NotFoundError` (404), logs of a newer format `UnreadableDataError`
+(400); `_json_route` turns them into a JSON `{"error": ...}` answer. See `http_api.md` for every route.
 """
 
 import functools
@@ -21,7 +20,7 @@ from werkzeug import wrappers
 
 from training_health import format as fmt
 from training_health.plugin import downsample
-from training_health.plugin.reader import Reader
+from training_health.plugin.reader import Reader, UnreadableDataError
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {
@@ -212,7 +211,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             if fmt.TAG_LAYERS in tags:
                 try:
                     entry["layers"] = len(self._reader.metadata(tags[fmt.TAG_LAYERS])["layers"])
-                except errors.FailedPreconditionError as e:
+                except UnreadableDataError as e:
                     entry["error"] = str(e)
             runs.append(entry)
         return {"runs": runs, "sample_limit": self._reader.sample_limit}
@@ -332,9 +331,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             try:
                 records = fmt.decode_alerts(value)
             except fmt.FormatError as e:
-                raise errors.FailedPreconditionError(
-                    "run %r holds an alert that cannot be read: %s" % (run, e)
-                ) from e
+                raise UnreadableDataError("run %r holds an alert that is not JSON: %s" % (run, e)) from e
             for record in records:
                 if not isinstance(record, dict):
                     continue

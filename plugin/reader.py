@@ -16,6 +16,15 @@ from tensorboard.data import provider
 
 from training_health import format as fmt
 
+class UnreadableDataError(errors.PublicError):
+    """Logs this version of the plugin cannot read (e.g. a newer format): HTTP 400."""
+
+    http_code = 400
+
+    def __init__(self, details):
+        super().__init__("cannot read these logs: %s" % details)
+
+
 # The most values asked of the data provider per read. Bounds the memory and
 # the gRPC message of one read under `--load_fast` (TensorBoard's channel
 # accepts 256 MiB; 20000 matrices of 50 x 14 floats are 56 MB).
@@ -94,11 +103,11 @@ class Reader:
         raise errors.NotFoundError("run %r has no %r data" % (run, tag))
 
     def metadata(self, time_series):
-        """Parsed plugin metadata; FailedPreconditionError for unknown versions."""
+        """Parsed plugin metadata; UnreadableDataError for unknown versions."""
         try:
             return fmt.parse_metadata(time_series.plugin_content)
         except fmt.FormatError as e:
-            raise errors.FailedPreconditionError(str(e)) from e
+            raise UnreadableDataError(str(e)) from e
 
     def read(self, ctx, experiment_id, run, tag):
         """The Series of one tag, from the cache when nothing new arrived."""

@@ -1,0 +1,196 @@
+// Data access of the Training Health tab. No DOM here.
+//
+// Every view asks a DataSource for a route and its query parameters. Two
+// sources exist: FetchSource asks the plugin's HTTP routes (inside
+// TensorBoard), InlineSource reads answers embedded in the page (a
+// self-contained offline report sets `window.TRAINING_HEALTH_INLINE`, an
+// object keyed by `queryKey(route, params)`). The views cannot tell them apart.
+
+/** Statistics drawn as layer x step heatmaps, in display order. */
+export const HEATMAP_STATS = [
+  {stat: 'grad_norm', title: 'Gradient norm', scale: 'log',
+   help: 'L2 norm of the layer\'s gradients. Dark: vanishing; bright: large.'},
+  {stat: 'update_ratio', title: 'Update ratio ‖ΔW‖/‖W‖', scale: 'log',
+   help: 'Around 1e-3 is typical. Near 0: the layer is not learning (frozen or stalled).'},
+  {stat: 'dead_frac', title: 'Dead-unit fraction', scale: 'linear', domain: [0, 1],
+   help: 'Fraction of units <= 0 for every example of the batch.'},
+  {stat: 'act_saturated_frac', title: 'Saturation', scale: 'linear', domain: [0, 1],
+   help: 'Fraction of outputs at a bound of a bounded activation.'},
+  {stat: 'act_std', title: 'Activation std', scale: 'linear',
+   help: 'Spread of the layer\'s output. Near 0: the layer outputs a constant.'},
+];
+
+/** Statistics drawn on a log scale wherever they appear. */
+export const LOG_STATS = new Set(['grad_norm', 'grad_max_abs', 'update_ratio', 'weight_norm']);
+
+/** An error answer of a route (`status` 400/404/...) or of the network (0). */
+export class DataError extends Error {
+  constructor(status, message) {
+    super(message);
+    this.name = 'DataError';
+    this.status = status;
+  }
+}
+
+/** The canonical key of a request: `route?k=v&...` with keys sorted. */
+export function queryKey(route, params = {}) {
+  const keys = Object.keys(params).filter((k) => params[k] !== undefined && params[k] !== null);
+  keys.sort();
+  const query = keys
+      .map((k) => encodeURIComponent(k) + '=' + encodeURIComponent(String(params[k])))
+      .join('&');
+  return query ? `${route}?${query}` : route;
+}
+
+/** Asks the plugin's routes over HTTP, relative to the page (`./runs`...). */
+export class FetchSource {
+  /** @param {string} base URL prefix of the routes. Defaults to './'. */
+  constructor(base = './') {
+    this.base = base;
+    this.live = true; // new data may arrive: polling makes sense
+  }
+
+  async get(route, params = {}) {
+    let response;
+    try {
+      response = await fetch(this.base + queryKey(route, params), {credentials: 'same-origin'});
+    } catch (e) {
+      throw new DataError(0, `Could not reach TensorBoard (${e.message}).`);
+    }
+    let body = null;
+    try {
+      body = await response.json();
+    } catch (e) {
+      body = null;
+    }
+    if (!response.ok) {
+      const detail = body && body.error ? body.error : response.statusText;
+      throw new DataError(response.status, detail);
+    }
+    return body;
+  }
+}
+
+/**
+ * Reads answers embedded in the page.
+ *
+ * `data` maps `queryKey(route, params)` to the JSON answer. A view asks for
+ * a width that depends on the window; when the exact key is absent the
+ * source retries without `width` and `limit`, so a report stores one
+ * answer per route, run and statistic.
+ */
+export class InlineSource {
+  constructor(data) {
+    if (!data || typeof data !== 'object') {
+      throw new TypeError('InlineSource needs an object keyed by queryKey(route, params); ' +
+                          `received ${typeof data}`);
+    }
+    this.data = data;
+    this.live = false;
+  }
+
+  async get(route, params = {}) {
+    const exact = queryKey(route, params);
+    if (Object.prototype.hasOwnProperty.call(this.data, exact)) return this.data[exact];
+    const loose = Object.assign({}, params);
+    delete loose.width;
+    delete loose.limit;
+    const key = queryKey(route, loose);
+    if (Object.prototype.hasOwnProperty.call(this.data, key)) return this.data[key];
+    throw new DataError(404, `This report holds no data for ${exact}.`);
+  }
+}
+
+/** The source for this page: inline data when the page embeds it, else HTTP. */
+export function defaultSource(win = globalThis) {
+  if (win && win.TRAINING_HEALTH_INLINE) return new InlineSource(win.TRAINING_HEALTH_INLINE);
+  return new FetchSource();
+}
+
+/**
+ * Hands out tokens so that only the newest request of a kind is used.
+ *
+ * `const t = latest.next(); const d = await ...; if (!latest.isCurrent(t)) return;`
+ */
+export class Latest {
+  constructor() {
+    this.current = 0;
+  }
+  next() {
+    this.current += 1;
+    return this.current;
+  }
+  isCurrent(token) {
+    return token === this.current;
+  }
+}
+
+/** Typed calls of every route (see http_api.md). */
+export class Model {
+  constructor(source = defaultSource()) {
+    this.source = source;
+  }
+  get live() {
+    return Boolean(this.source.live);
+  }
+  runs() {
+    return this.source.get('runs');
+  }
+  layers(run) {
+    return this.source.get('layers', {run});
+  }
+  matrix(run, stat, width) {
+    return this.source.get('matrix', {run, stat, width});
+  }
+  series(run, width) {
+    return this.source.get('series', {run, width});
+  }
+  layer(run, layer, width) {
+    return this.source.get('layer', {run, layer, width});
+  }
+  alerts(run) {
+    return this.source.get('alerts', {run});
+  }
+  histograms(run, layer, limit) {
+    return this.source.get('histograms', {run, layer, limit});
+  }
+}
+
+/** A JSON number, "Infinity"/"-Infinity" or null (not measured) as a JS number or NaN. */
+export function num(value) {
+  if (value === null || value === undefined) return NaN;
+  return typeof value === 'number' ? value : Number(value);
+}
+
+const SEVERITY_RANK = {critical: 2, warning: 1};
+
+/**
+ * Alerts of several runs, most severe first, then newest first. A cleared
+ * record marks the matching earlier alert (same run, kind, layer) as
+ * cleared at its step instead of being listed itself.
+ */
+export function orderAlerts(alertsByRun) {
+  const out = [];
+  for (const [run, alerts] of alertsByRun) {
+    const open = [];
+    for (const a of alerts) {
+      if (a.cleared) {
+        const match = open.filter((o) => o.kind === a.kind && o.layer === a.layer &&
+                                         o.clearedAt === null && o.step <= a.step).pop();
+        if (match) match.clearedAt = a.step;
+        continue;
+      }
+      const entry = Object.assign({run, clearedAt: null}, a);
+      open.push(entry);
+      out.push(entry);
+    }
+  }
+  out.sort((a, b) => {
+    const activeA = a.clearedAt === null ? 1 : 0;
+    const activeB = b.clearedAt === null ? 1 : 0;
+    return (activeB - activeA) ||
+        ((SEVERITY_RANK[b.severity] || 0) - (SEVERITY_RANK[a.severity] || 0)) ||
+        (b.step - a.step);
+  });
+  return out;
+}
