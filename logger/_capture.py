@@ -214,6 +214,12 @@ class DeviceProgram:
     def monitored_variables(self):
         return [v for layer in self.layers for v in layer.trainable_weights]
 
+    def reset_metric_snapshots(self):
+        """Call right after the model's metrics were reset (each epoch)."""
+        for total, count in self._metric_prev.values():
+            total.assign(0.0)
+            count.assign(0.0)
+
     def _metric_value(self, name, metric):
         """This batch's value of a metric: from the change of its (total, count)
         since the previous step for mean-type metrics, else its result()."""

@@ -207,6 +207,10 @@ class HealthCallback(keras.callbacks.Callback):
             # Keras's own step again for whatever the user does next.
             self.model.train_function = self._keras_train_function
 
+    def on_epoch_begin(self, epoch, logs=None):
+        # Keras has just reset the metrics: per-batch metric values restart from zero.
+        self._program.reset_metric_snapshots()
+
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
         if self._batches % self.flush_every == 0:

@@ -1,0 +1,168 @@
+"""Every logged statistic against a brute-force numpy reference on the same batch."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from training_health import format as fmt  # noqa: E402
+from training_health import stats  # noqa: E402
+from training_health.keras import HealthCallback  # noqa: E402
+
+from thtest_events import layer_table, read_run  # noqa: E402
+
+BATCH = 16
+LAYERS = ("hidden", "sig", "out")
+
+
+def make_model():
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((6,), name="x")
+    h = keras.layers.Dense(5, activation="relu", name="hidden")(inp)
+    s = keras.layers.Dense(4, activation="sigmoid", name="sig")(h)
+    out = keras.layers.Dense(3, activation="softmax", name="out")(s)
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.SGD(0.5), "categorical_crossentropy", metrics=["accuracy"])
+    hidden = model.get_layer("hidden")
+    kernel, bias = hidden.get_weights()
+    kernel[:, 0] = 0.01  # unit 0 never fires: a dead unit
+    bias[0] = -100.0
+    hidden.set_weights([kernel, bias])
+    sig = model.get_layer("sig")
+    k, b = sig.get_weights()
+    sig.set_weights([k * 8.0, b])  # push some sigmoid outputs to their bounds
+    return model
+
+
+def batches(n, seed=0):
+    rng = np.random.default_rng(seed)
+    for _ in range(n):
+        x = rng.normal(size=(BATCH, 6)).astype("float32") * 3.0
+        y = keras.utils.to_categorical(rng.integers(0, 3, BATCH), 3).astype("float32")
+        yield x, y
+
+
+def reference_step(model, x, y):
+    """Activations, loss, gradients and weights before the step, computed directly."""
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in LAYERS])
+    with tf.GradientTape() as tape:
+        acts = probe(x, training=True)
+        loss = keras.losses.CategoricalCrossentropy()(y, acts[-1])
+    variables = model.trainable_variables
+    grads = tape.gradient(loss, variables)
+    by_layer = {}
+    for v, g in zip(variables, grads):
+        by_layer.setdefault(v.path.split("/")[0], []).append(np.asarray(g))
+    before = {n: [np.array(w) for w in model.get_layer(n).get_weights()] for n in LAYERS}
+    return [np.asarray(a) for a in acts], float(loss), by_layer, before
+
+
+def run_steps(tmp_path, n_steps, **kwargs):
+    model = make_model()
+    cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=1, detectors=None, **kwargs)
+    refs = []
+    for x, y in batches(n_steps):
+        acts, loss, grads, before = reference_step(model, x, y)
+        model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+        after = {n: model.get_layer(n).get_weights() for n in LAYERS}
+        refs.append(dict(x=x, y=y, acts=acts, loss=loss, grads=grads, before=before, after=after))
+    cb.close()
+    return model, refs
+
+
+def close(actual, expected, name):
+    np.testing.assert_allclose(actual, expected, rtol=2e-4, atol=1e-6, err_msg=name)
+
+
+@pytest.mark.slow
+def test_every_statistic_matches_numpy_reference(tmp_path):
+    model, refs = run_steps(tmp_path, 3, dead_window=2, activation_examples=None)
+    names, global_names, steps, meta = layer_table(str(tmp_path))
+    assert names == list(LAYERS)
+    assert sorted(steps) == [0, 1, 2]
+    info = {l.name: l for l in meta["layers"]}
+    assert info["hidden"].activation == "relu" and info["sig"].bounds == (0.0, 1.0)
+    assert info["out"].units == 3 and info["hidden"].has_activation
+
+    for step, ref in enumerate(refs):
+        matrix, glob = steps[step]
+        close(glob["loss"], ref["loss"], "loss")
+        all_grads = [g for n in LAYERS for g in ref["grads"][n]]
+        close(glob["grad_norm"], stats.gradient_stats(all_grads)["grad_norm"], "global grad_norm")
+        for key, value in stats.input_stats([ref["x"]]).items():
+            close(glob[key], value, key)
+        close(glob["learning_rate"], 0.5, "learning_rate")
+        pred = ref["acts"][-1]
+        accuracy = np.mean(np.argmax(pred, 1) == np.argmax(ref["y"], 1))
+        close(glob["accuracy"], accuracy, "per-batch accuracy")
+
+        for i, name in enumerate(LAYERS):
+            row = dict(zip(fmt.LAYER_STATS, matrix[i]))
+            expected = {}
+            expected.update(stats.gradient_stats(ref["grads"][name]))
+            expected.update(stats.weight_stats(ref["before"][name], ref["after"][name]))
+            expected.update(stats.activation_stats(ref["acts"][i], info[name].bounds))
+            expected["dead_frac"] = stats.dead_fraction(ref["acts"][i])
+            window = [r["acts"][i] for r in refs[max(0, step - 1): step + 1]]
+            expected["dead_frac_window"] = stats.dead_fraction_window(window)
+            for key in fmt.LAYER_STATS:
+                if np.isnan(expected[key]):
+                    assert np.isnan(row[key]), (name, key, row[key])
+                else:
+                    close(row[key], expected[key], "%s/%s step %d" % (name, key, step))
+
+    # The dead unit and the saturated sigmoid are really there, not zeros vs zeros.
+    first = dict(zip(fmt.LAYER_STATS, steps[0][0][0]))
+    assert first["dead_frac"] > 0.19 and first["dead_frac_window"] > 0.19
+    assert dict(zip(fmt.LAYER_STATS, steps[0][0][1]))["act_saturated_frac"] > 0.05
+    assert 1e-4 < first["update_ratio"] < 1.0
+
+
+@pytest.mark.slow
+def test_histograms_match_reference(tmp_path):
+    model, refs = run_steps(tmp_path, 1, activation_examples=None)
+    hist = read_run(str(tmp_path))[fmt.TAG_HISTOGRAMS]
+    step, value, meta = hist[0]
+    assert step == 0 and value.shape == (3, 2, fmt.HIST_ROW) and value.dtype == np.float32
+    assert meta["layers"] == list(LAYERS) and meta["bins"] == fmt.HIST_BINS
+    for i, name in enumerate(LAYERS):
+        close(value[i, 0], stats.gradient_histogram(refs[0]["grads"][name]), name + " grad hist")
+        close(value[i, 1], stats.activation_histogram(refs[0]["acts"][i]), name + " act hist")
+        close(value[i, 1, 2:].sum(), 1.0, "activation fractions sum to 1")
+
+
+@pytest.mark.slow
+def test_activation_sample_uses_leading_examples(tmp_path):
+    model, refs = run_steps(tmp_path, 1, activation_examples=4)
+    _, _, steps, meta = layer_table(str(tmp_path))
+    matrix, glob = steps[0]
+    for i, name in enumerate(LAYERS):
+        row = dict(zip(fmt.LAYER_STATS, matrix[i]))
+        for key, value in stats.activation_stats(refs[0]["acts"][i][:4], meta["layers"][i].bounds).items():
+            if not np.isnan(value):
+                close(row[key], value, name + "/" + key)
+        close(row["dead_frac"], stats.dead_fraction(refs[0]["acts"][i][:4]), name + " dead")
+    close(glob["input_mean"], stats.input_stats([refs[0]["x"][:4]])["input_mean"], "input mean")
+    # Gradient statistics still cover the whole batch.
+    close(matrix[0][0], stats.gradient_stats(refs[0]["grads"]["hidden"])["grad_norm"], "grad norm")
+
+
+@pytest.mark.slow
+def test_non_finite_values_are_counted_not_raised(tmp_path):
+    model = make_model()
+    x, y = next(batches(1))
+    x[0, 0] = np.nan
+    x[1, 2] = np.inf
+    cb = HealthCallback(str(tmp_path), flush_every=1, detectors=None, activation_examples=None)
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[cb])
+    cb.close()
+    _, _, steps, _ = layer_table(str(tmp_path))
+    matrix, glob = steps[0]
+    assert glob["input_nonfinite"] == 2
+    close(glob["input_mean"], np.mean(x[np.isfinite(x)]), "finite input mean")
+    hidden = dict(zip(fmt.LAYER_STATS, matrix[0]))
+    assert hidden["act_nonfinite"] > 0 and hidden["grad_nonfinite"] > 0
+    assert np.isfinite(hidden["grad_norm"])  # norms cover the finite entries
+    assert np.isnan(glob["loss"]) and np.sum(~np.isfinite(model.get_layer("hidden").get_weights()[0])) > 0
+    assert sorted(steps) == [0, 1]
