@@ -204,3 +204,50 @@ def test_ci_runs_the_readme_test_command():
     assert os.access(ci, os.X_OK)
     syntax = subprocess.run(["bash", "-n", ci], capture_output=True, text=True)
     assert syntax.returncode == 0, syntax.stderr
+
+
+TOY_SETUP = """from setuptools import setup
+setup(name="ci-toy", version="0", py_modules=[], extras_require={"test": ["pytest"]})
+"""
+TOY_PYPROJECT = """[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+"""
+
+
+def _toy_project(root, test_source):
+    """A tiny project with a copy of .ci/run and one test file (or none)."""
+    (root / ".ci").mkdir(parents=True)
+    shutil.copy2(os.path.join(REPO_ROOT, ".ci", "run"), root / ".ci" / "run")
+    (root / "setup.py").write_text(TOY_SETUP)
+    (root / "pyproject.toml").write_text(TOY_PYPROJECT)
+    (root / "tests").mkdir()
+    if test_source is not None:
+        (root / "tests" / "test_toy.py").write_text(test_source)
+    return root
+
+
+def test_ci_script_exit_status_follows_the_tests(tmp_path):
+    """.ci/run on toy projects: passing tests -> 0; a failing test or no test -> non-zero."""
+    cases = {
+        "passing": ("def test_ok():\n    assert 1 + 1 == 2\n", 0),
+        "failing": ("def test_broken():\n    assert 1 + 1 == 3\n", 1),
+        "empty": (None, 1),
+    }
+    env = dict(os.environ, CI="true", CI_SKIP_CHROMIUM="1")
+    env.pop("PYTHONPATH", None)
+    procs = {}
+    for name, (source, _) in cases.items():
+        root = _toy_project(tmp_path / name, source)
+        procs[name] = subprocess.Popen(
+            ["bash", str(root / ".ci" / "run")], cwd=str(tmp_path), env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+    outputs = {}
+    for name, proc in procs.items():
+        outputs[name], _ = proc.communicate(timeout=300)
+        assert proc.returncode == cases[name][1], "%s:\n%s" % (name, outputs[name][-3000:])
+        assert "running: %s" % _ci_test_command() in outputs[name]
+    assert "1 passed" in outputs["passing"] and "all tests passed" in outputs["passing"]
+    assert "1 failed" in outputs["failing"] and "FAILED: exit status 1" in outputs["failing"]
+    assert "FAILED: pytest collected no tests" in outputs["empty"]
