@@ -62,10 +62,11 @@ def _conv_like(rng, step, scale, frozen=False, dead=0.0, units=16):
 
 
 def _histograms(rng, n_layers, frozen_index=None):
+    """Gradient peaks near |g| ~ 1e-3; a frozen layer's near 1e-10."""
     hist = np.zeros((n_layers, 2, fmt.HIST_ROW), dtype=np.float32)
     centers = np.linspace(0, 1, fmt.HIST_BINS)
     for i in range(n_layers):
-        peak = 0.55 if i != frozen_index else 0.1
+        peak = 0.55 if i != frozen_index else 0.12
         g = np.exp(-((centers - peak - 0.02 * rng.standard_normal()) ** 2) / 0.01)
         hist[i, 0, 0] = 0.02
         hist[i, 0, 2:] = g / g.sum()
@@ -106,7 +107,8 @@ def write_frozen_cnn(logdir, steps=300, seed=0):
         glob = [loss, 1.0, 0, 0.0, 1.0, -1.0, 1.0, 0, 1e-3, min(0.1 + step / 300.0, 0.55)]
         writer.write_step(step, matrix, glob, wall_time=1000.0 + step)
         if step % 25 == 0:
-            writer.write_histograms(step, _histograms(rng, len(layers), frozen_index=1),
+            frozen = 1 if step >= STALL_STEP else None
+            writer.write_histograms(step, _histograms(rng, len(layers), frozen_index=frozen),
                                     wall_time=1000.0 + step)
         if step == STALL_STEP + 20:
             writer.write_alerts(step, [Alert(

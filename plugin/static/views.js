@@ -518,12 +518,15 @@ export class LineChart {
         ctx.moveTo(0, Math.round(py) + 0.5);
         ctx.lineTo(axis.width, Math.round(py) + 0.5);
         ctx.stroke();
-        if (i === 0 || i === ticks) continue;
+        // Full charts label the inner grid lines; compact ones their top and bottom.
+        const labelled = this.compact ? i !== 1 : i !== 0 && i !== ticks;
+        if (!labelled) continue;
         const text = formatValue(this.log ? 10 ** v : v);
+        const ty = this.compact ? (i === 0 ? py - 7 : py + 6) : py;
         ctx.fillStyle = 'rgba(250,251,252,0.85)';
-        ctx.fillRect(1, py - 6, ctx.measureText(text).width + 4, 12);
+        ctx.fillRect(1, ty - 6, ctx.measureText(text).width + 4, 12);
         ctx.fillStyle = '#5f6368';
-        ctx.fillText(text, 3, py);
+        ctx.fillText(text, 3, ty);
       }
       for (const s of this.series) {
         ctx.strokeStyle = s.color;
@@ -532,12 +535,12 @@ export class LineChart {
         let pen = false;
         for (let i = 0; i < s.steps.length; i++) {
           const v = s.values[i];
-          if (!Number.isFinite(v) || (this.log && v <= 0)) {
+          if (!Number.isFinite(v)) {
             pen = false;
             continue;
           }
           const px = axis.x(s.steps[i]);
-          const py = y(v);
+          const py = this.log && v <= 0 ? top + plotH : y(v); // 0 sits on the floor of a log chart
           if (pen) ctx.lineTo(px, py); else ctx.moveTo(px, py);
           pen = true;
         }
@@ -630,14 +633,14 @@ export class HistogramStrip {
       const peak = Math.max(...fractions.filter(Number.isFinite), 1e-12);
       for (let b = 0; b < bins; b++) {
         const f = fractions[b];
-        if (!(f > 0)) continue;
+        if (!(f / peak > 0.005)) continue; // leave near-empty bins as background
         ctx.fillStyle = rgb(paletteColor(Math.sqrt(f / peak)));
         ctx.fillRect(x0, plotH - (b + 1) * binH, Math.max(1, x1 - x0), Math.ceil(binH));
       }
     }
     ctx.font = '10px system-ui, sans-serif';
-    ctx.fillStyle = '#3c4043';
     ctx.textAlign = 'left';
+    ctx.fillStyle = '#202124';
     if (this.kind === 'gradient') {
       const [lo, hi] = this.data.grad_log10_range;
       ctx.textBaseline = 'top';
