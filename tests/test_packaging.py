@@ -74,31 +74,32 @@ def wheel(source_copy, tmp_path_factory):
         yield out / path, zf
 
 
-def _expected_modules(root):
-    """Wheel paths of every package __init__ and module under the mapped folders of `root`."""
+def _expected_files(root):
+    """Wheel paths of every file under the mapped folders of `root` (code and data).
+
+    A folder holding modules but no `__init__.py` is not a package and does
+    not ship: its modules show up as missing.
+    """
     expected = set()
     for folder, package in PACKAGE_DIRS.items():
         base = os.path.join(str(root), folder)
         for dirpath, dirs, names in os.walk(base):
             dirs[:] = [d for d in dirs if d != "__pycache__"]
-            if "__init__.py" not in names:
-                dirs[:] = []  # not a package: nothing below ships as code
-                continue
             rel = os.path.relpath(dirpath, base)
             prefix = package.replace(".", "/") + ("" if rel == "." else "/" + rel.replace(os.sep, "/"))
-            expected.update("%s/%s" % (prefix, n) for n in names if n.endswith(".py"))
+            expected.update("%s/%s" % (prefix, n) for n in names if not n.endswith((".pyc", ".pyo")))
     return expected
 
 
-def test_wheel_contains_every_package_and_module(wheel, source_copy):
+def test_wheel_contains_every_module_and_data_file(wheel, source_copy):
     _, zf = wheel
     names = set(zf.namelist())
-    expected = _expected_modules(source_copy)
+    expected = _expected_files(source_copy)
     for must in ("training_health/__init__.py", "training_health/detectors/__init__.py",
                  "training_health/plugin/__init__.py", "training_health/format.py", "training_health/cli.py"):
         assert must in expected
     missing = expected - names
-    assert not missing, "modules missing from the wheel: %s" % sorted(missing)
+    assert not missing, "files missing from the wheel: %s" % sorted(missing)
     assert not [n for n in names if n.startswith(("logger/", "plugin/", "tests/"))]
 
 
