@@ -41,6 +41,10 @@ S3_CONFIG = {"connect_timeout": 5, "read_timeout": 20, "retries": {"max_attempts
 # (each append re-uploads the whole object). 16 MiB is many minutes of data.
 MAX_OBJECT_BYTES = 16 * 1024 * 1024
 
+# Hard limit on one upload of an async client (s3fs, gcsfs): client read
+# timeouts do not cover every stall (an S3 PUT waiting for its answer).
+UPLOAD_TIMEOUT = 60.0
+
 EVENT_FILE_MARK = "tfevents"
 
 # Exception classes of remote clients, looked up only in modules that the
@@ -204,13 +208,19 @@ class ObjectSink:
         url: the object's URL, for messages.
         max_bytes: size at which `full` becomes True so the writer rolls
             over. Defaults to MAX_OBJECT_BYTES.
+        upload_timeout: seconds after which an upload through an async
+            client is cancelled and counted as failed. Defaults to
+            UPLOAD_TIMEOUT.
     """
 
-    def __init__(self, fs, path, url, max_bytes=MAX_OBJECT_BYTES):
+    def __init__(self, fs, path, url, max_bytes=MAX_OBJECT_BYTES, upload_timeout=UPLOAD_TIMEOUT):
+        if not upload_timeout > 0:
+            raise ValueError("upload_timeout must be > 0 seconds; received %r" % (upload_timeout,))
         self.fs = fs
         self.path = path
         self.url = url
         self.max_bytes = int(max_bytes)
+        self.upload_timeout = float(upload_timeout)
         self._data = b""
         self._parent_made = scheme_of(url) in OBJECT_STORES
 
@@ -237,21 +247,30 @@ class ObjectSink:
             call("mkdir", self.url, self.fs.makedirs, parent, exist_ok=True)
             self._parent_made = True
         new = self._data + bytes(data)
-        call("upload to", self.url, self.fs.pipe_file, self.path, new)
+        call("upload to", self.url, self._upload, new)
         self._data = new
 
+    def _upload(self, data):
+        if getattr(self.fs, "async_impl", False) and hasattr(self.fs, "_pipe_file"):
+            from fsspec.asyn import sync
 
-def make_sink(logdir, filename, storage_options=None):
+            # cancels the upload after the timeout (raises FSTimeoutError)
+            return sync(self.fs.loop, self.fs._pipe_file, self.path, data, timeout=self.upload_timeout)
+        return self.fs.pipe_file(self.path, data)
+
+
+def make_sink(logdir, filename, storage_options=None, upload_timeout=UPLOAD_TIMEOUT):
     """An `ObjectSink` for event file `filename` under the URL `logdir`.
 
     Args:
         logdir: the run's URL, e.g. ``s3://bucket/runs/run1``.
         filename: the event file's name.
         storage_options: see `filesystem`. Defaults to None.
+        upload_timeout: see `ObjectSink`. Defaults to UPLOAD_TIMEOUT.
     """
     fs, root = filesystem(logdir, storage_options)
     path = posixpath.join(root.rstrip("/"), filename) if root else filename
-    return ObjectSink(fs, path, join(logdir, filename))
+    return ObjectSink(fs, path, join(logdir, filename), upload_timeout=upload_timeout)
 
 
 def list_event_files(logdir, storage_options=None):
