@@ -34,6 +34,9 @@ class Recording:
     """What one traced training step produced."""
 
     def __init__(self):
+        # Tensors are only usable in the graph that is being traced (a layer
+        # called inside a tf.cond / while_loop body is skipped).
+        self.graph = None if tf.executing_eagerly() else tf.compat.v1.get_default_graph()
         self.activations = {}  # layer index -> first output tensor
         self.grads_and_vars = None  # (grads, variables) given to the optimizer
         self.loss = None
@@ -83,7 +86,7 @@ class Patches:
                 rec = current_recording()
                 if rec is not None and __index not in rec.activations:
                     tensor = _first_tensor(out)
-                    if tensor is not None:
+                    if tensor is not None and getattr(tensor, "graph", None) is rec.graph:
                         rec.activations[__index] = tensor
                 return out
 

@@ -61,6 +61,10 @@ def check_options(every_n_batches, histogram_every, dead_window, flush_every, la
         )
 
 
+def _is_built(model):
+    return all(layer.built for layer in model._flatten_layers())
+
+
 def default_detectors():
     """The default DetectorSuite, or None if detectors are not available."""
     try:
@@ -133,6 +137,7 @@ class HealthCallback(keras.callbacks.Callback):
         self.on_alert = on_alert
         self.alerts = []  # every alert raised so far, for the caller
         self._program = None
+        self._program_model = None
         self._flusher = None
         self._patches = None
         self._batches = 0
@@ -144,10 +149,12 @@ class HealthCallback(keras.callbacks.Callback):
     # -- lifecycle -----------------------------------------------------------
     def on_train_begin(self, logs=None):
         model = self.model
-        if self._program is None or self._program_model is not model:
+        if self._program_model is not model:
+            self._program = None  # a new model: new device state, new trace
+            self._program_model = model
+            self._train_function = None
+        if self._program is None and _is_built(model):
             self._build(model)
-        elif self.detectors is not None:
-            pass  # keep detector state across repeated fit calls on the same run
         self._batches = 0
         self._keras_train_function = model.train_function
         self._install(model)
@@ -160,8 +167,6 @@ class HealthCallback(keras.callbacks.Callback):
             layers, model, self.every_n_batches, self.histogram_every, self.dead_window,
             rows, start, activation_examples=self.activation_examples,
         )
-        self._program_model = model
-        self._train_function = None
         if self.detectors is not None:
             self.detectors.reset()
         self._flusher = _capture.HostFlusher(
@@ -174,15 +179,24 @@ class HealthCallback(keras.callbacks.Callback):
         return self._writer
 
     def _install(self, model):
-        program = self._program
         patches = _capture.Patches()
-        patches.wrap_layer_calls(program.layers)
+        self._patches = patches
+        if self._program is not None:
+            patches.wrap_layer_calls(self._program.layers)
         if model.optimizer is not None:
             patches.wrap_optimizer(model.optimizer)
         patches.wrap_compute_loss(model)
         original_step = model.train_step
 
         def train_step(data):
+            if self._program is None:
+                # A subclassed model is built by its first step: build it
+                # from the batch's shapes first, so its layers are known.
+                with tf.init_scope():
+                    model._symbolic_build(data_batch=data)
+                    self._build(model)
+                patches.wrap_layer_calls(self._program.layers)
+            program = self._program
             x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
             inputs = [t for t in tf.nest.flatten(x) if t is not None]
             weights_before = [tf.identity(v.value) for v in program.monitored_variables()]
@@ -193,7 +207,6 @@ class HealthCallback(keras.callbacks.Callback):
                 return tf.nest.map_structure(tf.identity, logs)
 
         patches._set(model, "train_step", train_step)
-        self._patches = patches
         if self._train_function is None:
             model.make_train_function(force=True)
             self._train_function = model.train_function
@@ -209,7 +222,8 @@ class HealthCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         # Keras has just reset the metrics: per-batch metric values restart from zero.
-        self._program.reset_metric_snapshots()
+        if self._program is not None:
+            self._program.reset_metric_snapshots()
 
     def on_train_batch_end(self, batch, logs=None):
         self._batches += 1
