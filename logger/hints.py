@@ -240,4 +240,6 @@ def _fmt(x):
 
 
 def _pct(frac):
+    if frac >= 10:
+        return "%.3gx" % frac
     return "%d%%" % round(100 * frac) if frac >= 0.01 else "%.1e" % frac

@@ -54,6 +54,26 @@ class DeadUnitsDetector(Detector):
             )
         self.activations = tuple(activations)
 
+    @staticmethod
+    def _dead_fraction(row, names):
+        """(fraction dead, how it was measured) or (None, None) if not measured.
+
+        The window measure (`dead_frac_window`) is the definition. Before the
+        window has filled it lags behind, so the batch measure (`dead_frac`)
+        counts too when the layer's gradient is exactly zero: a layer with
+        every unit at zero and no gradient at all is dead now.
+        """
+        window = float(row[names.index("dead_frac_window")])
+        batch = float(row[names.index("dead_frac")])
+        grad = float(row[names.index("grad_norm")])
+        if finite(batch) and grad == 0.0 and (not finite(window) or batch > window):
+            return batch, "in the batch, with no gradient at all"
+        if finite(window):
+            return window, "over the window"
+        if finite(batch):
+            return batch, "in the batch"
+        return None, None
+
     def _evaluate(self, step, stats):
         names = stats.layer_stats
         out = {}
@@ -63,14 +83,9 @@ class DeadUnitsDetector(Detector):
             if info.units and info.units < self.min_units:
                 continue
             row = stats.layer_values[i]
-            frac = row[names.index("dead_frac_window")] if "dead_frac_window" in names else None
-            source = "over the window"
-            if not finite(frac):
-                frac = row[names.index("dead_frac")] if "dead_frac" in names else None
-                source = "in the batch"
-            if not finite(frac):
+            frac, source = self._dead_fraction(row, names)
+            if frac is None:
                 continue
-            frac = float(frac)
             if frac < self.threshold:
                 out[info.name] = None
                 continue

@@ -10,32 +10,35 @@ from training_health.detectors.base import (
 class ExplodingGradientsDetector(Detector):
     """Raises `exploding_gradients` when the global gradient norm blows up.
 
-    Three pieces of evidence, any of which suffices:
+    The reference is the median gradient norm (and loss) of the first
+    `reference_observations` logged steps (of those seen so far, before
+    that many have been). Evidence, any of which suffices:
 
-    - growth: the global gradient norm is `growth` times its reference (the
-      median of the first `reference_observations` logged steps);
-    - size: the global gradient norm is above `max_grad_norm`;
-    - overflow: the gradients become non-finite right after a logged step
-      with growth above `growth ** 0.5` (raised at once, even as `nan_inf`
-      is raised too).
+    - growth: the gradient norm is `growth` times its reference while the
+      loss is at least twice its own reference (a gradient that grows
+      while the loss falls is a net leaving a flat start, not an explosion);
+    - size: the gradient norm is above `max_grad_norm`;
+    - conclusive at once, without waiting for `patience`: the norm is above
+      100 x `max_grad_norm`, or `growth`^2 times its reference with the loss
+      10 times its own, or the gradients overflow to NaN/Inf right after a
+      logged step with growth (`nan_inf` is raised too).
 
     Args:
         growth: growth factor over the reference. Defaults to 100: healthy
-            runs keep the gradient norm within ~10x of its early value (it
-            usually shrinks as the loss falls); a diverging run multiplies it
-            by orders of magnitude within a few steps.
+            runs keep the gradient norm within ~10x of its early value while
+            the loss falls; a diverging run multiplies it by orders of
+            magnitude within a few steps.
         max_grad_norm: absolute bound. Defaults to 1e4: Keras losses are
             averaged over the batch, so with scaled inputs gradient norms of
-            healthy models sit around 1e-2..1e2 (raw 0..255 pixels give up to
-            ~1e3).
-        reference_observations: logged steps averaged into the reference.
-            Defaults to 10.
+            healthy models sit around 1e-2..1e2 (raw 0..255 pixels give up
+            to ~1e3).
+        reference_observations: logged steps in the reference. Defaults to
+            10.
         patience: steps the condition must last. Defaults to 5: a single
-            spiky batch is not an explosion, but a diverging run overflows
-            to NaN within tens of steps, so we cannot wait long.
+            spiky batch is not an explosion.
         min_observations: logged steps it must hold on. Defaults to 2.
-        clear_patience: steps back under the bounds that close the
-            episode. Defaults to 50.
+        clear_patience: steps back under the bounds that close the episode.
+            Defaults to 50.
         start_from_step: no alert before this step. Defaults to 0.
     """
 
@@ -51,9 +54,9 @@ class ExplodingGradientsDetector(Detector):
         self._reset_state()
 
     def _reset_state(self):
-        self._early = []
-        self._reference = None
-        self._previous = None  # last finite global gradient norm
+        self._early_grads = []
+        self._early_losses = []
+        self._previous_growth = 0.0  # growth factor at the last finite step
 
     def _largest_layer(self, stats):
         names = stats.layer_stats
@@ -66,39 +69,48 @@ class ExplodingGradientsDetector(Detector):
 
     def _evaluate(self, step, stats):
         g = stats.global_values.get("grad_norm")
+        loss = stats.global_values.get("loss")
         if g is None:
             return {}
         g = float(g)
+        ref_grad = statistics.median(self._early_grads) if self._early_grads else None
+        ref_loss = statistics.median(self._early_losses) if self._early_losses else None
         if not finite(g):
-            previous, reference = self._previous, self._reference
-            self._previous = None
-            if (previous is not None and reference
-                    and previous >= reference * self.growth ** 0.5):
+            grew, self._previous_growth = self._previous_growth, 0.0
+            if grew >= self.growth ** 0.5:
                 return {MODEL: Finding(
                     "critical",
-                    "gradient norm grew from %.3g to %.3g, then overflowed to %s at step %d"
-                    % (reference, previous, g, step),
+                    "gradient norm grew %.0fx over its early median %.3g, then overflowed "
+                    "to %s at step %d" % (grew, ref_grad, g, step),
                     hints.hint_for(self.kind, stats),
                     immediate=True,
                 )}
             return {}
-        self._previous = g
-        if self._reference is None:
-            self._early.append(g)
-            if len(self._early) >= self.reference_observations:
-                self._reference = statistics.median(self._early)
+        loss = float(loss) if loss is not None else float("nan")
+        if len(self._early_grads) < self.reference_observations:
+            self._early_grads.append(g)
+            if finite(loss):
+                self._early_losses.append(loss)
+        growth = g / ref_grad if ref_grad else 0.0
+        self._previous_growth = growth
+        loss_growth = (loss / ref_loss if finite(loss) and ref_loss and ref_loss > 0
+                       else float("inf") if not finite(loss) else 0.0)
         reasons = []
+        immediate = g > 100 * self.max_grad_norm
         if g > self.max_grad_norm:
             reasons.append("above %.0e" % self.max_grad_norm)
-        if self._reference and g > self.growth * self._reference:
-            reasons.append("%.0fx its early median %.3g" % (g / self._reference, self._reference))
+        if growth > self.growth and loss_growth >= 2.0:
+            reasons.append("%.0fx its early median %.3g while the loss rose %.3gx"
+                           % (growth, ref_grad, loss_growth))
+            immediate = immediate or (growth > self.growth ** 2 and loss_growth >= 10.0)
         if not reasons:
             return {MODEL: None}
         largest = self._largest_layer(stats)
         where = " (largest in %s: %.3g)" % largest if largest else ""
         return {MODEL: Finding(
-            "critical" if g > 100 * self.max_grad_norm else "warning",
+            "critical" if immediate else "warning",
             "gradient norm %.3g at step %d, %s%s" % (g, step, " and ".join(reasons), where),
             hints.hint_for(self.kind, stats),
             layer=largest[0] if largest else None,
+            immediate=immediate,
         )}

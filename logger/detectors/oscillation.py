@@ -24,7 +24,7 @@ class OscillatingLossDetector(Detector):
     dropout) stays within a fraction of the loss level.
 
     Args:
-        window: steps (batches) looked at. Defaults to 100.
+        window: steps (batches) looked at. Defaults to 50.
         min_observations: logged steps needed in the window (and in the
             reference). Defaults to 20.
         spread: (p90 - p10) / median over the window. Defaults to 1.0: loss
@@ -43,7 +43,7 @@ class OscillatingLossDetector(Detector):
 
     kind = "oscillating_loss"
 
-    def __init__(self, window=100, min_observations=20, spread=1.0, min_improvement=0.1,
+    def __init__(self, window=50, min_observations=20, spread=1.0, min_improvement=0.1,
                  patience=0, clear_patience=100, start_from_step=0):
         super().__init__(patience, 1, clear_patience, start_from_step)
         self.window = check_int("window", window, minimum=1)
@@ -56,6 +56,7 @@ class OscillatingLossDetector(Detector):
         self._history = collections.deque()
         self._reference_values = []
         self._reference = None
+        self._reference_end = None
 
     def _evaluate(self, step, stats):
         loss = stats.global_values.get("loss")
@@ -66,11 +67,14 @@ class OscillatingLossDetector(Detector):
             self._reference_values.append(loss)
             if len(self._reference_values) >= self.min_window_observations:
                 self._reference = float(np.median(self._reference_values))
+                self._reference_end = step
         self._history.append((step, loss))
         while self._history and self._history[0][0] <= step - self.window:
             self._history.popleft()
         if self._reference is None or len(self._history) < self.min_window_observations:
             return {}
+        if self._history[0][0] <= self._reference_end:
+            return {}  # the window must not overlap the reference
         values = np.array([v for _, v in self._history])
         median = float(np.median(values))
         if median <= 0:

@@ -18,8 +18,8 @@ class SaturationDetector(Detector):
       `act_saturated_frac`); the derivative there is < 0.04, so those units
       barely learn. Output layers are exempt from this one: a classifier
       that is confidently right has saturated outputs.
-    - constant answer: a bounded layer (sigmoid, softmax, tanh), or the
-      model's output, gives the same value for every example of the batch:
+    - constant answer: an output layer gives the same value for every
+      example of the batch:
       the mean over units of the std across the batch (`act_example_std`)
       is below `constant_std` times the activation's range (times the mean
       magnitude for an unbounded output). A single-unit softmax (always
@@ -61,8 +61,10 @@ class SaturationDetector(Detector):
             is_output = i in outputs
             finding = None
             judged = False
-            # constant answer
-            if info.activation in OUTPUT_BOUNDED or is_output:
+            # constant answer (outputs only: a hidden layer whose output does not
+            # depend on the input is the symptom of another problem, e.g.
+            # vanishing signal in a deep sigmoid stack or dead units)
+            if is_output:
                 spread = float(row[names.index("act_example_std")])
                 if finite(spread):
                     judged = True

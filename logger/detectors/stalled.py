@@ -76,16 +76,23 @@ class StalledDetector(Detector):
     def _reset_state(self):
         self._history = collections.deque()
 
-    def _frozen_fraction(self, stats):
+    def _update_ratios(self, stats):
+        """Per weighted layer: its update ratio, or 0 when its gradient is exactly 0.
+
+        A layer whose gradient is exactly zero cannot learn whatever its
+        optimizer's momentum still does to it (Adam keeps moving such
+        weights, by a geometrically shrinking amount, for ~100 steps).
+        """
         rows = weighted_rows(stats)
-        if not rows:
-            return None
-        col = stats.layer_stats.index("update_ratio")
-        ratios = [float(stats.layer_values[i, col]) for i in rows]
-        ratios = [r for r in ratios if finite(r)]
-        if not ratios:
-            return None
-        return ratios
+        names = stats.layer_stats
+        ratios = []
+        for i in rows:
+            ratio = float(stats.layer_values[i, names.index("update_ratio")])
+            grad = float(stats.layer_values[i, names.index("grad_norm")])
+            if grad == 0.0:
+                ratio = 0.0
+            ratios.append(ratio if finite(ratio) else None)
+        return ratios if any(r is not None for r in ratios) else None
 
     def _evaluate(self, step, stats):
         g = stats.global_values
@@ -96,7 +103,7 @@ class StalledDetector(Detector):
         metrics = {k: float(v) for k, v in g.items()
                    if k not in _NOT_METRICS and finite(v)}
         lr = g.get("learning_rate")
-        self._history.append((step, float(loss), metrics, self._frozen_fraction(stats),
+        self._history.append((step, float(loss), metrics, self._update_ratios(stats),
                               float(lr) if finite(lr) else None))
         while self._history and self._history[0][0] <= step - self.window:
             self._history.popleft()
@@ -148,14 +155,20 @@ class StalledDetector(Detector):
         if len(per_step) < self.min_window_observations // 2:
             return None
         n_layers = min(len(r) for r in per_step)
-        medians = np.median(np.array([r[:n_layers] for r in per_step]), axis=0)
+        table = np.array([[np.nan if v is None else v for v in r[:n_layers]] for r in per_step])
+        measured = ~np.all(np.isnan(table), axis=0)
+        if not measured.any():
+            return None
+        medians = np.nanmedian(table[:, measured], axis=0)
+        n_layers = int(measured.sum())
         frozen = int(np.sum(medians < self.min_update_ratio))
         if frozen * 2 < n_layers:
             return None
         if np.all(medians == 0):
-            return ("the weights are exactly unchanged (update ratio 0 in all %d layers)"
+            return ("the weights are not learning (no gradient or update in all %d layers)"
                     % n_layers, True)
-        return ("%d of %d layers with weights are not moving (update ratio < %.0e per step)"
+        return ("%d of %d layers with weights are not learning (zero gradient or update "
+                "ratio < %.0e per step)"
                 % (frozen, n_layers, self.min_update_ratio), frozen == n_layers)
 
 

@@ -1,0 +1,62 @@
+"""Runs the scenario suite and prints what the detectors found.
+
+    python benchmarks/scenario_report.py [--only NAME ...] [--logdir DIR]
+
+Prints one line per scenario, then: buggy runs detected, diagnosed with the
+expected kind, detected within the first epoch of the onset, healthy runs
+with any alert, and the median steps from onset to the first alert of the
+expected kind.
+"""
+
+import argparse
+import os
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks.scenarios import BUGGY, HEALTHY, SCENARIOS, run_scenario  # noqa: E402
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", nargs="*", default=None, help="scenario names to run")
+    parser.add_argument("--logdir", default=None, help="keep the runs here (default: a temp dir)")
+    parser.add_argument("--verbose", action="store_true", help="print every alert")
+    args = parser.parse_args(argv)
+    names = args.only or list(BUGGY + HEALTHY)
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        parser.error("unknown scenarios %s; known: %s" % (unknown, sorted(SCENARIOS)))
+    root = args.logdir or tempfile.mkdtemp(prefix="scenarios-")
+    results = []
+    for name in names:
+        result = run_scenario(SCENARIOS[name], os.path.join(root, name))
+        results.append(result)
+        expected = result.expected or "(healthy)"
+        verdict = ("ok" if (result.right_kind if result.expected else not result.detected)
+                   else "MISS" if result.expected else "FALSE ALARM")
+        print("%-30s %-20s %-11s kinds=%s first=%s delay=%s steps=%d/epoch=%d %.1fs"
+              % (name, expected, verdict, ",".join(result.kinds) or "-",
+                 result.first_expected_step, result.delay, result.steps,
+                 result.steps_per_epoch, result.seconds), flush=True)
+        if args.verbose:
+            for a in result.alerts:
+                print("    %s %s %s %s | %s" % (a.step, a.kind, a.layer, a.message, a.hint))
+    buggy = [r for r in results if r.expected]
+    healthy = [r for r in results if not r.expected]
+    delays = [r.delay for r in buggy if r.delay is not None]
+    print("buggy_detected=%d/%d right_kind=%d/%d within_first_epoch=%d/%d "
+          "healthy_with_alerts=%d/%d median_steps_to_first_alert=%s"
+          % (sum(r.detected for r in buggy), len(buggy),
+             sum(r.right_kind for r in buggy), len(buggy),
+             sum(r.within_first_epoch for r in buggy), len(buggy),
+             sum(r.detected for r in healthy), len(healthy),
+             statistics.median(delays) if delays else "n/a"))
+    ok = all(r.right_kind for r in buggy) and not any(r.detected for r in healthy)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Scenario suite: small Keras runs with a known bug, and healthy traps.
+
+Each scenario trains a small model on synthetic data with a fixed seed for a
+few epochs with `HealthCallback`, then the run's event files are checked
+the way `training-health check` does (every step replayed through the
+default detectors, plus the alerts logged online). A buggy scenario must
+get its expected alert kind, a healthy one no alert at all.
+
+    from benchmarks.scenarios import SCENARIOS, run_scenario
+    result = run_scenario(SCENARIOS["frozen_cnn"], "/tmp/runs/frozen_cnn")
+
+`benchmarks/scenario_report.py` runs them all and prints the figures.
+"""
+
+import dataclasses
+import math
+import time
+
+from benchmarks.scenarios import buggy, healthy
+from benchmarks.scenarios.common import Scenario
+
+SCENARIOS = {s.name: s for s in buggy.SCENARIOS + healthy.SCENARIOS}
+BUGGY = tuple(s.name for s in buggy.SCENARIOS)
+HEALTHY = tuple(s.name for s in healthy.SCENARIOS)
+
+
+@dataclasses.dataclass
+class Result:
+    """What one scenario run gave.
+
+    Attributes:
+        name: scenario name.
+        expected: expected alert kind, or None for a healthy scenario.
+        alerts: raised alerts (`records.Alert`) found for the run.
+        online_alerts: alerts the callback raised during training.
+        steps: logged steps.
+        steps_per_epoch: batches per epoch.
+        seconds: wall time of training.
+    """
+
+    name: str
+    expected: object
+    alerts: list
+    online_alerts: list
+    steps: int
+    steps_per_epoch: int
+    onset: int
+    seconds: float
+
+    @property
+    def kinds(self):
+        return sorted({a.kind for a in self.alerts})
+
+    @property
+    def detected(self):
+        return bool(self.alerts)
+
+    @property
+    def right_kind(self):
+        return self.expected is not None and self.expected in self.kinds
+
+    @property
+    def first_expected_step(self):
+        steps = [a.step for a in self.alerts if a.kind == self.expected]
+        return min(steps) if steps else None
+
+    @property
+    def delay(self):
+        """Steps from the problem's onset to the first alert of the expected kind."""
+        first = self.first_expected_step
+        return None if first is None else max(first - self.onset, 0)
+
+    @property
+    def within_first_epoch(self):
+        return self.delay is not None and self.delay <= self.steps_per_epoch
+
+
+def run_scenario(scenario, logdir, seed=0):
+    """Trains `scenario` into `logdir` and checks the run; returns a Result."""
+    import keras
+
+    from training_health import check, reader
+    from training_health.keras import HealthCallback
+
+    keras.utils.set_random_seed(seed)
+    model, x, y, fit_kwargs = scenario.build()
+    callback = HealthCallback(logdir, histogram_every=0)
+    start = time.perf_counter()
+    model.fit(x, y, callbacks=[callback], verbose=0, shuffle=True, **fit_kwargs)
+    seconds = time.perf_counter() - start
+    callback.close()
+    runs = reader.read_logdir(logdir)
+    if len(runs) != 1:
+        raise RuntimeError("expected one run under %s; found %d" % (logdir, len(runs)))
+    run = runs[0]
+    n = len(x[0]) if isinstance(x, (list, tuple)) else len(x)
+    steps_per_epoch = math.ceil(n / fit_kwargs.get("batch_size", 32))
+    return Result(
+        scenario.name, scenario.expected, check.check_run(run), list(callback.alerts),
+        len(run.steps), steps_per_epoch, scenario.onset, seconds,
+    )
