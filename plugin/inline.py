@@ -8,6 +8,7 @@ depend on the view's width are stored without `width`/`limit` in the key;
 the InlineSource falls back to that key.
 """
 
+import json
 from urllib.parse import quote
 
 from tensorboard import errors
@@ -81,3 +82,13 @@ def snapshot(plugin, ctx=None, experiment_id="", runs=None, width=DEFAULT_WIDTH)
                 except errors.NotFoundError:
                     pass  # this layer has no histograms
     return out
+
+
+def script_json(data):
+    """`data` as JSON that is safe inside an HTML <script> element.
+
+    `<`, `>` and `&` are written as \\u escapes, so a run or layer named
+    `</script><img ...>` cannot end the script element early.
+    """
+    text = json.dumps(data, allow_nan=False, separators=(",", ":"))
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")

@@ -80,7 +80,7 @@ class App {
     this.root.replaceChildren(
         el('header', {className: 'th-header'},
             el('h1', {className: 'th-title', text: 'Training Health'}), this.selectorSlot, controls),
-        this.focusBar, this.alertSlot, this.main);
+        this.focusBar, this.alertSlot, this.main, this.tooltip.node);
     window.addEventListener('resize', () => {
       clearTimeout(this.resizeTimer);
       this.resizeTimer = setTimeout(() => this.loadSelection(), 250);

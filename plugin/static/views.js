@@ -171,12 +171,11 @@ export function columnAt(firstSteps, step) {
   return lastIndexAtOrBefore(firstSteps, step);
 }
 
-/** A floating read-out that follows the pointer; text only. */
+/** A floating read-out that follows the pointer; text only. Append `node` to the page. */
 export class Tooltip {
   constructor() {
     this.node = el('div', {className: 'th-tooltip', attrs: {role: 'status'}});
     this.node.hidden = true;
-    document.body.append(this.node);
   }
   show(event, lines) {
     this.node.replaceChildren(...lines.map((line, i) =>

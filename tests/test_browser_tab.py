@@ -1,0 +1,320 @@
+"""The tab in a real headless Chromium against a real `tensorboard` process.
+
+Chromium is the system's (`/usr/bin/chromium`, override with
+TRAINING_HEALTH_CHROMIUM), driven by Playwright; no browser is downloaded.
+Set TRAINING_HEALTH_SCREENSHOTS=<dir> to save the overview and layer-detail
+screenshots there (docs/ holds the committed ones).
+"""
+
+import functools
+import http.server
+import os
+import shutil
+import threading
+
+import pytest
+
+from training_health import format as fmt
+from training_health.plugin import health_plugin, inline
+
+import test_plugin_support as support
+
+pytestmark = [pytest.mark.browser, pytest.mark.slow]
+
+CHROMIUM = os.environ.get("TRAINING_HEALTH_CHROMIUM", "/usr/bin/chromium")
+ENTRY = "/data/plugin_entry.html?name=" + fmt.PLUGIN_NAME
+RED_JS = """(sel) => {
+  const c = document.querySelector(sel);
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  const xs = [];
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i] > 200 && d[i + 1] < 80 && d[i + 2] < 110) xs.push((i / 4) % c.width);
+  }
+  return {count: xs.length, min: Math.min(...xs), max: Math.max(...xs), width: c.width};
+}"""
+PIXELS_JS = """(canvas) => {
+  const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
+  const colors = new Set();
+  let painted = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (d[i + 3] > 0 && !(d[i] > 250 && d[i + 1] > 250 && d[i + 2] > 250)) painted++;
+    if (i % 64 === 0) colors.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]);
+  }
+  return {painted: painted / (d.length / 4), colors: colors.size};
+}"""
+
+playwright_api = pytest.importorskip("playwright.sync_api")
+
+
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("browser") / "logs"
+    root.mkdir()
+    support.write_synthetic_logdir(str(root))
+    return root
+
+
+@pytest.fixture(scope="module")
+def server(logdir):
+    with support.tensorboard_process(logdir, load_fast=False) as base:
+        yield base
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not os.path.exists(CHROMIUM):
+        pytest.fail("Chromium not found at %s (install Debian's chromium package)" % CHROMIUM)
+    with playwright_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM)
+        yield browser
+        browser.close()
+
+
+class Page:
+    """A page with its dialogs and script errors recorded."""
+
+    def __init__(self, browser, url, width=1400):
+        self.dialogs, self.errors = [], []
+        self.page = browser.new_page(viewport={"width": width, "height": 1000})
+        self.page.on("dialog", lambda d: (self.dialogs.append(d.message), d.dismiss()))
+        self.page.on("pageerror", lambda e: self.errors.append(str(e)))
+        self.page.goto(url)
+
+    def wait_rendered(self):
+        self.page.wait_for_selector("body[data-rendered]", timeout=30000)
+        self.page.wait_for_function("document.body.dataset.loading === 'false'", timeout=30000)
+
+    def close(self):
+        self.page.close()
+
+
+@pytest.fixture
+def tab(browser, server):
+    page = Page(browser, server + ENTRY)
+    page.wait_rendered()
+    yield page
+    assert page.errors == []
+    page.close()
+
+
+def test_heatmaps_are_drawn(tab):
+    page = tab.page
+    sections = page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
+    assert sections == [support.FROZEN_RUN, support.HEALTHY_RUN, support.XSS_RUN]
+    canvases = page.query_selector_all(
+        ".th-run-section[data-run=frozen_cnn] .th-heatmap-canvas")
+    stats = [c.get_attribute("data-stat") for c in canvases]
+    assert stats == ["grad_norm", "update_ratio", "dead_frac", "act_saturated_frac", "act_std"]
+    for canvas in canvases:
+        pixels = canvas.evaluate(PIXELS_JS)
+        assert pixels["painted"] > 0.6 and pixels["colors"] >= 3, pixels
+    legend = page.inner_text(".th-run-section[data-run=frozen_cnn] .th-heatmap[data-stat=grad_norm] .th-legend")
+    assert "log scale" in legend and "not measured" in legend
+    labels = page.eval_on_selector_all(
+        ".th-run-section[data-run=frozen_cnn] .th-heatmap[data-stat=grad_norm] .th-layer-label",
+        "ls => ls.map(l => l.textContent)")
+    assert labels == ["conv1", "conv2", "pool", "dense1", "probs"]
+
+
+def test_hover_reads_out_layer_step_value(tab):
+    page = tab.page
+    canvas = page.query_selector(".th-run-section[data-run=frozen_cnn] .th-heatmap-canvas[data-stat=update_ratio]")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    row_height = 20  # 5 layers: views.js gives each row 20 px (its cap)
+    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + 1.5 * row_height)
+    lines = page.inner_text(".th-tooltip").splitlines()
+    assert lines[0] == "layer conv2"
+    assert lines[1].startswith("step ") and int(lines[1].split()[1]) >= 295  # right edge
+    assert lines[2] == "Update ratio ‖ΔW‖/‖W‖: 0"  # frozen after the stall
+    page.mouse.move(box["x"] + 2, box["y"] + 1.5 * row_height)
+    lines = page.inner_text(".th-tooltip").splitlines()
+    assert lines[1] == "step 0" and float(lines[2].split(": ")[1]) > 1e-4
+
+
+def test_stall_alert_is_listed_with_hint_and_click_moves_the_view(tab):
+    page = tab.page
+    first = page.query_selector(".th-alert")
+    assert first.get_attribute("data-kind") == "stalled"  # critical sorts first
+    text = first.inner_text()
+    assert "conv2" in text and "step 120" in text and support.STALL_HINT in text
+    heatmap = ".th-run-section[data-run=frozen_cnn] .th-heatmap-canvas[data-stat=grad_norm]"
+    assert page.evaluate(RED_JS, heatmap)["count"] == 0  # no cursor yet
+
+    first.click()
+    page.wait_for_selector(".th-run-section[data-run=frozen_cnn] .th-detail[data-layer=conv2]")
+    assert page.evaluate("document.body.dataset.focusStep") == str(support.STALL_STEP)
+    assert page.evaluate("document.body.dataset.focusLayer") == support.STALL_LAYER
+    assert "frozen_cnn · conv2 · step 120" in page.inner_text(".th-focus")
+    focused = page.eval_on_selector_all(
+        ".th-run-section[data-run=frozen_cnn] .th-layer-label.th-focused",
+        "ls => ls.map(l => l.textContent)")
+    assert set(focused) == {"conv2"}
+    red = page.evaluate(RED_JS, heatmap)
+    expected_x = support.STALL_STEP / 299 * (red["width"] - 1)
+    assert red["count"] > 0 and red["min"] - 3 <= expected_x  # cursor column at step 120
+    assert page.evaluate("window.scrollY") > 0  # the page moved to the run
+    detail = page.query_selector(".th-run-section[data-run=frozen_cnn] .th-detail")
+    assert len(detail.query_selector_all(".th-line-canvas")) == len(fmt.LAYER_STATS)
+    assert len(detail.query_selector_all(".th-hist-canvas")) == 2
+    save_screenshot(page, detail, "screenshot-layer.png")
+
+
+def test_xss_layer_name_is_shown_as_text(tab):
+    page = tab.page
+    labels = page.eval_on_selector_all(
+        ".th-run-section[data-run=xss_names] .th-heatmap[data-stat=grad_norm] .th-layer-label",
+        "ls => ls.map(l => l.textContent)")
+    assert labels == [support.XSS_LAYER, "plain"]
+    alert = page.query_selector(".th-alert[data-kind=dead_units] >> text=xss_names")
+    assert alert is not None
+    assert "<b>bold?</b>" in page.inner_text(".th-alert-list")
+    assert "<script>window.__xss = 1</script>" in page.inner_text(".th-alert-list")
+    page.click(".th-run-section[data-run=xss_names] .th-layer-label >> nth=0")
+    page.wait_for_selector(".th-run-section[data-run=xss_names] .th-detail")
+    assert page.inner_text(".th-run-section[data-run=xss_names] .th-detail-name") == support.XSS_LAYER
+    assert page.evaluate("document.querySelectorAll('img, b, script:not([type])').length") == 0
+    assert page.evaluate("window.__xss") is None
+    assert tab.dialogs == []
+
+
+def test_selection_changes_drop_stale_answers(tab):
+    page = tab.page
+    box = ".th-run-list input[data-run=%s]"
+    # Several changes in a row, faster than the answers arrive.
+    page.click(box % support.HEALTHY_RUN)
+    page.click(box % support.FROZEN_RUN)
+    page.click(box % support.XSS_RUN)
+    page.click(box % support.FROZEN_RUN)
+    page.wait_for_function("document.body.dataset.loading === 'false'")
+    page.wait_for_timeout(500)
+    sections = page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
+    assert sections == [support.FROZEN_RUN]
+    alerts_runs = page.eval_on_selector_all(".th-alert-where", "s => s.map(x => x.textContent)")
+    assert alerts_runs and all(a.startswith("frozen_cnn") for a in alerts_runs)
+
+
+def test_refresh_finds_new_run_and_polling_toggles(tab, logdir):
+    page = tab.page
+    assert page.evaluate("document.body.dataset.polling") == "on"
+    support.write_healthy_mlp(str(logdir / "zz_late_run"), steps=20)
+    for _ in range(40):
+        page.click("text=Refresh now")
+        if page.query_selector(".th-run-list input[data-run=zz_late_run]"):
+            break
+        page.wait_for_timeout(500)
+    assert page.query_selector(".th-run-list input[data-run=zz_late_run]") is not None
+    page.click("#th-poll")
+    assert page.evaluate("document.body.dataset.polling") == "off"
+
+
+def test_full_tensorboard_page_has_the_tab(browser, server):
+    page = Page(browser, server + "/#" + fmt.PLUGIN_NAME)
+    try:
+        page.page.wait_for_selector("text=Training Health", timeout=30000)
+        frame = None
+        for _ in range(60):
+            frame = next((f for f in page.page.frames if "plugin_entry" in f.url), None)
+            if frame is not None:
+                break
+            page.page.wait_for_timeout(500)
+        assert frame is not None
+        frame.wait_for_selector(".th-run-section", timeout=30000)
+        assert frame.query_selector(".th-alert") is not None
+        out = os.environ.get("TRAINING_HEALTH_SCREENSHOTS")
+        if out:
+            frame.wait_for_function("document.body.dataset.loading === 'false'")
+            page.page.wait_for_timeout(500)
+            os.makedirs(out, exist_ok=True)
+            page.page.screenshot(path=os.path.join(out, "screenshot-overview.png"))
+    finally:
+        page.close()
+
+
+def test_empty_logdir_shows_the_one_line(browser, tmp_path):
+    (tmp_path / "empty").mkdir()
+    # tensorboard_process waits for data; an empty logdir has none, so wait on the page.
+    import subprocess
+    import sys
+    import time
+
+    port = support.free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tensorboard.main", "--logdir", str(tmp_path / "empty"),
+         "--host", "127.0.0.1", "--port", str(port), "--load_fast", "false"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        page = None
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            try:
+                page = Page(browser, "http://127.0.0.1:%d%s" % (port, ENTRY))
+                break
+            except playwright_api.Error:
+                time.sleep(0.5)
+        assert page is not None
+        page.page.wait_for_selector(".th-empty", timeout=30000)
+        code = page.page.inner_text(".th-empty code")
+        assert code == ('model.fit(x, y, callbacks=[training_health.keras.HealthCallback'
+                        '("runs/my_run")])')
+        page.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def test_offline_page_with_inline_data(browser, logdir, tmp_path):
+    """The same modules draw from data embedded in the page, with no server routes."""
+    from tensorboard.backend.event_processing import data_provider as mux_provider
+    from tensorboard.backend.event_processing import plugin_event_multiplexer
+    from tensorboard.plugins import base_plugin
+
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(
+        tensor_size_guidance={fmt.PLUGIN_NAME: 0})
+    multiplexer.AddRunsFromDirectory(str(logdir))
+    multiplexer.Reload()
+    provider = mux_provider.MultiplexerDataProvider(multiplexer, str(logdir))
+    plugin = health_plugin.TrainingHealthPlugin(base_plugin.TBContext(data_provider=provider))
+    data = inline.snapshot(plugin, runs=[support.FROZEN_RUN, support.XSS_RUN], width=600)
+    site = tmp_path / "report"
+    shutil.copytree(health_plugin.STATIC_DIR, site)
+    (site / "report.html").write_text(
+        "<!doctype html><html><head><meta charset=utf-8></head><body>"
+        "<script>window.TRAINING_HEALTH_INLINE = %s;</script>"
+        "<script type=module>import {render} from './index.js'; render();</script>"
+        "</body></html>" % inline.script_json(data), encoding="utf-8")
+    handler = functools.partial(_QuietHandler, directory=str(site))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        page = Page(browser, "http://127.0.0.1:%d/report.html" % httpd.server_address[1])
+        requests = []
+        page.page.on("request", lambda r: requests.append(r.url))
+        page.wait_rendered()
+        sections = page.page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
+        assert sections == [support.FROZEN_RUN, support.XSS_RUN]
+        assert page.page.query_selector("#th-poll") is None  # nothing to poll offline
+        page.page.click(".th-alert[data-kind=stalled]")
+        page.page.wait_for_selector(".th-detail[data-layer=conv2] .th-hist-canvas")
+        assert not [u for u in requests if "/data/" in u or u.endswith(("runs", "matrix"))]
+        assert page.dialogs == [] and page.errors == []
+        page.close()
+    finally:
+        httpd.shutdown()
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    extensions_map = dict(http.server.SimpleHTTPRequestHandler.extensions_map,
+                          **{".js": "text/javascript"})
+
+    def log_message(self, *args):
+        pass
+
+
+def save_screenshot(page, detail, name):
+    out = os.environ.get("TRAINING_HEALTH_SCREENSHOTS")
+    if not out:
+        return
+    os.makedirs(out, exist_ok=True)
+    detail.screenshot(path=os.path.join(out, name))
