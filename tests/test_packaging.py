@@ -235,7 +235,8 @@ def test_ci_script_exit_status_follows_the_tests(tmp_path):
         "failing": ("def test_broken():\n    assert 1 + 1 == 3\n", 1),
         "empty": (None, 1),
     }
-    env = dict(os.environ, CI="true", CI_SKIP_CHROMIUM="1")
+    # No build isolation: the toy builds with the setuptools already there (faster).
+    env = dict(os.environ, CI="true", CI_SKIP_CHROMIUM="1", PIP_NO_BUILD_ISOLATION="1")
     env.pop("PYTHONPATH", None)
     procs = {}
     for name, (source, _) in cases.items():
