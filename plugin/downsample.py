@@ -93,18 +93,25 @@ def to_json_values(array, digits=5):
     """A float array as nested lists: NaN -> None, +/-Inf -> "Infinity"/"-Infinity".
 
     Finite values are rounded to `digits` significant digits, which keeps
-    responses short (float32 values carry ~7 digits of noise in JSON).
+    responses short (a float32 carries digits of noise when printed as a
+    double). Defaults to 5 digits.
     """
     array = np.asarray(array, dtype=np.float64)
-    finite = np.isfinite(array)
-    rounded = np.zeros_like(array)
-    nonzero = finite & (array != 0)
-    if nonzero.any():
-        magnitude = np.floor(np.log10(np.abs(array[nonzero])))
-        scale = 10.0 ** (digits - 1 - magnitude)
-        rounded[nonzero] = np.round(array[nonzero] * scale) / scale
-    out = rounded.astype(object)
-    out[np.isnan(array)] = None
-    out[np.isposinf(array)] = "Infinity"
-    out[np.isneginf(array)] = "-Infinity"
-    return out.tolist()
+    if array.size == 0:
+        return array.tolist()  # nested empty lists of the right shape
+    pattern = "%%.%dg" % digits
+    inf = float("inf")
+
+    def one(value):
+        if value != value:
+            return None
+        if value == inf:
+            return "Infinity"
+        if value == -inf:
+            return "-Infinity"
+        return float(pattern % value)
+
+    flat = [one(v) for v in array.ravel().tolist()]
+    for size in reversed(array.shape[1:]):
+        flat = [flat[i:i + size] for i in range(0, len(flat), size)]
+    return flat
