@@ -340,3 +340,36 @@ def read_bytes(path, start=0, storage_options=None):
     if size is None or start >= size:
         return b""
     return call("reading", path, fs.cat_file, inner, start=start, end=size)
+
+
+def tensorboard_main(argv=None):
+    """Runs TensorBoard with TensorFlow hidden from it, so it can read ``s3://``.
+
+    With TensorFlow installed, TensorBoard reads logdirs through
+    ``tf.io.gfile``, which knows ``gs://`` but not ``s3://`` (that needs
+    the tensorflow-io plugin): it stops with "Unsupported filename scheme
+    's3'". Without TensorFlow, TensorBoard uses its own file layer, which
+    reads ``s3://`` through boto3 (endpoint from ``S3_ENDPOINT``) and other
+    schemes through fsspec. This runs TensorBoard as if TensorFlow were not
+    installed: ``python -m training_health.remote --logdir s3://bucket/runs``.
+
+    Args:
+        argv: TensorBoard's arguments. Defaults to ``sys.argv[1:]``.
+
+    Returns:
+        TensorBoard's exit status.
+    """
+    if "tensorflow" in sys.modules and sys.modules["tensorflow"] is not None:
+        raise RuntimeError(
+            "tensorflow is already imported in this process; run "
+            "`python -m training_health.remote --logdir URL` in a fresh process instead"
+        )
+    sys.modules["tensorflow"] = None  # `import tensorflow` now fails: TensorBoard uses its stub
+    from tensorboard import main as tensorboard
+
+    sys.argv = ["tensorboard"] + list(sys.argv[1:] if argv is None else argv)
+    return tensorboard.run_main()
+
+
+if __name__ == "__main__":
+    sys.exit(tensorboard_main())
