@@ -30,6 +30,23 @@ log = logging.getLogger("training_health")
 _local = threading.local()
 
 
+try:  # a plain variable even inside a distribution strategy's scope
+    from tensorflow.python.ops.resource_variable_ops import ResourceVariable as _PlainVariable
+except ImportError:  # pragma: no cover - older or newer layouts
+    _PlainVariable = tf.Variable
+
+
+def _variable(initial, dtype, name):
+    """A non-trainable, non-distributed variable (created eagerly).
+
+    Under a MirroredStrategy a `tf.Variable` would be mirrored, and a
+    mirrored variable cannot be scatter-updated from a replica: the buffer
+    must be one plain variable that replica 0 alone writes.
+    """
+    with tf.init_scope():
+        return _PlainVariable(np.asarray(initial), dtype=dtype, trainable=False, name=name)
+
+
 class Recording:
     """What one traced training step produced."""
 
@@ -152,6 +169,14 @@ def _metric_state(metric):
     return None
 
 
+def _gather(ctx, t):
+    """All replicas' shares of a batch tensor, static shape kept."""
+    out = ctx.all_gather(t, 0)
+    if t.shape.rank is not None:
+        out.set_shape([None] + t.shape.as_list()[1:])
+    return out
+
+
 def _leading(t, k):
     """The first k examples of a batch (all of it when smaller)."""
     if getattr(t, "shape", None) is None or t.shape.rank in (None, 0):
@@ -191,14 +216,14 @@ class DeviceProgram:
         self.captured = [False] * len(self.layers)
         self.traced = False
         with tf.init_scope():
-            self.step = tf.Variable(int(start_step), dtype=tf.int64, trainable=False, name="th_step")
-            self.start = tf.Variable(int(start_step), dtype=tf.int64, trainable=False, name="th_start")
-            self.count = tf.Variable(0, dtype=tf.int64, trainable=False, name="th_count")
+            self.step = _variable(int(start_step), tf.int64, "th_step")
+            self.start = _variable(int(start_step), tf.int64, "th_start")
+            self.count = _variable(0, tf.int64, "th_count")
             if self.hist_slots:
                 shape = [self.hist_slots, len(self.layers), len(fmt.HIST_SERIES), fmt.HIST_ROW]
-                self.hist = tf.Variable(tf.zeros(shape, tf.float32), trainable=False, name="th_hist")
-                self.hist_steps = tf.Variable(tf.zeros([self.hist_slots], tf.int64), trainable=False, name="th_hist_steps")
-                self.hist_count = tf.Variable(0, dtype=tf.int64, trainable=False, name="th_hist_count")
+                self.hist = _variable(np.zeros(shape, np.float32), tf.float32, "th_hist")
+                self.hist_steps = _variable(np.zeros([self.hist_slots], np.int64), tf.int64, "th_hist_steps")
+                self.hist_count = _variable(0, tf.int64, "th_hist_count")
         self._last_active = {}  # layer index -> int64 [units] variable
         self._metric_prev = {}  # metric name -> (total, count) float32 variables
 
@@ -210,8 +235,8 @@ class DeviceProgram:
         self.global_names = tuple(fmt.GLOBAL_STATS) + tuple(n for n, _ in self.metrics)
         self.width = len(self.global_names) + len(self.layers) * len(fmt.LAYER_STATS)
         with tf.init_scope():
-            self.buffer = tf.Variable(tf.zeros([self.rows, self.width], tf.float32), trainable=False, name="th_rows")
-            self.row_steps = tf.Variable(tf.zeros([self.rows], tf.int64), trainable=False, name="th_row_steps")
+            self.buffer = _variable(np.zeros([self.rows, self.width], np.float32), tf.float32, "th_rows")
+            self.row_steps = _variable(np.zeros([self.rows], np.int64), tf.int64, "th_row_steps")
 
     # -- helpers used by the wrappers ------------------------------------
     def monitored_variables(self):
@@ -220,40 +245,41 @@ class DeviceProgram:
     def reset_metric_snapshots(self):
         """Call right after the model's metrics were reset (each epoch)."""
         for total, count in self._metric_prev.values():
-            total.assign(0.0)
-            count.assign(0.0)
+            total.assign(tf.zeros_like(total))
+            count.assign(tf.zeros_like(count))
 
-    def _metric_value(self, name, metric):
-        """This batch's value of a metric: from the change of its (total, count)
-        since the previous step for mean-type metrics, else its result()."""
+    def _metric_delta(self, name, metric, replica, replicas):
+        """(sum, count) this batch added to a mean-type metric on this replica,
+        from the change of its state since the previous step; or (result, 1)
+        for other metrics. Returns (sum, count, snapshot updates)."""
         state = _metric_state(metric)
-        nan = tf.constant(float("nan"), tf.float32)
         if state is None:
             try:
-                return tf.reshape(tf.cast(metric.result(), tf.float32), []), []
+                value = tf.reshape(tf.cast(metric.result(), tf.float32), [])
             except (TypeError, ValueError):
-                return nan, []
+                value = tf.constant(float("nan"), tf.float32)
+            return value, tf.constant(1.0), []
         total, count = state
         prev = self._metric_prev.get(name)
         if prev is None:
-            with tf.init_scope():
-                prev = (tf.Variable(0.0, trainable=False, name="th_prev_total"),
-                        tf.Variable(0.0, trainable=False, name="th_prev_count"))
+            prev = (_variable(np.zeros([replicas], np.float32), tf.float32, "th_prev_total"),
+                    _variable(np.zeros([replicas], np.float32), tf.float32, "th_prev_count"))
             self._metric_prev[name] = prev
-        p_total, p_count = prev[0].read_value(), prev[1].read_value()
+        p_total, p_count = prev[0][replica], prev[1][replica]
         reset = count < p_count  # metrics were reset (new epoch) before this step
         d_total = tf.where(reset, total, total - p_total)
         d_count = tf.where(reset, count, count - p_count)
-        value = tf.where(d_count > 0, d_total / tf.maximum(d_count, 1e-30), nan)
-        return value, [prev[0].assign(total), prev[1].assign(count)]
+        updates = [prev[0].scatter_nd_update([[replica]], total[None]),
+                   prev[1].scatter_nd_update([[replica]], count[None])]
+        return d_total, d_count, updates
 
     def _last_active_var(self, index, units):
         var = self._last_active.get(index)
         if var is None:
             with tf.init_scope():
                 start = int(self.start.numpy())
-                var = tf.Variable(tf.fill([units], np.int64(start - 1)), trainable=False,
-                                  name="th_last_active_%d" % index)
+                var = _variable(np.full([units], start - 1, np.int64), tf.int64,
+                                "th_last_active_%d" % index)
             self._last_active[index] = var
         return var
 
@@ -263,31 +289,66 @@ class DeviceProgram:
         self._ensure_buffers()
         step = self.step.read_value()
         self.traced = True
+        ctx = tf.distribute.get_replica_context()
+        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+        replica = 0
+        if replicas > 1:
+            replica = int(tf.get_static_value(ctx.replica_id_in_sync_group))
 
         grads, variables = rec.grads_and_vars if rec.grads_and_vars is not None else ([], [])
         scale = None
         if optimizer is not None and hasattr(optimizer, "inner_optimizer") and hasattr(optimizer, "dynamic_scale"):
+            # Mixed precision: the optimizer received scaled gradients.
             scale = tf.cast(tf.convert_to_tensor(optimizer.dynamic_scale), tf.float32)
-        per_layer_grads = [[] for _ in self.layers]
-        all_grads = []
+        all_grads, owners = [], []
         for g, v in zip(grads, variables):
             if g is None:
                 continue
             g = ts._as_f32(g)
-            if scale is not None:
-                g = g / scale
-            all_grads.append(g)
-            index = self._var_layer.get(id(v))
-            if index is not None:
-                per_layer_grads[index].append(g)
+            all_grads.append(g / scale if scale is not None else g)
+            owners.append(self._var_layer.get(id(v)))
 
-        # Units activity is tracked every batch (the dead-unit window needs it).
-        activity_updates = []
-        active = {}
         if self.activation_examples:
             k = self.activation_examples
             rec.activations = {i: _leading(a, k) for i, a in rec.activations.items()}
             inputs = [_leading(x, k) for x in inputs]
+
+        metric_parts, metric_updates = [], []
+        for name, metric in self.metrics:
+            d_total, d_count, updates = self._metric_delta(name, metric, replica, replicas)
+            metric_parts.append((d_total, d_count))
+            metric_updates.extend(updates)
+
+        if replicas > 1:
+            # Statistics of the whole step, not of one replica's share:
+            # gradients summed as the optimizer sums them, activations and
+            # inputs gathered from every replica, loss and metric counts summed
+            # (Keras divides each replica's loss by the number of replicas).
+            sum_ = tf.distribute.ReduceOp.SUM
+            if all_grads:
+                all_grads = list(ctx.all_reduce(sum_, all_grads))
+            rec.activations = {i: _gather(ctx, a) for i, a in sorted(rec.activations.items())}
+            inputs = [_gather(ctx, tf.cast(x, tf.float32)) for x in inputs]
+            if rec.loss is not None:
+                rec.loss = ctx.all_reduce(sum_, ts._as_f32(rec.loss))
+            metric_parts = [tuple(ctx.all_reduce(sum_, [t, c])) for t, c in metric_parts]
+        nan = tf.constant(float("nan"), tf.float32)
+        metric_values = [tf.where(c > 0, t / tf.maximum(c, 1e-30), nan) for t, c in metric_parts]
+
+        per_layer_grads = [[] for _ in self.layers]
+        for g, owner in zip(all_grads, owners):
+            if owner is not None:
+                per_layer_grads[owner].append(g)
+
+        if replica != 0:
+            # Exactly one writer: the other replicas only took part in the
+            # collectives above and keep their own metric snapshots.
+            with tf.control_dependencies(metric_updates):
+                return tf.no_op()
+
+        # Units activity is tracked every batch (the dead-unit window needs it).
+        activity_updates = []
+        active = {}
         for i in range(len(self.layers)):
             a = rec.activations.get(i)
             if a is None:
@@ -308,13 +369,6 @@ class DeviceProgram:
             with tf.control_dependencies([w1, w2]):
                 return self.count.assign_add(1)
 
-        # Metric snapshots are updated every batch so each value covers one batch.
-        metric_values, metric_updates = [], []
-        for name, metric in self.metrics:
-            value, updates = self._metric_value(name, metric)
-            metric_values.append(value)
-            metric_updates.extend(updates)
-
         with tf.control_dependencies(activity_updates):
             if self.every_n_batches == 1:
                 done = write_row()
@@ -328,9 +382,8 @@ class DeviceProgram:
                     lambda: self._write_histograms(rec, per_layer_grads, step),
                     lambda: self.hist_count.read_value(),
                 ))
-            with tf.control_dependencies(ops):
-                with tf.control_dependencies(metric_updates):
-                    return self.step.assign_add(1)
+            with tf.control_dependencies(ops + metric_updates):
+                return self.step.assign_add(1)
 
     def _row(self, rec, inputs, all_grads, per_layer_grads, weights_before,
              metric_values, optimizer, step, active):
