@@ -202,6 +202,22 @@ class Detector:
         )
 
 
+def trim_window(history, step, window, min_observations):
+    """Drops the oldest entries of `history` (a deque of tuples starting with
+    the step) that are not needed for a window of `window` steps ending at
+    `step` holding at least `min_observations` entries.
+
+    Returns True when what is left spans the window and has enough entries,
+    i.e. when a windowed condition can be judged.
+    """
+    while (len(history) > min_observations and history[1][0] <= step - window):
+        history.popleft()
+    if len(history) < min_observations:
+        return False
+    spacing = history[-1][0] - history[-2][0] if len(history) > 1 else 0
+    return step - history[0][0] >= window - spacing
+
+
 def finite(x):
     """True for a real, finite number."""
     try:

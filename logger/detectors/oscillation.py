@@ -6,7 +6,7 @@ import numpy as np
 
 from training_health import hints
 from training_health.detectors.base import (
-    MODEL, Detector, Finding, check_float, check_int, finite)
+    MODEL, Detector, Finding, check_float, check_int, finite, trim_window)
 
 
 class OscillatingLossDetector(Detector):
@@ -34,8 +34,10 @@ class OscillatingLossDetector(Detector):
             and several times its level.
         min_improvement: relative improvement of the window median over the
             reference that counts as progress. Defaults to 0.1.
-        patience: steps the condition must last. Defaults to 0: the window
-            already is the evidence.
+        patience: steps the condition must last. Defaults to 50: at the start
+            of a run the loss may not have moved yet while small batches
+            already make it noisy; another 50 steps without progress tell a
+            run that learns slowly from one that bounces.
         clear_patience: steps without the condition that close the
             episode. Defaults to 100.
         start_from_step: no alert before this step. Defaults to 0.
@@ -44,8 +46,8 @@ class OscillatingLossDetector(Detector):
     kind = "oscillating_loss"
 
     def __init__(self, window=50, min_observations=20, spread=1.0, min_improvement=0.1,
-                 patience=0, clear_patience=100, start_from_step=0):
-        super().__init__(patience, 1, clear_patience, start_from_step)
+                 patience=50, clear_patience=100, start_from_step=0):
+        super().__init__(patience, 2, clear_patience, start_from_step)
         self.window = check_int("window", window, minimum=1)
         self.min_window_observations = check_int("min_observations", min_observations, minimum=3)
         self.spread = check_float("spread", spread, 0.0, low_open=True)
@@ -69,9 +71,8 @@ class OscillatingLossDetector(Detector):
                 self._reference = float(np.median(self._reference_values))
                 self._reference_end = step
         self._history.append((step, loss))
-        while self._history and self._history[0][0] <= step - self.window:
-            self._history.popleft()
-        if self._reference is None or len(self._history) < self.min_window_observations:
+        ready = trim_window(self._history, step, self.window, self.min_window_observations)
+        if self._reference is None or not ready:
             return {}
         if self._history[0][0] <= self._reference_end:
             return {}  # the window must not overlap the reference

@@ -8,7 +8,7 @@ import numpy as np
 from training_health import hints
 from training_health.format import GLOBAL_STATS
 from training_health.detectors.base import (
-    MODEL, Detector, Finding, check_float, check_int, finite, weighted_rows)
+    MODEL, Detector, Finding, check_float, check_int, finite, trim_window, weighted_rows)
 
 
 def _halves_differ(values, min_delta):
@@ -34,10 +34,12 @@ class StalledDetector(Detector):
       is not lower than the earlier half's by more than `min_delta` (times
       the loss) and two standard errors (noise does not count);
     - no compiled metric has changed in either direction by the same test;
-    - the weights barely change: at least half of the layers with weights
+    - the weights barely change: the learning rate is 0, or the loss is
+      exactly constant over the window, or some layer's gradient is exactly
+      0 on every step of the window (nothing flows through it: dead units,
+      a disconnected layer), or at least half of the layers with weights
       moved by less than `min_update_ratio` of their norm per step (median
-      over the window), or the learning rate is 0, or the loss is exactly
-      constant over the window;
+      over the window);
     - the loss is above `converged_loss`: a loss that converged near zero
       and stays flat is success, not a stall.
 
@@ -103,12 +105,12 @@ class StalledDetector(Detector):
         metrics = {k: float(v) for k, v in g.items()
                    if k not in _NOT_METRICS and finite(v)}
         lr = g.get("learning_rate")
+        names = [info.name for info in stats.layers]
+        grad = stats.column("grad_norm")
+        zero = {names[i] for i in weighted_rows(stats) if grad[i] == 0.0}
         self._history.append((step, float(loss), metrics, self._update_ratios(stats),
-                              float(lr) if finite(lr) else None))
-        while self._history and self._history[0][0] <= step - self.window:
-            self._history.popleft()
-        if (len(self._history) < self.min_window_observations
-                or step - self._history[0][0] < self.window - self._spacing()):
+                              float(lr) if finite(lr) else None, zero, names))
+        if not trim_window(self._history, step, self.window, self.min_window_observations):
             return {}
         losses = [h[1] for h in self._history]
         mean_loss = float(np.mean(losses))
@@ -138,10 +140,13 @@ class StalledDetector(Detector):
             hints.hint_for(self.kind, stats),
         )}
 
-    def _spacing(self):
-        if len(self._history) < 2:
-            return 0
-        return self._history[-1][0] - self._history[-2][0]
+    def _cut_layers(self):
+        """Names of layers whose gradient was exactly 0 on every step of the window."""
+        sets = [h[5] for h in self._history]
+        if not sets or any(x is None for x in sets):
+            return []
+        common = set.intersection(*sets)
+        return [name for name in self._history[-1][6] if name in common]
 
     def _stillness(self):
         """(why the weights count as standing still, certain?) or None if they move."""
@@ -151,6 +156,10 @@ class StalledDetector(Detector):
         losses = [h[1] for h in self._history]
         if max(losses) - min(losses) <= 1e-7 * max(abs(losses[0]), 1e-12):
             return "the loss is exactly constant", True
+        cut = self._cut_layers()
+        if cut:
+            return ("no gradient reaches %s (exactly 0 on every step of the window)"
+                    % ", ".join(cut[:3]), True)
         per_step = [h[3] for h in self._history if h[3]]
         if len(per_step) < self.min_window_observations // 2:
             return None
