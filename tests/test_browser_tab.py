@@ -317,4 +317,13 @@ def save_screenshot(page, detail, name):
     if not out:
         return
     os.makedirs(out, exist_ok=True)
-    detail.screenshot(path=os.path.join(out, name))
+    page.set_viewport_size({"width": 1400, "height": 1400})
+    page.wait_for_timeout(800)  # the page redraws for the new size
+    detail = page.query_selector(".th-run-section[data-run=frozen_cnn] .th-detail")
+    header = page.evaluate("() => document.querySelector('.th-header').offsetHeight")
+    page.evaluate("(el) => window.scrollTo(0, el.getBoundingClientRect().top + window.scrollY - %d)"
+                  % (header + 8), detail)
+    page.wait_for_timeout(300)
+    box = detail.bounding_box()
+    page.screenshot(path=os.path.join(out, name), clip={
+        "x": 0, "y": 0, "width": 1400, "height": min(1400, box["y"] + box["height"] + 12)})

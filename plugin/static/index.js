@@ -316,7 +316,8 @@ class RunView {
       loss.draw([{name: 'loss', steps: s.first_steps, values: s.values.loss}], this.axis, {markers});
       this.charts.push(loss);
       if (s.metrics.length) {
-        const metrics = new LineChart({title: 'Metrics', height: 110, tooltip: this.app.tooltip, onPick: pick});
+        const metrics = new LineChart({title: `Metrics: ${s.metrics.join(', ')}`, height: 110,
+                                       tooltip: this.app.tooltip, onPick: pick});
         this.node.append(row(null, metrics.node));
         metrics.draw(s.metrics.map((m) => ({name: m, steps: s.first_steps, values: s.values[m]})), this.axis, {});
         this.charts.push(metrics);
@@ -351,7 +352,9 @@ class RunView {
     this.detailLayer = layer;
     const token = this.detailLatest.next();
     const info = this.bundle.info || {};
-    const smallWidth = Math.max(160, Math.floor((this.width + LABEL_WIDTH - 32) / 3));
+    const total = this.width + LABEL_WIDTH - 24;
+    this.smallColumns = Math.max(2, Math.min(5, Math.floor(total / 250)));
+    const smallWidth = Math.floor((total - 12 * (this.smallColumns - 1)) / this.smallColumns);
     const model = this.app.model;
     let data;
     let histograms = null;
@@ -379,10 +382,11 @@ class RunView {
     const smallAxis = new StepAxis(this.axis.lo, this.axis.hi, smallWidth);
     this.detailCharts = [];
     const grid = el('div', {className: 'th-small-multiples'});
+    grid.style.gridTemplateColumns = `repeat(${this.smallColumns}, max-content)`;
     for (const stat of data.stats) {
       const chart = new LineChart({
         title: stat.replace(/_/g, ' ') + (LOG_STATS.has(stat) ? ' (log)' : ''),
-        height: 96, compact: true, tooltip: this.app.tooltip,
+        height: 88, compact: true, tooltip: this.app.tooltip,
         onPick: (s) => this.app.setFocus({run: this.run, layer: data.layer.name, step: s}, false),
       });
       grid.append(chart.node);

@@ -462,7 +462,8 @@ export class LineChart {
       lo = Math.log10(lo);
       hi = Math.log10(hi);
     }
-    if (hi - lo < 1e-12) {
+    this.constant = hi - lo < 1e-12 ? (this.log ? 10 ** lo : lo) : null;
+    if (this.constant !== null) {
       const pad = Math.abs(lo) * 0.1 || 0.5;
       lo -= pad;
       hi += pad;
@@ -519,13 +520,18 @@ export class LineChart {
         ctx.stroke();
         // Full charts label the inner grid lines; compact ones their top and bottom.
         const labelled = this.compact ? i !== 1 : i !== 0 && i !== ticks;
-        if (!labelled) continue;
+        if (!labelled || this.constant !== null) continue;
         const text = formatValue(this.log ? 10 ** v : v);
         const ty = this.compact ? (i === 0 ? py - 7 : py + 6) : py;
         ctx.fillStyle = 'rgba(250,251,252,0.85)';
         ctx.fillRect(1, ty - 6, ctx.measureText(text).width + 4, 12);
         ctx.fillStyle = '#5f6368';
         ctx.fillText(text, 3, ty);
+      }
+      if (this.constant !== null) {
+        const text = `constant ${formatValue(this.constant)}`;
+        ctx.fillStyle = '#5f6368';
+        ctx.fillText(text, 3, top + plotH / 2 - 8);
       }
       for (const s of this.series) {
         ctx.strokeStyle = s.color;
