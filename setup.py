@@ -11,12 +11,25 @@ def _packages(prefix, folder):
     return [prefix] + ["%s.%s" % (prefix, name) for name in find_packages(folder)]
 
 
+def _readme():
+    with open("README.md", encoding="utf-8") as f:
+        return f.read()
+
+
+# TensorFlow's CPU-only build: `tensorflow-cpu` on Linux x86-64 (smaller, and
+# what CPU machines and CI have installed), `tensorflow` elsewhere (where it is
+# the CPU build already). The `tf` extra keeps `tensorflow` for GPU machines.
+TF_CPU = [
+    'tensorflow-cpu>=2.16; sys_platform == "linux" and platform_machine == "x86_64"',
+    'tensorflow>=2.16; sys_platform != "linux" or platform_machine != "x86_64"',
+]
+
 setup(
     name="training-health",
     version="0.1.0",
     description="Per-batch gradient, activation and dead-unit statistics for Keras, "
     "with stall alerts and a TensorBoard tab that explains them.",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=_readme(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
@@ -33,12 +46,8 @@ setup(
         "tf": ["tensorflow>=2.16"],
         "s3": ["s3fs", "boto3"],
         "gcs": ["gcsfs"],
-        # CI and test machines are CPU-only: on Linux x86-64 the test extra takes
-        # the CPU build (which also skips re-downloading TensorFlow where it is
-        # installed); elsewhere `tensorflow` is the CPU build already.
-        "test": [
-            'tensorflow-cpu>=2.16; sys_platform == "linux" and platform_machine == "x86_64"',
-            'tensorflow>=2.16; sys_platform != "linux" or platform_machine != "x86_64"',
+        "tf-cpu": TF_CPU,
+        "test": TF_CPU + [
             "pytest",
             "werkzeug",
             "playwright",

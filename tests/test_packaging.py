@@ -135,7 +135,7 @@ def test_wheel_entry_points_and_requirements(wheel):
     assert not [r for r in base if r.startswith("tensorflow")], "TensorFlow must stay an extra: %s" % base
     tf_extra = [r for r in requires if r.startswith("tensorflow") and 'extra == "tf"' in r]
     assert tf_extra, requires
-    for extra in ("tf", "s3", "gcs", "test"):
+    for extra in ("tf", "tf-cpu", "s3", "gcs", "test"):
         assert "Provides-Extra: %s" % extra in zf.read(meta_name).decode()
 
 
