@@ -94,13 +94,17 @@ class Patches:
         self._saved.append((obj, name, previous))
         object.__setattr__(obj, name, value)
 
-    def wrap_layer_calls(self, layers):
+    def wrap_layer_calls(self, layers, fallback=None):
+        """Hands each layer's first output per step to the open recording
+        (or, with none open, to `fallback()`'s recording, if it returns one)."""
         for index, layer in enumerate(layers):
             original = layer.call
 
             def call(*args, __original=original, __index=index, **kwargs):
                 out = __original(*args, **kwargs)
                 rec = current_recording()
+                if rec is None and fallback is not None:
+                    rec = fallback()
                 if rec is not None and __index not in rec.activations:
                     tensor = _first_tensor(out)
                     if tensor is not None and getattr(tensor, "graph", None) is rec.graph:

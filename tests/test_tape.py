@@ -1,0 +1,74 @@
+"""The GradientTape wrapper: one call per step, same statistics as the callback."""
+
+import numpy as np
+import pytest
+
+keras = pytest.importorskip("keras")
+tf = pytest.importorskip("tensorflow")
+
+from training_health import format as fmt  # noqa: E402
+from training_health import stats  # noqa: E402
+from training_health.tf import HealthMonitor  # noqa: E402
+
+from thtest_events import layer_table  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+def setup(seed=0):
+    keras.utils.set_random_seed(seed)
+    model = keras.Sequential([keras.Input((8,)), keras.layers.Dense(6, activation="relu", name="h"),
+                              keras.layers.Dense(2, activation="softmax", name="o")])
+    return model, keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy()
+
+
+@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+def test_tape_loop_matches_reference(tmp_path, compiled):
+    model, opt, loss_fn = setup()
+    monitor = HealthMonitor(str(tmp_path), model, opt, detectors=None, activation_examples=None)
+
+    def train_step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        grads = tape.gradient(loss, model.trainable_variables)
+        opt.apply_gradients(zip(grads, model.trainable_variables))
+        monitor.record(x, loss, grads)
+        return loss
+
+    step_fn = tf.function(train_step) if compiled else train_step
+    rng = np.random.default_rng(0)
+    probe = keras.Model(model.inputs, [model.get_layer("h").output])
+    refs = []
+    for _ in range(3):
+        x = rng.normal(size=(16, 8)).astype("float32")
+        y = rng.integers(0, 2, 16)
+        before = [w.copy() for w in model.get_layer("h").get_weights()]
+        hidden = np.asarray(probe(x, training=True))
+        loss = float(step_fn(x, y))
+        refs.append((x, hidden, before, model.get_layer("h").get_weights(), loss))
+    monitor.close()
+    assert all("call" not in layer.__dict__ for layer in model.layers)
+
+    names, _, steps, meta = layer_table(str(tmp_path))
+    assert names == ["h", "o"] and sorted(steps) == [0, 1, 2]
+    for step, (x, hidden, before, after, loss) in enumerate(refs):
+        matrix, glob = steps[step]
+        row = dict(zip(fmt.LAYER_STATS, matrix[0]))
+        assert glob["loss"] == pytest.approx(loss, rel=1e-5)
+        assert glob["input_mean"] == pytest.approx(float(np.mean(x)), rel=1e-4, abs=1e-6)
+        assert row["update_ratio"] == pytest.approx(stats.weight_stats(before, after)["update_ratio"], rel=1e-4)
+        for key, value in stats.activation_stats(hidden).items():
+            assert row[key] == pytest.approx(value, rel=1e-4, abs=1e-6, nan_ok=True), key
+        assert glob["learning_rate"] == pytest.approx(0.1)
+
+
+def test_tape_monitor_arguments():
+    model, opt, _ = setup()
+    with pytest.raises(ValueError, match="built model"):
+        HealthMonitor("x", keras.Sequential([keras.layers.Dense(2)]))
+    with pytest.raises(ValueError, match="flush_secs"):
+        HealthMonitor("x", model, flush_secs=0)
+    monitor = HealthMonitor("unused", model, detectors=None)
+    with pytest.raises(ValueError, match="gradients for"):
+        monitor.record(tf.zeros([2, 8]), tf.constant(0.0), [tf.zeros([8, 6])])
+    monitor.close()
