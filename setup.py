@@ -39,7 +39,8 @@ setup(
         "training_health": "logger",
         "training_health.plugin": "plugin",
     },
-    package_data={"training_health.plugin": ["static/**/*"]},
+    # The tab's front end, and notes or data files kept beside any package's code.
+    package_data={"": ["*.md", "*.json", "*.txt"], "training_health.plugin": ["static/**/*"]},
     include_package_data=True,
     install_requires=["tensorboard>=2.21", "protobuf", "numpy"],
     extras_require={
