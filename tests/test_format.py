@@ -249,3 +249,22 @@ def test_doc_pandas_snippet_reads_a_real_run(tmp_path):
             np.testing.assert_array_equal(
                 row[list(fmt.LAYER_STATS)].to_numpy(dtype=np.float32)[0], run.layer_values[step][i]
             )
+
+
+def test_package_reader_returns_what_was_written(sample_run, tmp_path):
+    """The Python route named in docs/format.md."""
+    from training_health.reader import read_logdir
+
+    (run,) = read_logdir(str(tmp_path / "logs"))
+    assert run.name == "run1"
+    assert [s.step for s in run.steps] == sample_run.steps
+    for stats in run.steps:
+        assert tuple(stats.layers) == sample_run.layers
+        assert tuple(stats.layer_stats) == fmt.LAYER_STATS
+        np.testing.assert_array_equal(stats.layer_values, sample_run.layer_values[stats.step])
+        names = list(fmt.GLOBAL_STATS) + list(sample_run.metric_names)
+        assert list(stats.global_values) == names
+        np.testing.assert_array_equal(
+            np.array([stats.global_values[n] for n in names], dtype=np.float32), sample_run.global_values[stats.step]
+        )
+    assert run.alerts == sample_run.alerts[sample_run.steps[-1]]
