@@ -7,6 +7,7 @@ module that imports TensorFlow, even indirectly, fails here.
 
 import importlib.util
 import json
+import os
 import subprocess
 import textwrap
 
@@ -70,20 +71,36 @@ def test_light_modules_do_not_import_tensorflow(python_exe):
     assert json.loads(result.stdout.strip().splitlines()[-1]) == []
 
 
-def test_cli_help_runs_with_tensorflow_blocked(python_exe):
-    code = """
-        import runpy, sys
-        sys.argv = ["training-health", "--help"]
-        try:
-            runpy.run_module("training_health.cli", run_name="__main__", alter_sys=True)
-        except SystemExit as e:
-            sys.exit(e.code)
-    """
-    result = _python(python_exe, code)
+@pytest.fixture
+def blocking_env(tmp_path):
+    """Environment whose interpreters start with TensorFlow blocked (a sitecustomize)."""
+    folder = tmp_path / "block_tf"
+    folder.mkdir()
+    (folder / "sitecustomize.py").write_text(BLOCK)
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(folder), env.get("PYTHONPATH")) if p)
+    return env
+
+
+def test_sitecustomize_blocks_tensorflow(python_exe, blocking_env):
+    result = subprocess.run(
+        [python_exe, "-c", "import tensorflow"], env=blocking_env, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode != 0
+    assert "ModuleNotFoundError" in result.stderr
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["check", "--help"]])
+def test_python_m_cli_help_runs_with_tensorflow_blocked(python_exe, blocking_env, argv):
+    result = subprocess.run(
+        [python_exe, "-m", "training_health.cli", *argv],
+        cwd=REPO_ROOT, env=blocking_env, capture_output=True, text=True, timeout=120,
+    )
     assert result.returncode == 0, result.stderr
-    assert "usage: training-health" in result.stdout
-    for command in ("demo", "check", "watch", "report"):
-        assert command in result.stdout
+    assert result.stdout.startswith("usage: training-health")
+    if argv == ["--help"]:
+        for command in ("demo", "check", "watch", "report"):
+            assert command in result.stdout
 
 
 def test_write_and_read_a_run_with_tensorflow_blocked(python_exe, tmp_path):
