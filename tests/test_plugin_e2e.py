@@ -40,9 +40,10 @@ def logdir(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize("load_fast", [False, True], ids=["python", "rust"])
-def test_real_tensorboard_serves_tab(logdir, load_fast):
-    with support.tensorboard_process(logdir, load_fast) as base:
+@pytest.mark.parametrize("load_fast, block_tensorflow", [(False, False), (True, False), (False, True)],
+                         ids=["python", "rust", "python-without-tensorflow"])
+def test_real_tensorboard_serves_tab(logdir, load_fast, block_tensorflow):
+    with support.tensorboard_process(logdir, load_fast, block_tensorflow=block_tensorflow) as base:
         status, _, body = fetch(base + "/data/plugins_listing")
         listing = json.loads(body)[fmt.PLUGIN_NAME]
         assert status == 200 and listing["enabled"] is True
@@ -82,6 +83,10 @@ def test_real_tensorboard_serves_tab(logdir, load_fast):
         status, content_type, source = fetch(base + "/data/plugin/training_health/index.js")
         assert status == 200 and content_type.startswith("text/javascript")
         assert b"export async function render" in source
+    if block_tensorflow:  # the server really ran without TensorFlow
+        port = base.rsplit(":", 1)[1]
+        with open(logdir.parent / ("tensorboard-%s.log" % port), encoding="utf-8") as f:
+            assert "TensorFlow installation not found" in f.read()
 
 
 def test_user_sample_limit_wins_and_is_reported(logdir):

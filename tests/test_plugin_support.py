@@ -176,18 +176,31 @@ def free_port():
         return s.getsockname()[1]
 
 
+# Run as `python -c`: makes every import of TensorFlow/Keras fail, then starts
+# TensorBoard's own main (what a viewing machine without TensorFlow runs).
+_NO_TF_MAIN = (
+    "import sys\n"
+    "for name in ('tensorflow', 'keras', 'tf_keras'):\n"
+    "    sys.modules[name] = None\n"
+    "from tensorboard import main\n"
+    "sys.argv[0] = 'tensorboard'\n"
+    "main.run_main()\n"
+)
+
+
 @contextlib.contextmanager
-def tensorboard_process(logdir, load_fast, extra_args=(), timeout=90.0):
+def tensorboard_process(logdir, load_fast, extra_args=(), timeout=90.0, block_tensorflow=False):
     """Runs `tensorboard` on 127.0.0.1 and yields its base URL; kills it after.
 
     Waits (at most `timeout` seconds) until the server answers and has
-    loaded Training Health data, then yields.
+    loaded Training Health data, then yields. With `block_tensorflow`,
+    TensorFlow cannot be imported in the server process.
     """
     port = free_port()
     log_path = os.path.join(str(logdir), "..", "tensorboard-%d.log" % port)
-    command = [
-        sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
-        "--host", "127.0.0.1", "--port", str(port),
+    entry = ["-c", _NO_TF_MAIN] if block_tensorflow else ["-m", "tensorboard.main"]
+    command = [sys.executable] + entry + [
+        "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
         "--load_fast", "true" if load_fast else "false", "--reload_interval", "1",
     ] + list(extra_args)
     with open(log_path, "wb") as log:
