@@ -19,6 +19,18 @@ from training_health.run_writer import RunWriter
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def pytest_sessionstart(session):
+    """Refuses to test another copy of the package than this checkout's."""
+    import training_health
+
+    expected = os.path.join(REPO_ROOT, "logger", "__init__.py")
+    if os.path.realpath(training_health.__file__) != os.path.realpath(expected):
+        raise pytest.UsageError(
+            "the tests import training_health from %s, not from this checkout (%s); "
+            "run `pip install -e .` here first" % (training_health.__file__, expected)
+        )
+
+
 @dataclasses.dataclass
 class SampleRun:
     """What `write_sample_run` wrote.
