@@ -78,21 +78,27 @@ def main(argv=None):
     steps_before = health._flusher.last_step
 
     times = {name: [] for name in variants}
+    cpu = {name: [] for name in variants}  # process CPU time: less sensitive to other load
     for r in range(args.rounds):
         order = list(variants) if r % 2 == 0 else list(reversed(variants))
         for name in order:
             model, callbacks = variants[name]
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
             times[name].append((time.perf_counter() - t0) * 1000.0 / args.steps)
+            cpu[name].append((time.process_time() - c0) * 1000.0 / args.steps)
     health._writer.flush()
     logged_steps = health._flusher.last_step - steps_before
     n_layers = len(health._program.layers)
     bytes_per_layer_step = (dir_bytes(health_dir) - bytes_before) / (n_layers * logged_steps)
 
     med = {name: statistics.median(v) for name, v in times.items()}
+    med_cpu = {name: statistics.median(v) for name, v in cpu.items()}
     for name, v in times.items():
-        print("%-9s median %.2f ms/step  (rounds: %s)" % (name, med[name], " ".join("%.1f" % t for t in v)))
+        print("%-9s median %.2f ms/step wall, %.2f ms/step CPU  (wall by round: %s)"
+              % (name, med[name], med_cpu[name], " ".join("%.1f" % t for t in v)))
+    print("CPU-time ratios: health_callback_vs_plain=%.2f keras_tensorboard_vs_plain=%.2f"
+          % (med_cpu["health"] / med_cpu["plain"], med_cpu["keras_tb"] / med_cpu["plain"]))
     print("monitored layers: %d, steps logged in timed rounds: %d" % (n_layers, logged_steps))
     health.close()
     print("health_callback_vs_plain=%.2f keras_tensorboard_vs_plain=%.2f bytes_per_layer_step=%.0f"

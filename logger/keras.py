@@ -143,12 +143,18 @@ class HealthCallback(keras.callbacks.Callback):
         self._batches = 0
         self._writer = None
         self._warned_skipped = False
+        self._warned_internal = False
         self._train_function = None
         self._keras_train_function = None
 
     # -- lifecycle -----------------------------------------------------------
     def on_train_begin(self, logs=None):
         model = self.model
+        if self._program_model is not None and self._program_model is not model:
+            raise ValueError(
+                "this HealthCallback already logs model %r to %s; received another model %r. "
+                "Create one HealthCallback (and one logdir) per model."
+                % (self._program_model.name, self.logdir, model.name))
         if self._program_model is not model:
             self._program = None  # a new model: new device state, new trace
             self._program_model = model
@@ -245,7 +251,13 @@ class HealthCallback(keras.callbacks.Callback):
     def _flush(self, blocking):
         if self._flusher is None:
             return
-        self._flusher.flush(blocking=blocking)
+        try:
+            self._flusher.flush(blocking=blocking)
+        except Exception:  # logging must never end training: report with the traceback
+            if not self._warned_internal:
+                self._warned_internal = True
+                log.exception("training_health: could not process the logged statistics; "
+                              "training continues")
         if not self._warned_skipped and self._program.traced:
             self._warned_skipped = True
             skipped = [l.name for l, ok in zip(self._program.layers, self._program.captured) if not ok]
