@@ -231,6 +231,20 @@ def test_full_tensorboard_page_has_the_tab(browser, server):
         page.close()
 
 
+def test_page_says_when_tensorboard_downsampled(browser, logdir):
+    extra = ["--samples_per_plugin", "%s=50" % fmt.PLUGIN_NAME]
+    with support.tensorboard_process(logdir, load_fast=True, extra_args=extra) as base:
+        page = Page(browser, base + ENTRY)
+        page.wait_rendered()
+        notes = page.page.inner_text(".th-run-section[data-run=frozen_cnn]")
+        assert "Downsampled: TensorBoard kept 50 values per tag" in notes
+        assert "--samples_per_plugin=training_health=0" in notes
+        # A run under the limit carries no such note.
+        assert "Downsampled" not in page.page.inner_text(".th-run-section[data-run=xss_names]")
+        assert page.errors == []
+        page.close()
+
+
 def test_empty_logdir_shows_the_one_line(browser, tmp_path):
     (tmp_path / "empty").mkdir()
     # tensorboard_process waits for data; an empty logdir has none, so wait on the page.

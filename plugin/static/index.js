@@ -158,7 +158,7 @@ class App {
 
   /** Loads and draws every selected run; drops answers of an older selection. */
   async loadSelection() {
-    if (!this.selected) return;
+    if (!this.selected || this.root.dataset.empty === 'true') return;
     const token = this.selectionLatest.next();
     const runs = this.selected.slice();
     const width = this.plotWidth();
