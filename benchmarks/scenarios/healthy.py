@@ -195,6 +195,22 @@ def sigmoid_binary_output():
     return model, x, y[:, :1], dict(epochs=3, batch_size=32)
 
 
+def fine_tune_low_loss():
+    """A model trained beforehand, fine-tuned at a lower rate from a low, noisy loss."""
+    keras = _keras()
+    x, y = teacher_classification(N, 16, 3, seed=32, noise=0.05)
+    model = keras.Sequential([
+        keras.Input((16,)),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(64, activation="relu"),
+        keras.layers.Dense(3, activation="softmax"),
+    ])
+    model.compile(keras.optimizers.Adam(3e-3), "categorical_crossentropy", metrics=["accuracy"])
+    model.fit(x, y, epochs=8, batch_size=32, verbose=0)  # not monitored: the "pretraining"
+    model.compile(keras.optimizers.Adam(3e-4), "categorical_crossentropy", metrics=["accuracy"])
+    return model, x, y, dict(epochs=3, batch_size=32)
+
+
 SCENARIOS = [
     Scenario("healthy_cnn", None, healthy_cnn, healthy_cnn.__doc__),
     Scenario("converged_then_flat", None, converged_then_flat, converged_then_flat.__doc__),
@@ -209,4 +225,5 @@ SCENARIOS = [
              sgd_regression_converged.__doc__),
     Scenario("tanh_mlp", None, tanh_mlp, tanh_mlp.__doc__),
     Scenario("sigmoid_binary_output", None, sigmoid_binary_output, sigmoid_binary_output.__doc__),
+    Scenario("fine_tune_low_loss", None, fine_tune_low_loss, fine_tune_low_loss.__doc__),
 ]

@@ -1,0 +1,40 @@
+"""The scenario suite through real Keras training: every buggy run gets its
+expected alert kind, every healthy trap gets no alert at all."""
+
+import os
+import sys
+
+import pytest
+
+pytest.importorskip("tensorflow")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, REPO_ROOT)
+
+from benchmarks.scenarios import BUGGY, HEALTHY, SCENARIOS, run_scenario  # noqa: E402
+
+
+def test_suite_has_ten_or_more_of_each():
+    assert len(BUGGY) >= 10 and len(HEALTHY) >= 10
+    assert all(SCENARIOS[name].expected for name in BUGGY)
+    assert not any(SCENARIOS[name].expected for name in HEALTHY)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", BUGGY)
+def test_buggy_scenario_gets_its_expected_kind(name, tmp_path):
+    result = run_scenario(SCENARIOS[name], str(tmp_path / name))
+    found = [(a.kind, a.step, a.layer) for a in result.alerts]
+    assert result.expected in result.kinds, found
+    # the online detectors (inside HealthCallback) saw it too
+    assert result.expected in {a.kind for a in result.online_alerts}, result.online_alerts
+    assert result.within_first_epoch, (result.delay, result.steps_per_epoch)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", HEALTHY)
+def test_healthy_scenario_raises_nothing(name, tmp_path):
+    result = run_scenario(SCENARIOS[name], str(tmp_path / name))
+    assert result.alerts == []
+    assert result.online_alerts == []
+    assert result.steps > 0
