@@ -9,11 +9,13 @@ the InlineSource falls back to that key.
 """
 
 import json
+import os
+import re
 from urllib.parse import quote
 
 from tensorboard import errors
 
-from training_health.plugin.health_plugin import DEFAULT_HISTOGRAMS, DEFAULT_WIDTH
+from training_health.plugin.health_plugin import DEFAULT_HISTOGRAMS, DEFAULT_WIDTH, STATIC_DIR
 
 # The statistics model.js draws as heatmaps (HEATMAP_STATS there), in order.
 HEATMAP_STATS = ("grad_norm", "update_ratio", "dead_frac", "act_saturated_frac", "act_std")
@@ -92,3 +94,53 @@ def script_json(data):
     """
     text = json.dumps(data, allow_nan=False, separators=(",", ":"))
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
+
+
+# The tab's modules in dependency order. Each imports the others only with
+# `import {...} from './name.js';` statements, which bundle() removes.
+MODULES = ("model.js", "views.js", "index.js")
+_IMPORT = re.compile(r"^import\s*\{[^}]*\}\s*from\s*'\./[\w]+\.js';[ \t]*\n", re.M)
+_EXPORT = re.compile(r"^export\s+(?=(async\s+)?function|class|const|let)", re.M)
+
+
+def bundle():
+    """The tab's ES modules as one module script (for a page with no server).
+
+    The modules share no top-level names, so their bodies can run in one
+    scope once their relative imports and `export` keywords are removed.
+    """
+    parts = []
+    for name in MODULES:
+        with open(os.path.join(STATIC_DIR, name), encoding="utf-8") as f:
+            source = f.read()
+        source = _EXPORT.sub("", _IMPORT.sub("", source))
+        if re.search(r"^\s*(import|export)\b", source, re.M):
+            raise ValueError(
+                "%s has an import/export bundle() cannot inline; use single "
+                "`import {...} from './x.js';` statements and `export` declarations" % name
+            )
+        parts.append("// ---- %s\n%s" % (name, source))
+    return "\n".join(parts)
+
+
+def offline_page(data, title="Training Health"):
+    """A self-contained HTML page showing `data` (a snapshot()) with the tab's own code.
+
+    Needs no server and no network: the modules, the stylesheet and the
+    data are inline. Open it from disk in any current browser.
+    """
+    with open(os.path.join(STATIC_DIR, "style.css"), encoding="utf-8") as f:
+        css = f.read()
+    script = bundle().replace("</script", "<\\/script")
+    return (
+        "<!doctype html>\n<html lang=en><head><meta charset=utf-8>"
+        "<meta name=viewport content='width=device-width, initial-scale=1'>"
+        "<title>%s</title>\n<style data-training-health-style>\n%s</style>\n"
+        "<script>window.TRAINING_HEALTH_INLINE = %s;</script>\n"
+        "</head><body>\n<script type=module>\n%s\nrender();\n</script>\n</body></html>\n"
+        % (_html_text(title), css, script_json(data), script)
+    )
+
+
+def _html_text(text):
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")

@@ -277,8 +277,7 @@ def test_empty_logdir_shows_the_one_line(browser, tmp_path):
         proc.wait(timeout=15)
 
 
-def test_offline_page_with_inline_data(browser, logdir, tmp_path):
-    """The same modules draw from data embedded in the page, with no server routes."""
+def _snapshot(logdir, runs):
     from tensorboard.backend.event_processing import data_provider as mux_provider
     from tensorboard.backend.event_processing import plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
@@ -289,7 +288,38 @@ def test_offline_page_with_inline_data(browser, logdir, tmp_path):
     multiplexer.Reload()
     provider = mux_provider.MultiplexerDataProvider(multiplexer, str(logdir))
     plugin = health_plugin.TrainingHealthPlugin(base_plugin.TBContext(data_provider=provider))
-    data = inline.snapshot(plugin, runs=[support.FROZEN_RUN, support.XSS_RUN], width=600)
+    return inline.snapshot(plugin, runs=runs, width=600)
+
+
+def test_self_contained_offline_page_opens_from_disk(browser, logdir, tmp_path):
+    """inline.offline_page(): code, style and data in one file, opened with file://."""
+    data = _snapshot(logdir, [support.FROZEN_RUN, support.XSS_RUN])
+    path = tmp_path / "report.html"
+    path.write_text(inline.offline_page(data, title="<report>"), encoding="utf-8")
+    page = Page(browser, path.as_uri())
+    requests = []
+    page.page.on("request", lambda r: requests.append(r.url))
+    page.wait_rendered()
+    assert page.page.title() == "<report>"
+    sections = page.page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
+    assert sections == [support.FROZEN_RUN, support.XSS_RUN]
+    canvas = page.page.query_selector(".th-run-section[data-run=frozen_cnn] .th-heatmap-canvas")
+    assert canvas.evaluate(PIXELS_JS)["painted"] > 0.6
+    labels = page.page.eval_on_selector_all(
+        ".th-run-section[data-run=xss_names] .th-heatmap[data-stat=grad_norm] .th-layer-label",
+        "ls => ls.map(l => l.textContent)")
+    assert labels == [support.XSS_LAYER, "plain"]
+    page.page.click(".th-alert[data-kind=stalled]")
+    page.page.wait_for_selector(".th-detail[data-layer=conv2] .th-hist-canvas")
+    assert requests == []  # nothing fetched: not even the stylesheet
+    assert page.page.evaluate("getComputedStyle(document.querySelector('.th-header')).position") == "sticky"
+    assert page.dialogs == [] and page.errors == []
+    page.close()
+
+
+def test_offline_page_with_inline_data(browser, logdir, tmp_path):
+    """The same modules draw from data embedded in the page, with no server routes."""
+    data = _snapshot(logdir, [support.FROZEN_RUN, support.XSS_RUN])
     site = tmp_path / "report"
     shutil.copytree(health_plugin.STATIC_DIR, site)
     (site / "report.html").write_text(

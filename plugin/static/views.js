@@ -3,7 +3,7 @@
 // Every string that comes from data (run, layer, alert text) is inserted
 // with textContent or as a canvas string, never parsed as HTML.
 
-import {LOG_STATS, num} from './model.js';
+import {num} from './model.js';
 
 // ---------------------------------------------------------------- DOM helpers
 
@@ -769,4 +769,3 @@ export function describeLayer(info) {
   return parts.join(' · ');
 }
 
-export {LOG_STATS};
