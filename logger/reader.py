@@ -41,6 +41,7 @@ log = logging.getLogger("training_health")
 _HEADER = struct.Struct("<Q")
 _CRC = struct.Struct("<I")
 _TIMESTAMP = re.compile(r"tfevents\.(\d+)")
+_DIGITS = re.compile(r"(\d+)")
 
 
 @dataclasses.dataclass
@@ -122,9 +123,15 @@ def split_records(data, path="<bytes>", offset=0):
 
 
 def _file_order(path):
+    """Sort key of an event file: creation time, then its name in natural order.
+
+    Natural order compares digit runs as numbers, so a writer's tenth file
+    (".10.") sorts after its ninth (".9.").
+    """
     name = path.rstrip("/").rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1]
     match = _TIMESTAMP.search(name)
-    return (int(match.group(1)) if match else 0, name)
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _DIGITS.split(name) if p)
+    return (int(match.group(1)) if match else 0, parts)
 
 
 def list_runs(logdir, storage_options=None):
@@ -185,7 +192,10 @@ class RunReader:
         return tuple(meta["stats"][len(fmt.GLOBAL_STATS):]) if meta else ()
 
     def _files(self):
-        found = remote.list_event_files(self.path, self.storage_options)
+        try:
+            found = remote.list_event_files(self.path, self.storage_options)
+        except FileNotFoundError:
+            return []  # not created yet: a live view may start before training
         return sorted(found.get(".", []), key=_file_order)
 
     def poll(self, final=False):
@@ -198,10 +208,9 @@ class RunReader:
                 the next poll.
 
         Returns:
-            An `Update`.
+            An `Update` (empty while the run directory does not exist yet).
 
         Raises:
-            FileNotFoundError: the run directory does not exist.
             format.FormatError: metadata of an unknown format version, a
                 malformed value, or a corrupt record.
             OSError: a file could not be read.
