@@ -257,9 +257,11 @@ export class Heatmap {
     this.labels.replaceChildren(...layers.map((name, i) => {
       const label = el('div', {className: 'th-layer-label', text: name, title: name,
                                dataset: {index: i}});
-      label.style.top = `${i * this.rowH}px`;
-      label.style.height = `${this.rowH}px`;
-      label.style.lineHeight = `${this.rowH}px`;
+      // Rows thinner than a line of text get a label every few rows, centered on its row.
+      const height = Math.max(this.rowH, 12);
+      label.style.top = `${i * this.rowH - (height - this.rowH) / 2}px`;
+      label.style.height = `${height}px`;
+      label.style.lineHeight = `${height}px`;
       if (i % every !== 0) label.classList.add('th-hidden-label');
       label.addEventListener('click', () => this.onPick &&
           this.onPick({layer: name, step: this.focus ? this.focus.step : null}));
