@@ -14,8 +14,8 @@ those URLs; the module sources themselves are unchanged. The style sheet is
 inlined with the mark `index.js` looks for, so it is not fetched either.
 
 Series are downsampled by the plugin to `--points` columns per chart
-(bucket means, as the tab does for wide ranges); histograms keep the
-plugin's default number of snapshots per layer.
+(bucket means, as the tab does for wide ranges) and histograms to
+`--histograms` evenly spaced snapshots per layer.
 """
 
 import datetime
@@ -28,6 +28,7 @@ import tempfile
 
 EXIT_OK, EXIT_ERROR = 0, 2
 DEFAULT_POINTS = 500
+DEFAULT_HISTOGRAMS = 50  # snapshots per layer; the tab asks for up to 200
 
 # Relative imports of an ES module: `from './x.js'`, `import './x.js'`, `import('./x.js')`.
 IMPORT_RE = re.compile(r"""(\bfrom\s*|\bimport\s*\(\s*|\bimport\s+)(['"])\./([A-Za-z0-9_.-]+\.js)\2""")
@@ -99,6 +100,9 @@ def add_arguments(parser):
     parser.add_argument("--points", type=int, default=DEFAULT_POINTS,
                         help="columns per heatmap and points per chart; longer runs are "
                              "averaged into this many buckets (default: %d)" % DEFAULT_POINTS)
+    parser.add_argument("--histograms", type=int, default=DEFAULT_HISTOGRAMS,
+                        help="histogram snapshots kept per layer, evenly spaced "
+                             "(default: %d)" % DEFAULT_HISTOGRAMS)
     parser.add_argument("--run", action="append", dest="runs", metavar="RUN",
                         help="include only this run (repeatable; default: every run)")
 
@@ -167,7 +171,7 @@ def _local_copy(logdir, dest):
     return dest
 
 
-def snapshot(logdir, points=DEFAULT_POINTS, runs=None):
+def snapshot(logdir, points=DEFAULT_POINTS, runs=None, histograms=DEFAULT_HISTOGRAMS):
     """The tab's route answers for `logdir`, as `inline.snapshot` gives them.
 
     Args:
@@ -177,23 +181,29 @@ def snapshot(logdir, points=DEFAULT_POINTS, runs=None):
             DEFAULT_POINTS.
         runs: names of the runs to include. Defaults to None (every run with
             Training Health data).
+        histograms: histogram snapshots kept per layer. Defaults to
+            DEFAULT_HISTOGRAMS.
 
     Raises:
         FileNotFoundError: `logdir` does not exist.
-        ValueError: `points` is not a positive int, or an unknown run was asked.
+        ValueError: `points` or `histograms` is not a positive int, or an
+            unknown run was asked.
     """
     from training_health import format as fmt
     from training_health import remote
 
     if not isinstance(points, int) or points < 1:
         raise ValueError("points must be a positive int; received %r" % (points,))
+    if not isinstance(histograms, int) or histograms < 1:
+        raise ValueError("histograms must be a positive int; received %r" % (histograms,))
     if remote.is_url(logdir):
         with tempfile.TemporaryDirectory(prefix="training-health-report-") as tmp:
-            return snapshot(_local_copy(logdir, tmp), points, runs)
+            return snapshot(_local_copy(logdir, tmp), points, runs, histograms)
     path = remote.local_path(logdir)
     if not os.path.isdir(path):
         raise FileNotFoundError("no such log directory: %r" % str(logdir))
     from tensorboard.backend.event_processing import data_provider
+    from tensorboard.context import RequestContext
     from tensorboard.backend.event_processing import plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
 
@@ -207,7 +217,12 @@ def snapshot(logdir, points=DEFAULT_POINTS, runs=None):
     context = base_plugin.TBContext(logdir=path, data_provider=provider,
                                     sampling_hints={fmt.PLUGIN_NAME: 0})
     plugin = TrainingHealthLoader().load(context)
-    return inline.snapshot(plugin, runs=runs, width=points)
+    data = inline.snapshot(plugin, runs=runs, width=points)
+    for key, answer in data.items():  # fewer histogram snapshots than the tab's default
+        if key.split("?", 1)[0] == "histograms":
+            data[key] = plugin.histograms_impl(RequestContext(), "", answer["run"], answer["layer"],
+                                               histograms)
+    return data
 
 
 def render_html(data, title, head_text):
@@ -236,9 +251,13 @@ def render_html(data, title, head_text):
     }
 
 
-def write_report(logdir, output, points=DEFAULT_POINTS, runs=None):
-    """Writes the report of `logdir` to `output`; returns (bytes written, run names)."""
-    data = snapshot(logdir, points, runs)
+def write_report(logdir, output, points=DEFAULT_POINTS, runs=None, histograms=DEFAULT_HISTOGRAMS):
+    """Writes the report of `logdir` to `output`; returns (bytes written, run names).
+
+    Args: as `snapshot`; `output` is the HTML file to write (its directory
+    is created).
+    """
+    data = snapshot(logdir, points, runs, histograms)
     names = [entry["run"] for entry in data["runs"]["runs"]]
     if not names:
         raise ValueError("no Training Health data under %s (log a run with "
@@ -280,7 +299,8 @@ def run(args):
         return EXIT_ERROR
 
     try:
-        size, names = write_report(args.logdir, args.output, args.points, args.runs)
+        size, names = write_report(args.logdir, args.output, args.points, args.runs,
+                                   args.histograms)
     except FileNotFoundError as e:
         return fail(str(e))
     except (ValueError, fmt.FormatError) as e:

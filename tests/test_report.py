@@ -109,6 +109,12 @@ def test_report_is_one_self_contained_downsampled_file(logdir, tmp_path):
     assert [(a["kind"], a["step"], a["hint"]) for a in alerts] == [(ALERT.kind, ALERT.step, ALERT.hint)]
     assert os.stat(output).st_mode & 0o044, "the report is readable by others, like any written file"
 
+    assert data["histograms?layer=conv&run=frozen"]["steps"] == [100, 200, 300, 400]
+    thin = tmp_path / "thin.html"
+    assert run_report(logdir, thin, "--points", "100", "--histograms", "2").returncode == 0
+    assert inline_data(thin.read_text(encoding="utf-8"))["histograms?layer=conv&run=frozen"][
+        "steps"] == [100, 400], "evenly spaced snapshots, first and last kept"
+
     wide = tmp_path / "wide.html"
     assert run_report(logdir, wide, "--points", "400").returncode == 0
     assert os.path.getsize(output) < os.path.getsize(wide), "fewer points, smaller file"
@@ -122,7 +128,9 @@ def test_report_errors_are_one_line_without_traceback(tmp_path):
     assert empty.returncode == 2 and "no Training Health data" in empty.stderr
     bad = run_report(tmp_path / "empty", tmp_path / "r.html", "--points", "0")
     assert bad.returncode == 2 and "points must be a positive int; received 0" in bad.stderr
-    for out in (missing, empty, bad):
+    bad_hist = run_report(tmp_path / "empty", tmp_path / "r.html", "--histograms", "-1")
+    assert bad_hist.returncode == 2 and "histograms must be a positive int; received -1" in bad_hist.stderr
+    for out in (missing, empty, bad, bad_hist):
         assert "Traceback" not in out.stderr
     assert not (tmp_path / "r.html").exists()
 
