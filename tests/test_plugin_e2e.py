@@ -1,6 +1,8 @@
 """End to end: a real `tensorboard` process with each backend serves the tab.
 
-Starts `python -m tensorboard.main` on 127.0.0.1 over real event files, with
+Starts `python -m tensorboard.main` on 127.0.0.1 over the demo's logs (the
+frozen-accuracy CNN and its healthy twin, trained with the real Keras
+capture) plus a synthetic run with a hostile layer name, with
 `--load_fast=false` (Python backend) and `--load_fast=true` (Rust data
 server), and calls the plugin's routes over HTTP.
 """
@@ -34,10 +36,7 @@ def route(base, path):
 
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("e2e") / "logs"
-    root.mkdir()
-    support.write_synthetic_logdir(str(root))
-    return root
+    return support.demo_logdir(tmp_path_factory)
 
 
 @pytest.mark.parametrize("load_fast, block_tensorflow", [(False, False), (True, False), (False, True)],
@@ -51,25 +50,33 @@ def test_real_tensorboard_serves_tab(logdir, load_fast, block_tensorflow):
 
         status, runs = route(base, "runs")
         assert status == 200
-        assert sorted(r["run"] for r in runs["runs"]) == sorted(
-            [support.FROZEN_RUN, support.HEALTHY_RUN, support.XSS_RUN])
+        names = {r["run"] for r in runs["runs"]}
+        assert {support.DEMO_FROZEN, support.DEMO_HEALTHY, support.XSS_RUN} <= names
         assert runs["sample_limit"] == DEFAULT_SAMPLES  # the loader's fix_flags took effect
+        frozen = next(r for r in runs["runs"] if r["run"] == support.DEMO_FROZEN)
+        assert frozen["has_alerts"] and frozen["has_histograms"]
 
-        status, matrix = route(base, "matrix?run=frozen_cnn&stat=grad_norm&width=100")
-        assert status == 200 and len(matrix["first_steps"]) == 100
+        status, layers = route(base, "layers?run=frozen_cnn")
+        names = [layer["name"] for layer in layers["layers"]]
+        assert status == 200 and "conv2d" in names
+
+        status, matrix = route(base, "matrix?run=frozen_cnn&stat=dead_frac&width=50")
+        assert status == 200 and matrix["layers"] == names
+        assert 0 < len(matrix["first_steps"]) <= 50
         # Both backends' own defaults (10 / 100 values per tag) would drop most
-        # of the 300 steps; the raised default keeps them all.
-        assert matrix["samples"] == 300 and matrix["downsampled"] is False
-        assert matrix["values"][1][-1] == pytest.approx(1e-9, rel=0.2)  # conv2 frozen
-
-        status, series = route(base, "series?run=frozen_cnn")
-        assert status == 200 and len(series["values"]["loss"]) == 300
+        # of the demo's steps; the raised default keeps them all.
+        status, series = route(base, "series?run=frozen_cnn&width=5000")
+        assert status == 200 and series["samples"] == len(series["first_steps"]) > 100
+        assert matrix["samples"] == series["samples"] and matrix["downsampled"] is False
+        assert matrix["values"][names.index("conv2d")][-1] == pytest.approx(1.0)  # its ReLUs died
 
         status, alerts = route(base, "alerts?run=frozen_cnn")
-        assert alerts["alerts"][0]["hint"] == support.STALL_HINT
+        stalled = [a for a in alerts["alerts"] if a["kind"] == "stalled" and not a["cleared"]]
+        assert status == 200 and stalled and stalled[0]["hint"]
 
-        status, hist = route(base, "histograms?run=frozen_cnn&layer=conv2&limit=5")
-        assert status == 200 and hist["steps"][-1] == 275
+        status, hist = route(base, "histograms?run=frozen_cnn&layer=conv2d&limit=5")
+        assert status == 200 and 0 < len(hist["steps"]) <= 5
+        assert len(hist["gradient"][0]) == fmt.HIST_ROW
 
         status, layer = route(base, "layer?run=xss_names&layer=" +
                               urllib.request.quote(support.XSS_LAYER, safe=""))
@@ -78,7 +85,7 @@ def test_real_tensorboard_serves_tab(logdir, load_fast, block_tensorflow):
         assert route(base, "matrix?run=frozen_cnn&stat=bogus")[0] == 400
         assert route(base, "matrix?run=frozen_cnn&stat=grad_norm&width=x")[0] == 400
         assert route(base, "alerts?run=missing")[0] == 404
-        assert route(base, "histograms?run=healthy_mlp&layer=dense_0")[0] == 404
+        assert route(base, "layer?run=frozen_cnn&layer=missing")[0] == 404
 
         status, content_type, source = fetch(base + "/data/plugin/training_health/index.js")
         assert status == 200 and content_type.startswith("text/javascript")
@@ -96,4 +103,5 @@ def test_user_sample_limit_wins_and_is_reported(logdir):
         assert status == 200
         assert matrix["samples"] == 40 and matrix["downsampled"] is True
         assert matrix["sample_limit"] == 40
-        assert matrix["last_steps"][-1] == 299  # the newest step is always kept
+        _, layers = route(base, "layers?run=frozen_cnn")
+        assert matrix["last_steps"][-1] == layers["last_step"]  # the newest step is always kept

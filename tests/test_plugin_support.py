@@ -170,6 +170,28 @@ def write_synthetic_logdir(root):
     return (FROZEN_RUN, HEALTHY_RUN, XSS_RUN)
 
 
+DEMO_FROZEN = "frozen_cnn"  # run names written by training_health.demo
+DEMO_HEALTHY = "healthy_cnn"
+_DEMO_LOGS = {}
+
+
+def demo_logdir(tmp_path_factory):
+    """The demo's logs plus the synthetic XSS run, written once per test session.
+
+    `training_health.demo.write_demo_runs` trains the frozen-accuracy CNN and
+    its healthy twin with the real Keras capture (2 epochs keep it short).
+    Tests must not leave other runs behind in this folder.
+    """
+    if "path" not in _DEMO_LOGS:
+        from training_health import demo
+
+        root = tmp_path_factory.mktemp("demo") / "logs"
+        demo.write_demo_runs(str(root), epochs=2)
+        write_xss_run(str(root / XSS_RUN))
+        _DEMO_LOGS["path"] = root
+    return _DEMO_LOGS["path"]
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
