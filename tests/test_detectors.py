@@ -156,6 +156,13 @@ def test_confident_output_layer_is_not_saturation():
     assert run(SaturationDetector(), steps) == []
 
 
+def test_large_gradients_while_the_loss_falls_are_not_exploding():
+    # regression on unscaled targets: big gradients, but learning
+    steps = stream(200, global_fn=lambda s: {"grad_norm": 5e4 * 0.99 ** s,
+                                             "loss": 1e6 * 0.97 ** s})
+    assert run(ExplodingGradientsDetector(), steps) == []
+
+
 def test_gradient_growth_while_loss_falls_is_not_exploding():
     # A net leaving a flat start: tiny gradients grow 1000x as the loss drops.
     steps = stream(300, global_fn=lambda s: {"grad_norm": 1e-4 * min(1000.0, 1.05 ** s)})

@@ -17,7 +17,9 @@ class ExplodingGradientsDetector(Detector):
     - growth: the gradient norm is `growth` times its reference while the
       loss is at least twice its own reference (a gradient that grows
       while the loss falls is a net leaving a flat start, not an explosion);
-    - size: the gradient norm is above `max_grad_norm`;
+    - size: the gradient norm is above `max_grad_norm` while the loss is
+      not below its reference (a model on unscaled targets can have large
+      gradients and still learn);
     - conclusive at once, without waiting for `patience`: the norm is above
       100 x `max_grad_norm`, or `growth`^2 times its reference with the loss
       10 times its own, or the gradients overflow to NaN/Inf right after a
@@ -93,11 +95,15 @@ class ExplodingGradientsDetector(Detector):
                 self._early_losses.append(loss)
         growth = g / ref_grad if ref_grad else 0.0
         self._previous_growth = growth
-        loss_growth = (loss / ref_loss if finite(loss) and ref_loss and ref_loss > 0
-                       else float("inf") if not finite(loss) else 0.0)
+        if not finite(loss):
+            loss_growth = float("inf")
+        elif ref_loss is None:
+            loss_growth = 1.0  # first step: the loss has not fallen
+        else:
+            loss_growth = loss / ref_loss if ref_loss > 0 else 0.0
         reasons = []
         immediate = g > 100 * self.max_grad_norm
-        if g > self.max_grad_norm:
+        if g > self.max_grad_norm and (immediate or loss_growth >= 1.0):
             reasons.append("above %.0e" % self.max_grad_norm)
         if growth > self.growth and loss_growth >= 2.0:
             reasons.append("%.0fx its early median %.3g while the loss rose %.3gx"
