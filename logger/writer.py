@@ -150,7 +150,7 @@ class EventWriter:
         storage_options=None,
     ):
         self.logdir = str(logdir)
-        remote = is_remote(self.logdir)
+        remote = self._remote = is_remote(self.logdir)
         flush_secs = _positive_or_none("flush_secs", flush_secs)
         self.flush_secs = flush_secs or (REMOTE_FLUSH_SECS if remote else LOCAL_FLUSH_SECS)
         if max_pending < 1:
@@ -230,6 +230,11 @@ class EventWriter:
     def flush(self):
         """Has everything queued now written; waits at most `flush_timeout` seconds.
 
+        For a URL logdir whose last upload failed, a retry is started and
+        False is returned at once: the caller (the end of a `fit`) does not
+        wait on a bucket that is known to be down. A local directory is
+        always tried again before returning.
+
         Returns:
             True when everything queued at the call was written, False when
             the destination failed or the wait timed out (the events stay
@@ -241,6 +246,8 @@ class EventWriter:
             self._requested += 1
             target = self._requested
         self._wake.set()
+        if self._failing and self._remote:
+            return False
         deadline = time.monotonic() + self.flush_timeout
         with self._cond:
             while self._completed < target:

@@ -121,7 +121,9 @@ def test_unreachable_endpoint_warns_once_never_blocks_and_delivers_after_recover
             time.sleep(0.01)
         loop_secs = time.monotonic() - start
         wait_until(lambda: writer.errors >= 2, 30, what="failed upload attempts")
+        t0 = time.monotonic()
         assert writer.flush() is False
+        assert time.monotonic() - t0 < 0.5, "flush() does not wait on a bucket known to be down"
         assert writer.pending == 200
         assert isinstance(writer.last_error, OSError)
     assert slowest < 0.05, "write() must not wait for the bucket (slowest %.3f s)" % slowest
