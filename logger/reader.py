@@ -297,7 +297,8 @@ class RunReader:
             if array.shape != (len(layers), len(stats)):
                 raise fmt.FormatError(
                     "%s: layer matrix at step %d has shape %s; its metadata describes %d "
-                    "layers x %d statistics" % (self.name, step, array.shape, len(layers), len(stats))
+                    "layers x %d statistics"
+                    % (self.name, step, array.shape, len(layers), len(stats))
                 )
         else:
             layers, stats = (), tuple(fmt.LAYER_STATS)

@@ -4,7 +4,6 @@ errors on stderr, no TensorFlow import."""
 
 import json
 import subprocess
-import sys
 
 import numpy as np
 

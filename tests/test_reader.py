@@ -112,8 +112,9 @@ def test_runs_are_directories_with_our_data(tmp_path):
 
 
 def test_empty_event_file_and_empty_logdir(tmp_path):
-    (tmp_path / "logs" / "empty").mkdir(parents=True)
-    (tmp_path / "logs" / "empty" / "events.out.tfevents.1.host.1.0.training_health").write_bytes(b"")
+    empty = tmp_path / "logs" / "empty"
+    empty.mkdir(parents=True)
+    (empty / "events.out.tfevents.1.host.1.0.training_health").write_bytes(b"")
     assert reader.read_logdir(tmp_path / "logs") == []
     (tmp_path / "nothing").mkdir()
     assert reader.read_logdir(tmp_path / "nothing") == []

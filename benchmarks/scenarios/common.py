@@ -41,7 +41,8 @@ def teacher_classification(n, dim, classes, seed, priors=None, noise=0.0):
         labels = scores.argmax(axis=1)
     else:
         labels = np.empty(n, dtype=int)
-        order = np.argsort(scores[:, 0] - scores[:, 1:].max(axis=1) if classes > 1 else scores[:, 0])
+        margin = scores[:, 0] - scores[:, 1:].max(axis=1) if classes > 1 else scores[:, 0]
+        order = np.argsort(margin)
         bounds = np.cumsum([0] + [int(round(p * n)) for p in priors])
         bounds[-1] = n
         for c in range(classes):

@@ -49,7 +49,8 @@ MODEL = "__model__"  # key of model-wide conditions
 
 def check_int(name, value, minimum=0):
     """Returns `value` as an int, or raises ValueError naming the knob."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != int(value):
+    if (isinstance(value, bool) or not isinstance(value, (int, float))
+            or not math.isfinite(value) or value != int(value)):
         raise ValueError("%s must be an integer; received %r" % (name, value))
     if value < minimum:
         raise ValueError("%s must be >= %d; received %r" % (name, minimum, value))
@@ -60,14 +61,14 @@ def check_float(name, value, low=None, high=None, low_open=False):
     """Returns `value` as a float in [low, high] (or (low, high]), else ValueError."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
         raise ValueError("%s must be a number; received %r" % (name, value))
-    value = float(value)
-    if low is not None and (value < low or (low_open and value == low)):
+    number = float(value)
+    if low is not None and (number < low or (low_open and number == low)):
         raise ValueError(
             "%s must be %s %g; received %r" % (name, ">" if low_open else ">=", low, value)
         )
-    if high is not None and value > high:
+    if high is not None and number > high:
         raise ValueError("%s must be <= %g; received %r" % (name, high, value))
-    return value
+    return number
 
 
 class _Track:

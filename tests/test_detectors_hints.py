@@ -1,0 +1,72 @@
+"""Hints are drawn from what was measured: each clause appears exactly when
+its measurement says so."""
+
+import pytest
+
+from test_detectors import LAYERS, make_step
+from training_health import hints
+from training_health.records import KINDS, LayerInfo
+
+
+def test_raw_pixel_inputs_are_named_with_their_range():
+    stats = make_step(0, input_min=0.0, input_max=255.0)
+    text = hints.hint_for("stalled", stats)
+    assert "inputs range 0..255" in text and "divide by 255" in text
+    assert "inputs range" not in hints.hint_for("stalled", make_step(0))  # -3..3: scaled
+
+
+def test_standardized_inputs_with_outliers_get_standardize_advice():
+    text = hints.hint_for("saturation", make_step(0, input_min=-40.0, input_max=1200.0))
+    assert "inputs range -40..1200" in text and "standardize them" in text
+
+
+@pytest.mark.parametrize("lr, kind, expected", [
+    (0.0, "stalled", "the learning rate is 0"),
+    (1e-8, "stalled", "learning rate 1.0e-08 is very low"),
+    (0.5, "oscillating_loss", "learning rate 0.5 is high: try 10x lower"),
+    (0.5, "exploding_gradients", "learning rate 0.5 is high"),
+])
+def test_learning_rate_clause(lr, kind, expected):
+    assert expected in hints.hint_for(kind, make_step(0, learning_rate=lr))
+
+
+def test_usual_learning_rate_is_not_blamed():
+    for kind in KINDS:
+        assert "learning rate 0.001" not in hints.hint_for(kind, make_step(0))
+
+
+def test_dead_relu_layers_are_named_with_their_fraction():
+    stats = make_step(0, layer_overrides={"conv": {"dead_frac_window": 0.94}})
+    assert "dead ReLU units (94% of conv)" in hints.hint_for("stalled", stats)
+    assert "dead ReLU" not in hints.hint_for("stalled", make_step(0))
+
+
+def test_single_unit_softmax_names_the_fix():
+    layers = LAYERS[:2] + (LayerInfo("out", "Dense", "softmax", (0.0, 1.0), 1, True, True),)
+    text = hints.hint_for("saturation", make_step(0, layers=layers))
+    assert "out applies softmax to a single unit" in text and "sigmoid" in text
+
+
+def test_deep_sigmoid_stack_is_named_for_vanishing_gradients():
+    layers = tuple(LayerInfo("s%d" % i, "Dense", "sigmoid", (0.0, 1.0), 8, True, True)
+                   for i in range(5))
+    assert "5 stacked sigmoid/tanh layers" in hints.hint_for("vanishing_gradients",
+                                                             make_step(0, layers=layers))
+
+
+def test_huge_weights_and_updates_are_named_for_exploding_gradients():
+    stats = make_step(0, layer_overrides={"hidden": {"weight_norm": 3e8, "update_ratio": 4.0}})
+    text = hints.hint_for("exploding_gradients", stats)
+    assert "weights of hidden have norm 3.0e+08" in text
+    assert "changes weights by up to 400%" in text
+
+
+def test_nonfinite_inputs_are_named_for_nan_inf():
+    assert "holds 7 NaN/Inf values" in hints.hint_for("nan_inf", make_step(0, input_nonfinite=7.0))
+
+
+def test_every_kind_has_a_fallback_and_unknown_kinds_are_refused():
+    for kind in KINDS:
+        assert hints.hint_for(kind, make_step(0))
+    with pytest.raises(ValueError, match="unknown alert kind 'slow'"):
+        hints.hint_for("slow", make_step(0))
