@@ -25,6 +25,8 @@ from training_health import format as fmt
 from training_health.records import Alert, LayerInfo
 from training_health.run_writer import RunWriter
 
+from test_remote_support import s3, s3_server  # noqa: F401  (fixtures)
+
 LAYERS = (
     LayerInfo("conv", "Conv2D", "relu", None, 8, True, True),
     LayerInfo("dense", "Dense", "relu", None, 16, True, True),
@@ -210,3 +212,25 @@ def test_bad_interval_is_rejected(tmp_path):
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 2
     assert "--interval must be > 0 seconds; received 0" in out.stderr
+
+
+def test_watch_follows_a_bucket_and_exits_on_sigint(s3, tmp_path):
+    server, bucket = s3
+    url = "s3://%s/runs" % bucket
+    writer = RunWriter(url + "/run1", LAYERS)
+    write_steps(writer, range(1, 11))
+    proc = subprocess.Popen(watch_command() + ["watch", url, "--interval", "0.3"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+    try:
+        out = Output(lambda: os.read(proc.stdout.fileno(), 65536))
+        err = Output(lambda: os.read(proc.stderr.fileno(), 65536))
+        out.wait_for(lambda t: "run1  step 10 " in t, what="the run's line from the bucket")
+        write_steps(writer, range(11, 21))
+        out.wait_for(lambda t: "run1  step 20 " in t, what="new steps uploaded to the bucket")
+        rc = stop_with_sigint(proc)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        writer.close()
+    assert rc == 0
+    assert "Traceback" not in err.text
