@@ -313,7 +313,8 @@ class RunView {
       const s = b.series;
       const loss = new LineChart({title: 'Loss (per batch)', height: 170, tooltip: this.app.tooltip, onPick: pick});
       this.node.append(row(el('div', {className: 'th-side-note', text: 'Alerts are marked on the loss.'}), loss.node));
-      loss.draw([{name: 'loss', steps: s.first_steps, values: s.values.loss}], this.axis, {markers});
+      loss.draw([{name: 'loss', steps: s.first_steps, values: s.values.loss}], this.axis,
+          {markers, log: 'auto'});
       this.charts.push(loss);
       if (s.metrics.length) {
         const metrics = new LineChart({title: `Metrics: ${s.metrics.join(', ')}`, height: 110,
@@ -391,7 +392,7 @@ class RunView {
       });
       grid.append(chart.node);
       chart.draw([{name: stat, steps: data.first_steps, values: data.values[stat]}], smallAxis,
-          {log: LOG_STATS.has(stat), focusStep: step});
+          {log: LOG_STATS.has(stat) || 'auto', focusStep: step});
       this.detailCharts.push(chart);
     }
     const parts = [

@@ -415,9 +415,9 @@ export class LineChart {
     this.onPick = onPick;
     this.compact = compact;
     this.canvas = el('canvas', {className: 'th-line-canvas'});
+    this.titleNode = el('span', {className: 'th-chart-title', text: title});
     this.node = el('div', {className: compact ? 'th-line th-compact' : 'th-line'},
-        el('div', {className: 'th-chart-head'},
-            el('span', {className: 'th-chart-title', text: title})),
+        el('div', {className: 'th-chart-head'}, this.titleNode),
         this.canvas);
     this.canvas.addEventListener('mousemove', (e) => this._hover(e));
     this.canvas.addEventListener('mouseleave', () => this.tooltip.hide());
@@ -431,7 +431,8 @@ export class LineChart {
   /**
    * @param series [{name, steps, values}] (values as from JSON).
    * @param axis StepAxis.
-   * @param options {log, markers: [{step, color, label}], focusStep}
+   * @param options {log (true, false or 'auto': log when values span > 2 decades),
+   *   markers: [{step, color, label}], focusStep}
    */
   draw(series, axis, options = {}) {
     this.series = series.map((s, i) => ({
@@ -449,6 +450,21 @@ export class LineChart {
     this._render();
   }
 
+  /** True when the positive values span more than two decades (a log axis reads better). */
+  _wideRange() {
+    let lo = Infinity;
+    let hi = 0;
+    for (const s of this.series) {
+      for (const v of s.values) {
+        if (!Number.isFinite(v)) continue;
+        if (v <= 0) return false;
+        lo = Math.min(lo, v);
+        hi = Math.max(hi, v);
+      }
+    }
+    return lo !== Infinity && hi / lo > 100;
+  }
+
   _yRange() {
     let lo = Infinity;
     let hi = -Infinity;
@@ -464,6 +480,7 @@ export class LineChart {
       lo = Math.log10(lo);
       hi = Math.log10(hi);
     }
+    this.dataRange = [lo, hi];
     this.constant = hi - lo < 1e-12 ? (this.log ? 10 ** lo : lo) : null;
     if (this.constant !== null) {
       const pad = Math.abs(lo) * 0.1 || 0.5;
@@ -480,7 +497,9 @@ export class LineChart {
     const bottom = this.compact ? 14 : 18;
     const plotH = this.height - top - bottom;
     const ctx = sizeCanvas(this.canvas, axis.width, this.height);
-    this.log = Boolean(this.options.log);
+    this.log = this.options.log === 'auto' ? this._wideRange() : Boolean(this.options.log);
+    this.titleNode.textContent = this.title +
+        (this.options.log === 'auto' && this.log ? ' (log scale)' : '');
     const range = this._yRange();
     this.range = range;
     ctx.fillStyle = '#fafbfc';
@@ -520,15 +539,15 @@ export class LineChart {
         ctx.moveTo(0, Math.round(py) + 0.5);
         ctx.lineTo(axis.width, Math.round(py) + 0.5);
         ctx.stroke();
-        // Full charts label the inner grid lines; compact ones their top and bottom.
-        const labelled = this.compact ? i !== 1 : i !== 0 && i !== ticks;
-        if (!labelled || this.constant !== null) continue;
-        const text = formatValue(this.log ? 10 ** v : v);
-        const ty = this.compact ? (i === 0 ? py - 7 : py + 6) : py;
-        ctx.fillStyle = 'rgba(250,251,252,0.85)';
-        ctx.fillRect(1, ty - 6, ctx.measureText(text).width + 4, 12);
-        ctx.fillStyle = '#5f6368';
-        ctx.fillText(text, 3, ty);
+        // Full charts label their inner grid lines; compact ones the data's min and max.
+        if (this.compact || i === 0 || i === ticks || this.constant !== null) continue;
+        this._label(ctx, formatValue(this.log ? 10 ** v : v), py);
+      }
+      if (this.compact && this.constant === null) {
+        const [lo, hi] = this.dataRange;
+        const value = (x) => formatValue(this.log ? 10 ** x : x);
+        this._label(ctx, value(hi), y(this.log ? 10 ** hi : hi) + 6);
+        this._label(ctx, value(lo), y(this.log ? 10 ** lo : lo) - 6);
       }
       if (this.constant !== null) {
         const text = `constant ${formatValue(this.constant)}`;
@@ -562,6 +581,13 @@ export class LineChart {
     }
     drawFocus(ctx, axis, this.options.focusStep, top, top + plotH);
     drawStepTicks(ctx, axis, top + plotH + 1, bottom);
+  }
+
+  _label(ctx, text, y) {
+    ctx.fillStyle = 'rgba(250,251,252,0.85)';
+    ctx.fillRect(1, y - 6, ctx.measureText(text).width + 4, 12);
+    ctx.fillStyle = '#5f6368';
+    ctx.fillText(text, 3, y);
   }
 
   _hover(event) {
@@ -627,22 +653,38 @@ export class HistogramStrip {
     const bins = this.data.bins;
     const plotH = 120;
     this.plotH = plotH;
+    // Gradients: a band for exact zeros at the bottom and one for NaN/Inf at
+    // the top, around the log10|g| bins (a dead layer shows as a bright zero band).
+    this.zeroBand = this.kind === 'gradient' ? 10 : 0;
+    this.nonfiniteBand = this.kind === 'gradient' ? 10 : 0;
+    const binsTop = this.nonfiniteBand;
+    const binsH = plotH - this.zeroBand - this.nonfiniteBand;
+    this.binsTop = binsTop;
+    this.binsH = binsH;
     const ctx = sizeCanvas(this.canvas, axis.width, plotH + 18);
     ctx.fillStyle = '#f1f3f4';
     ctx.fillRect(0, 0, axis.width, plotH);
     const steps = this.data.steps;
-    const binH = plotH / bins;
+    const binH = binsH / bins;
     for (let k = 0; k < steps.length; k++) {
       const row = this.rows[k];
       const x0 = axis.x(steps[k]);
       const x1 = k + 1 < steps.length ? axis.x(steps[k + 1]) : axis.width;
+      const w = Math.max(1, x1 - x0);
       const fractions = row.slice(2);
-      const peak = Math.max(...fractions.filter(Number.isFinite), 1e-12);
-      for (let b = 0; b < bins; b++) {
-        const f = fractions[b];
-        if (!(f / peak > 0.005)) continue; // leave near-empty bins as background
+      const extra = this.kind === 'gradient' ? [row[0], row[1]] : [];
+      const peak = Math.max(...fractions.concat(extra).filter(Number.isFinite), 1e-12);
+      const paint = (f, y, h) => {
+        if (!(f / peak > 0.005)) return; // leave near-empty cells as background
         ctx.fillStyle = rgb(paletteColor(Math.sqrt(f / peak)));
-        ctx.fillRect(x0, plotH - (b + 1) * binH, Math.max(1, x1 - x0), Math.ceil(binH));
+        ctx.fillRect(x0, y, w, h);
+      };
+      for (let b = 0; b < bins; b++) {
+        paint(fractions[b], binsTop + binsH - (b + 1) * binH, Math.ceil(binH));
+      }
+      if (this.kind === 'gradient') {
+        paint(row[0], plotH - this.zeroBand, this.zeroBand);
+        paint(row[1], 0, this.nonfiniteBand);
       }
     }
     ctx.font = '10px system-ui, sans-serif';
@@ -650,10 +692,22 @@ export class HistogramStrip {
     ctx.fillStyle = '#202124';
     if (this.kind === 'gradient') {
       const [lo, hi] = this.data.grad_log10_range;
+      ctx.strokeStyle = '#dadce0';
+      ctx.lineWidth = 1;
+      for (const y of [binsTop, binsTop + binsH]) {
+        ctx.beginPath();
+        ctx.moveTo(0, y + 0.5);
+        ctx.lineTo(axis.width, y + 0.5);
+        ctx.stroke();
+      }
       ctx.textBaseline = 'top';
-      ctx.fillText(`1e${hi}`, 3, 2);
+      ctx.fillText(`1e${hi}`, 3, binsTop + 2);
       ctx.textBaseline = 'bottom';
-      ctx.fillText(`1e${lo}`, 3, plotH - 2);
+      ctx.fillText(`1e${lo}`, 3, binsTop + binsH - 1);
+      ctx.textAlign = 'right';
+      ctx.textBaseline = 'middle';
+      ctx.fillText('NaN/Inf', axis.width - 3, this.nonfiniteBand / 2);
+      ctx.fillText('exactly 0', axis.width - 3, plotH - this.zeroBand / 2);
     }
     drawFocus(ctx, axis, this.focusStep, 0, plotH);
     drawStepTicks(ctx, axis, plotH + 1, 18);
@@ -669,22 +723,29 @@ export class HistogramStrip {
       return;
     }
     const bins = this.data.bins;
-    const b = Math.min(bins - 1, Math.max(0, Math.floor((this.plotH - y) / (this.plotH / bins))));
     const row = this.rows[k];
     const lines = [`step ${formatStep(this.data.steps[k])}`];
-    if (this.kind === 'gradient') {
-      const [lo, hi] = this.data.grad_log10_range;
-      const w = (hi - lo) / bins;
-      lines.push(`|g| in 1e${(lo + b * w).toFixed(1)} … 1e${(lo + (b + 1) * w).toFixed(1)}`);
-      lines.push(`exactly zero: ${formatValue(row[0])}, NaN/Inf: ${formatValue(row[1])}`);
+    if (this.kind === 'gradient' && y >= this.plotH - this.zeroBand) {
+      lines.push(`exactly zero: ${formatValue(row[0])}`);
+    } else if (this.kind === 'gradient' && y < this.nonfiniteBand) {
+      lines.push(`NaN/Inf: ${formatValue(row[1])}`);
     } else {
-      const w = (row[1] - row[0]) / bins;
-      lines.push(`value in ${formatValue(row[0] + b * w)} … ${formatValue(row[0] + (b + 1) * w)}`);
-      lines.push(`range ${formatValue(row[0])} … ${formatValue(row[1])}`);
+      const fromBottom = this.binsTop + this.binsH - y;
+      const b = Math.min(bins - 1, Math.max(0, Math.floor(fromBottom / (this.binsH / bins))));
+      if (this.kind === 'gradient') {
+        const [lo, hi] = this.data.grad_log10_range;
+        const w = (hi - lo) / bins;
+        lines.push(`|g| in 1e${(lo + b * w).toFixed(1)} … 1e${(lo + (b + 1) * w).toFixed(1)}`);
+      } else {
+        const w = (row[1] - row[0]) / bins;
+        lines.push(`value in ${formatValue(row[0] + b * w)} … ${formatValue(row[0] + (b + 1) * w)}`);
+        lines.push(`range ${formatValue(row[0])} … ${formatValue(row[1])}`);
+      }
+      lines.push(`fraction: ${formatValue(row[2 + b])}`);
     }
-    lines.push(`fraction: ${formatValue(row[2 + b])}`);
     this.tooltip.show(event, lines);
   }
+
 }
 
 // ---------------------------------------------------------------- panels
@@ -720,7 +781,7 @@ export function alertPanel(alerts, onPick) {
       className: `th-alert th-${a.severity === 'critical' ? 'critical' : 'warning'}` +
           (a.clearedAt !== null ? ' th-cleared' : ''),
       attrs: {tabindex: 0, role: 'button'},
-      dataset: {kind: a.kind, step: a.step},
+      dataset: {kind: a.kind, step: a.step, run: a.run, layer: a.layer === null ? '' : a.layer},
     },
     el('div', {className: 'th-alert-head'},
         el('span', {className: 'th-badge', text: a.severity}),
