@@ -113,7 +113,7 @@ def test_sitecustomize_blocks_tensorflow(python_exe, blocking_env):
     assert "ModuleNotFoundError" in result.stderr
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["check", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"]] + [[c, "--help"] for c in ("demo", "check", "watch", "report")])
 def test_python_m_cli_help_runs_with_tensorflow_blocked(python_exe, blocking_env, argv):
     result = subprocess.run(
         [python_exe, "-m", "training_health.cli", *argv],
