@@ -186,6 +186,7 @@ class EventWriter:
         self._last_timestamp = 0
         self.files = []  # names of the event files started, oldest first
         self._pending = collections.deque()
+        self._head = 0  # index (since the start) of the event at _pending[0]
         self._lock = threading.Lock()  # guards _pending
         self._io_lock = threading.Lock()  # one writer of the file at a time
         self._cond = threading.Condition()  # guards the flush bookkeeping below
@@ -225,6 +226,7 @@ class EventWriter:
             self._pending.append(event)
             while len(self._pending) > self.max_pending:
                 self._pending.popleft()
+                self._head += 1
                 self._dropped += 1
 
     def flush(self):
@@ -327,6 +329,7 @@ class EventWriter:
     def _write_pending_locked(self):
         with self._lock:
             events = list(self._pending)
+            first = self._head
         self._report_drops()
         if not events:
             return True
@@ -354,9 +357,12 @@ class EventWriter:
         self._sink_clean = True
         self._header_written = True
         with self._lock:
-            for _ in range(len(events)):
-                if self._pending:
-                    self._pending.popleft()
+            # Events dropped by write() while this batch was being written
+            # have moved the head already: remove only what is left of it.
+            done = max(0, first + len(events) - self._head)
+            for _ in range(min(done, len(self._pending))):
+                self._pending.popleft()
+            self._head += done
         if self._failing:
             self._failing = False
             log.info("training_health: writing to %s works again", self.logdir)

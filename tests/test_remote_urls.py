@@ -87,3 +87,40 @@ def test_list_event_files_of_a_missing_logdir(tmp_path):
         remote.list_event_files(str(tmp_path / "nope"))
     with pytest.raises(FileNotFoundError):
         remote.list_event_files("memory://th-nothing-here-%d/x" % os.getpid())
+
+
+class SlowFirstAppend:
+    """A local event file whose first append takes 0.5 s (a slow upload)."""
+
+    def __init__(self, logdir, filename):
+        from training_health.writer import LocalSink
+
+        self.sink = LocalSink(logdir, filename)
+        self.calls = 0
+
+    def append(self, data):
+        self.calls += 1
+        if self.calls == 1:
+            time.sleep(0.5)
+        self.sink.append(data)
+
+
+def test_events_dropped_during_a_slow_write_do_not_take_newer_ones_with_them(tmp_path):
+    import threading
+
+    from tensorboard.backend.event_processing.event_file_loader import EventFileLoader
+
+    writer = EventWriter(str(tmp_path), flush_secs=3600, max_pending=10, sink_factory=SlowFirstAppend)
+    for step in range(10):
+        writer.write(fmt.make_event(fmt.TAG_GLOBAL, step, np.float32([step])))
+    flusher = threading.Thread(target=writer.flush)
+    flusher.start()
+    time.sleep(0.2)  # the first append is under way with steps 0..9
+    for step in range(10, 30):  # overflow: only the newest 10 are kept
+        writer.write(fmt.make_event(fmt.TAG_GLOBAL, step, np.float32([step])))
+    flusher.join()
+    writer.close()
+    (name,) = os.listdir(tmp_path)
+    steps = [e.step for e in EventFileLoader(str(tmp_path / name)).Load() if e.HasField("summary")]
+    assert steps == list(range(10)) + list(range(20, 30))
+    assert writer.pending == 0
