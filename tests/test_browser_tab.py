@@ -1,5 +1,9 @@
 """The tab in a real headless Chromium against a real `tensorboard` process.
 
+The logs are the demo's (the frozen-accuracy CNN and its healthy twin,
+trained with the real Keras capture) plus a synthetic run whose layer is
+named `<img src=x onerror=alert(1)>`.
+
 Chromium is the system's (`/usr/bin/chromium`, override with
 TRAINING_HEALTH_CHROMIUM), driven by Playwright; no browser is downloaded.
 Set TRAINING_HEALTH_SCREENSHOTS=<dir> to save the overview and layer-detail
@@ -8,9 +12,11 @@ screenshots there (docs/ holds the committed ones).
 
 import functools
 import http.server
+import json
 import os
 import shutil
 import threading
+import urllib.request
 
 import pytest
 
@@ -48,10 +54,7 @@ playwright_api = pytest.importorskip("playwright.sync_api")
 
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
-    root = tmp_path_factory.mktemp("browser") / "logs"
-    root.mkdir()
-    support.write_synthetic_logdir(str(root))
-    return root
+    return support.demo_logdir(tmp_path_factory)
 
 
 @pytest.fixture(scope="module")
@@ -97,67 +100,98 @@ def tab(browser, server):
     page.close()
 
 
-def test_heatmaps_are_drawn(tab):
+def get_json(base, path):
+    with urllib.request.urlopen("%s/data/plugin/%s/%s" % (base, fmt.PLUGIN_NAME, path),
+                                timeout=30) as response:
+        return json.loads(response.read())
+
+
+FROZEN = ".th-run-section[data-run=%s]" % support.DEMO_FROZEN
+
+
+def test_heatmaps_are_drawn(tab, server):
     page = tab.page
     sections = page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
-    assert sections == [support.FROZEN_RUN, support.HEALTHY_RUN, support.XSS_RUN]
-    canvases = page.query_selector_all(
-        ".th-run-section[data-run=frozen_cnn] .th-heatmap-canvas")
+    assert sections == [support.DEMO_FROZEN, support.DEMO_HEALTHY, support.XSS_RUN]
+    canvases = page.query_selector_all(FROZEN + " .th-heatmap-canvas")
     stats = [c.get_attribute("data-stat") for c in canvases]
     assert stats == ["grad_norm", "update_ratio", "dead_frac", "act_saturated_frac", "act_std"]
+    colors = []
     for canvas in canvases:
         pixels = canvas.evaluate(PIXELS_JS)
-        assert pixels["painted"] > 0.6 and pixels["colors"] >= 3, pixels
-    legend = page.inner_text(".th-run-section[data-run=frozen_cnn] .th-heatmap[data-stat=grad_norm] .th-legend")
+        assert pixels["painted"] > 0.6, pixels  # the layer rows are filled
+        colors.append(pixels["colors"])
+    assert max(colors) >= 10  # and show a real color range, not one flat fill
+    legend = page.inner_text(FROZEN + " .th-heatmap[data-stat=grad_norm] .th-legend")
     assert "log scale" in legend and "not measured" in legend
     labels = page.eval_on_selector_all(
-        ".th-run-section[data-run=frozen_cnn] .th-heatmap[data-stat=grad_norm] .th-layer-label",
+        FROZEN + " .th-heatmap[data-stat=grad_norm] .th-layer-label",
         "ls => ls.map(l => l.textContent)")
-    assert labels == ["conv1", "conv2", "pool", "dense1", "probs"]
+    served = get_json(server, "layers?run=" + support.DEMO_FROZEN)["layers"]
+    assert labels == [layer["name"] for layer in served] and "conv2d" in labels
 
 
-def test_hover_reads_out_layer_step_value(tab):
+def test_hover_reads_out_layer_step_value(tab, server):
     page = tab.page
-    canvas = page.query_selector(".th-run-section[data-run=frozen_cnn] .th-heatmap-canvas[data-stat=update_ratio]")
+    names = [layer["name"] for layer in get_json(server, "layers?run=" + support.DEMO_FROZEN)["layers"]]
+    row = names.index("conv2d")
+    canvas = page.query_selector(FROZEN + " .th-heatmap-canvas[data-stat=dead_frac]")
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
-    row_height = 20  # 5 layers: views.js gives each row 20 px (its cap)
-    page.mouse.move(box["x"] + box["width"] - 2, box["y"] + 1.5 * row_height)
+    row_height = 20  # a few layers: views.js gives each row 20 px (its cap)
+    y = box["y"] + (row + 0.5) * row_height
+    page.mouse.move(box["x"] + box["width"] - 1, y)
     lines = page.inner_text(".th-tooltip").splitlines()
-    assert lines[0] == "layer conv2"
-    assert lines[1].startswith("step ") and int(lines[1].split()[1]) >= 295  # right edge
-    assert lines[2] == "Update ratio ‖ΔW‖/‖W‖: 0"  # frozen after the stall
-    page.mouse.move(box["x"] + 2, box["y"] + 1.5 * row_height)
+    last_step = get_json(server, "layers?run=" + support.DEMO_FROZEN)["last_step"]
+    assert lines == ["layer conv2d", "step %d" % last_step, "Dead-unit fraction: 1"]  # all died
+    page.mouse.move(box["x"] + 1, y)
     lines = page.inner_text(".th-tooltip").splitlines()
-    assert lines[1] == "step 0" and float(lines[2].split(": ")[1]) > 1e-4
+    assert lines[0] == "layer conv2d" and lines[1] == "step 0"
+    assert 0 <= float(lines[2].split(": ")[1]) <= 1
 
 
-def test_stall_alert_is_listed_with_hint_and_click_moves_the_view(tab):
+def test_stall_alert_is_listed_with_hint_and_click_moves_the_view(tab, server):
     page = tab.page
-    first = page.query_selector(".th-alert")
-    assert first.get_attribute("data-kind") == "stalled"  # critical sorts first
-    text = first.inner_text()
-    assert "conv2" in text and "step 120" in text and support.STALL_HINT in text
-    heatmap = ".th-run-section[data-run=frozen_cnn] .th-heatmap-canvas[data-stat=grad_norm]"
+    served = get_json(server, "alerts?run=" + support.DEMO_FROZEN)["alerts"]
+    stall = next(a for a in served if a["kind"] == "stalled" and not a["cleared"])
+    item = page.query_selector(".th-alert[data-kind=stalled][data-run=%s]" % support.DEMO_FROZEN)
+    text = item.inner_text()
+    assert stall["message"] in text and "Try: " + stall["hint"] in text
+    assert "step %d" % stall["step"] in text
+    heatmap = FROZEN + " .th-heatmap-canvas[data-stat=grad_norm]"
     assert page.evaluate(RED_JS, heatmap)["count"] == 0  # no cursor yet
 
-    first.click()
-    page.wait_for_selector(".th-run-section[data-run=frozen_cnn] .th-detail[data-layer=conv2]")
-    assert page.evaluate("document.body.dataset.focusStep") == str(support.STALL_STEP)
-    assert page.evaluate("document.body.dataset.focusLayer") == support.STALL_LAYER
-    assert "frozen_cnn · conv2 · step 120" in page.inner_text(".th-focus")
-    focused = page.eval_on_selector_all(
-        ".th-run-section[data-run=frozen_cnn] .th-layer-label.th-focused",
-        "ls => ls.map(l => l.textContent)")
-    assert set(focused) == {"conv2"}
+    item.click()
+    page.wait_for_function("document.body.dataset.focusStep === '%d'" % stall["step"])
+    layer = stall["layer"] or ""
+    assert page.evaluate("document.body.dataset.focusLayer") == layer
+    where = stall["layer"] if stall["layer"] else "whole model"
+    assert "%s · %s · step %d" % (support.DEMO_FROZEN, where, stall["step"]) in page.inner_text(".th-focus")
+    series = get_json(server, "series?run=%s&width=5000" % support.DEMO_FROZEN)
+    lo, hi = series["first_steps"][0], series["last_steps"][-1]
     red = page.evaluate(RED_JS, heatmap)
-    expected_x = support.STALL_STEP / 299 * (red["width"] - 1)
-    assert red["count"] > 0 and red["min"] - 3 <= expected_x  # cursor column at step 120
+    expected_x = (stall["step"] - lo) / (hi - lo) * (red["width"] - 1)
+    assert red["count"] > 0 and abs(red["min"] - expected_x) <= 3  # the cursor is at the step
     assert page.evaluate("window.scrollY") > 0  # the page moved to the run
-    detail = page.query_selector(".th-run-section[data-run=frozen_cnn] .th-detail")
+
+
+def test_layer_alert_click_opens_the_layer(tab, server):
+    page = tab.page
+    served = get_json(server, "alerts?run=" + support.DEMO_FROZEN)["alerts"]
+    alert = next(a for a in served if a["layer"] == "conv2d" and not a["cleared"])
+    page.click(".th-alert[data-kind=%s][data-run=%s][data-layer=conv2d]"
+               % (alert["kind"], support.DEMO_FROZEN))
+    page.wait_for_selector(FROZEN + " .th-detail[data-layer=conv2d] .th-hist-canvas")
+    assert page.evaluate("document.body.dataset.focusLayer") == "conv2d"
+    focused = page.eval_on_selector_all(FROZEN + " .th-layer-label.th-focused",
+                                        "ls => ls.map(l => l.textContent)")
+    assert set(focused) == {"conv2d"}
+    detail = page.query_selector(FROZEN + " .th-detail")
     assert len(detail.query_selector_all(".th-line-canvas")) == len(fmt.LAYER_STATS)
     assert len(detail.query_selector_all(".th-hist-canvas")) == 2
-    save_screenshot(page, detail, "screenshot-layer.png")
+    for canvas in detail.query_selector_all(".th-hist-canvas"):
+        assert canvas.evaluate(PIXELS_JS)["colors"] >= 5
+    save_screenshot(page, "screenshot-layer.png")
 
 
 def test_xss_layer_name_is_shown_as_text(tab):
@@ -182,14 +216,14 @@ def test_selection_changes_drop_stale_answers(tab):
     page = tab.page
     box = ".th-run-list input[data-run=%s]"
     # Several changes in a row, faster than the answers arrive.
-    page.click(box % support.HEALTHY_RUN)
-    page.click(box % support.FROZEN_RUN)
+    page.click(box % support.DEMO_HEALTHY)
+    page.click(box % support.DEMO_FROZEN)
     page.click(box % support.XSS_RUN)
-    page.click(box % support.FROZEN_RUN)
+    page.click(box % support.DEMO_FROZEN)
     page.wait_for_function("document.body.dataset.loading === 'false'")
     page.wait_for_timeout(500)
     sections = page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
-    assert sections == [support.FROZEN_RUN]
+    assert sections == [support.DEMO_FROZEN]
     alerts_runs = page.eval_on_selector_all(".th-alert-where", "s => s.map(x => x.textContent)")
     assert alerts_runs and all(a.startswith("frozen_cnn") for a in alerts_runs)
 
@@ -197,13 +231,17 @@ def test_selection_changes_drop_stale_answers(tab):
 def test_refresh_finds_new_run_and_polling_toggles(tab, logdir):
     page = tab.page
     assert page.evaluate("document.body.dataset.polling") == "on"
-    support.write_healthy_mlp(str(logdir / "zz_late_run"), steps=20)
-    for _ in range(40):
-        page.click("text=Refresh now")
-        if page.query_selector(".th-run-list input[data-run=zz_late_run]"):
-            break
-        page.wait_for_timeout(500)
-    assert page.query_selector(".th-run-list input[data-run=zz_late_run]") is not None
+    late = logdir / "zz_late_run"
+    support.write_healthy_mlp(str(late), steps=20)
+    try:
+        for _ in range(40):
+            page.click("text=Refresh now")
+            if page.query_selector(".th-run-list input[data-run=zz_late_run]"):
+                break
+            page.wait_for_timeout(500)
+        assert page.query_selector(".th-run-list input[data-run=zz_late_run]") is not None
+    finally:
+        shutil.rmtree(late)  # the demo logs are shared with other test modules
     page.click("#th-poll")
     assert page.evaluate("document.body.dataset.polling") == "off"
 
@@ -293,7 +331,7 @@ def _snapshot(logdir, runs):
 
 def test_self_contained_offline_page_opens_from_disk(browser, logdir, tmp_path):
     """inline.offline_page(): code, style and data in one file, opened with file://."""
-    data = _snapshot(logdir, [support.FROZEN_RUN, support.XSS_RUN])
+    data = _snapshot(logdir, [support.DEMO_FROZEN, support.XSS_RUN])
     path = tmp_path / "report.html"
     path.write_text(inline.offline_page(data, title="<report>"), encoding="utf-8")
     page = Page(browser, path.as_uri())
@@ -302,15 +340,15 @@ def test_self_contained_offline_page_opens_from_disk(browser, logdir, tmp_path):
     page.wait_rendered()
     assert page.page.title() == "<report>"
     sections = page.page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
-    assert sections == [support.FROZEN_RUN, support.XSS_RUN]
+    assert sections == [support.DEMO_FROZEN, support.XSS_RUN]
     canvas = page.page.query_selector(".th-run-section[data-run=frozen_cnn] .th-heatmap-canvas")
     assert canvas.evaluate(PIXELS_JS)["painted"] > 0.6
     labels = page.page.eval_on_selector_all(
         ".th-run-section[data-run=xss_names] .th-heatmap[data-stat=grad_norm] .th-layer-label",
         "ls => ls.map(l => l.textContent)")
     assert labels == [support.XSS_LAYER, "plain"]
-    page.page.click(".th-alert[data-kind=stalled]")
-    page.page.wait_for_selector(".th-detail[data-layer=conv2] .th-hist-canvas")
+    page.page.click(".th-alert[data-run=frozen_cnn][data-layer=conv2d] >> nth=0")
+    page.page.wait_for_selector(".th-detail[data-layer=conv2d] .th-hist-canvas")
     assert requests == []  # nothing fetched: not even the stylesheet
     assert page.page.evaluate("getComputedStyle(document.querySelector('.th-header')).position") == "sticky"
     assert page.dialogs == [] and page.errors == []
@@ -319,7 +357,7 @@ def test_self_contained_offline_page_opens_from_disk(browser, logdir, tmp_path):
 
 def test_offline_page_with_inline_data(browser, logdir, tmp_path):
     """The same modules draw from data embedded in the page, with no server routes."""
-    data = _snapshot(logdir, [support.FROZEN_RUN, support.XSS_RUN])
+    data = _snapshot(logdir, [support.DEMO_FROZEN, support.XSS_RUN])
     site = tmp_path / "report"
     shutil.copytree(health_plugin.STATIC_DIR, site)
     (site / "report.html").write_text(
@@ -337,10 +375,10 @@ def test_offline_page_with_inline_data(browser, logdir, tmp_path):
         page.page.on("request", lambda r: requests.append(r.url))
         page.wait_rendered()
         sections = page.page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
-        assert sections == [support.FROZEN_RUN, support.XSS_RUN]
+        assert sections == [support.DEMO_FROZEN, support.XSS_RUN]
         assert page.page.query_selector("#th-poll") is None  # nothing to poll offline
-        page.page.click(".th-alert[data-kind=stalled]")
-        page.page.wait_for_selector(".th-detail[data-layer=conv2] .th-hist-canvas")
+        page.page.click(".th-alert[data-run=frozen_cnn][data-layer=conv2d] >> nth=0")
+        page.page.wait_for_selector(".th-detail[data-layer=conv2d] .th-hist-canvas")
         assert not [u for u in requests if "/data/" in u or u.endswith(("runs", "matrix"))]
         assert page.dialogs == [] and page.errors == []
         page.close()
@@ -356,14 +394,14 @@ class _QuietHandler(http.server.SimpleHTTPRequestHandler):
         pass
 
 
-def save_screenshot(page, detail, name):
+def save_screenshot(page, name):
     out = os.environ.get("TRAINING_HEALTH_SCREENSHOTS")
     if not out:
         return
     os.makedirs(out, exist_ok=True)
     page.set_viewport_size({"width": 1400, "height": 1400})
     page.wait_for_timeout(800)  # the page redraws for the new size
-    detail = page.query_selector(".th-run-section[data-run=frozen_cnn] .th-detail")
+    detail = page.query_selector(FROZEN + " .th-detail")
     header = page.evaluate("() => document.querySelector('.th-header').offsetHeight")
     page.evaluate("(el) => window.scrollTo(0, el.getBoundingClientRect().top + window.scrollY - %d)"
                   % (header + 8), detail)
