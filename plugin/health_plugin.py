@@ -5,7 +5,8 @@ method returning plain data (dicts, lists, numbers, strings) and answers
 through `http_util.Respond`. Bad arguments raise
 `tensorboard.errors.InvalidArgumentError` (400), unknown runs, tags or
 layers `NotFoundError` (404), logs of a newer format `UnreadableDataError`
-(400); `_json_route` turns them into a JSON `{"error": ...}` answer. See `http_api.md` for every route.
+(400); `_json_route` turns them into a JSON `{"error": ...}` answer.
+See `http_api.md` for every route.
 """
 
 import functools
@@ -93,6 +94,10 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
     Args:
         context: a `base_plugin.TBContext`; only its `data_provider` and
             `sampling_hints` are used.
+
+    Every `*_impl` method takes a `tensorboard.context.RequestContext` and
+    an experiment id first, then the route's parameters as keyword
+    arguments, and returns the JSON-ready answer documented in http_api.md.
     """
 
     plugin_name = fmt.PLUGIN_NAME
@@ -102,7 +107,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
         self._reader = Reader(context.data_provider, sample_limit=hints.get(fmt.PLUGIN_NAME) or 0)
 
     def get_plugin_apps(self):
-        apps = {
+        return {
             "/runs": self.runs_route,
             "/layers": self.layers_route,
             "/matrix": self.matrix_route,
@@ -110,10 +115,11 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             "/layer": self.layer_route,
             "/alerts": self.alerts_route,
             "/histograms": self.histograms_route,
+            "/index.js": self.static_route,
+            "/model.js": self.static_route,
+            "/views.js": self.static_route,
+            "/style.css": self.static_route,
         }
-        for route in STATIC_FILES:
-            apps[route] = self.static_route
-        return apps
 
     def is_active(self):
         # The tab is enabled by data: TensorBoard enables it when a run holds
