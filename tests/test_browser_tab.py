@@ -380,6 +380,11 @@ def test_offline_page_with_inline_data(browser, logdir, tmp_path):
         page.page.click(".th-alert[data-run=frozen_cnn][data-layer=conv2d] >> nth=0")
         page.page.wait_for_selector(".th-detail[data-layer=conv2d] .th-hist-canvas")
         assert not [u for u in requests if "/data/" in u or u.endswith(("runs", "matrix"))]
+        # Python's keys are the keys model.js looks up, for awkward names too.
+        params = {"run": "a b&c=d/é", "layer": support.XSS_LAYER, "width": 7, "z": "~!*()'"}
+        js_key = page.page.evaluate(
+            "async (p) => (await import('./model.js')).queryKey('layer', p)", params)
+        assert js_key == inline.query_key("layer", params)
         assert page.dialogs == [] and page.errors == []
         page.close()
     finally:
