@@ -246,6 +246,19 @@ def test_refresh_finds_new_run_and_polling_toggles(tab, logdir):
     assert page.evaluate("document.body.dataset.polling") == "off"
 
 
+def test_polling_picks_up_a_new_run_by_itself(tab, logdir):
+    page = tab.page
+    # Draw the tab again with a 1 s interval (TensorBoard calls render() with none).
+    page.evaluate("async () => { await (await import('./index.js')).render({pollSeconds: 1}); }")
+    page.wait_for_selector("text=Auto-refresh every 1 s")
+    late = logdir / "zz_polled_run"
+    support.write_healthy_mlp(str(late), steps=10)
+    try:
+        page.wait_for_selector(".th-run-list input[data-run=zz_polled_run]", timeout=30000)
+    finally:
+        shutil.rmtree(late)  # the demo logs are shared with other test modules
+
+
 def test_full_tensorboard_page_has_the_tab(browser, server):
     page = Page(browser, server + "/#" + fmt.PLUGIN_NAME)
     try:
