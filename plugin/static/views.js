@@ -207,8 +207,8 @@ export class Heatmap {
     this.spec = spec;
     this.tooltip = tooltip;
     this.onPick = onPick;
-    this.canvas = el('canvas', {className: 'th-heatmap-canvas',
-                                dataset: {stat: spec.stat}});
+    this.canvas = el('canvas', {className: 'th-heatmap-canvas', dataset: {stat: spec.stat},
+                                attrs: {role: 'img', 'aria-label': `${spec.title} per layer and step`}});
     this.labels = el('div', {className: 'th-layer-labels'});
     this.legend = el('div', {className: 'th-legend'});
     this.node = el('div', {className: 'th-heatmap', dataset: {stat: spec.stat}},
@@ -414,7 +414,7 @@ export class LineChart {
     this.tooltip = tooltip;
     this.onPick = onPick;
     this.compact = compact;
-    this.canvas = el('canvas', {className: 'th-line-canvas'});
+    this.canvas = el('canvas', {className: 'th-line-canvas', attrs: {role: 'img', 'aria-label': title}});
     this.titleNode = el('span', {className: 'th-chart-title', text: title});
     this.node = el('div', {className: compact ? 'th-line th-compact' : 'th-line'},
         el('div', {className: 'th-chart-head'}, this.titleNode),
@@ -624,9 +624,10 @@ export class HistogramStrip {
   constructor({kind, tooltip}) {
     this.kind = kind;
     this.tooltip = tooltip;
-    this.canvas = el('canvas', {className: 'th-hist-canvas', dataset: {kind}});
     const title = kind === 'gradient' ? 'Gradient histogram (log10 |g|)' :
         'Activation histogram (between each snapshot\'s min and max)';
+    this.canvas = el('canvas', {className: 'th-hist-canvas', dataset: {kind},
+                                attrs: {role: 'img', 'aria-label': title}});
     this.node = el('div', {className: 'th-hist'},
         el('div', {className: 'th-chart-head'}, el('span', {className: 'th-chart-title', text: title})),
         this.canvas);
