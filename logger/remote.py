@@ -303,22 +303,34 @@ def list_event_files(logdir, storage_options=None):
     fs, root = filesystem(logdir, storage_options)
     root = root.rstrip("/")
     fs.invalidate_cache(root)  # listings are cached; a watcher needs fresh ones
-    paths = call("listing", logdir, fs.find, root)
-    if not paths and not call("listing", logdir, fs.exists, root):
+    found = call("listing", logdir, fs.find, root, detail=True)
+    if not found and not call("listing", logdir, fs.exists, root):
         raise FileNotFoundError("nothing found under %r" % str(logdir))
     base = str(logdir).rstrip("/")
-    for path in sorted(paths):
+    for path in sorted(found):
         name = posixpath.basename(path)
         if EVENT_FILE_MARK not in name:
             continue
         rel = posixpath.relpath(posixpath.dirname(path), root) if root else posixpath.dirname(path)
         url = base + "/" + posixpath.relpath(path, root) if root else base + "/" + path
         runs.setdefault(rel, []).append(url)
+        size = found[path].get("size") if isinstance(found[path], dict) else None
+        if isinstance(size, int):
+            _listed_sizes[url] = size
     return runs
+
+
+# URL -> size seen by the latest `list_event_files`, used once by `read_bytes`
+# so that polling a run of many rolled-over objects costs one listing, not
+# one size request per object.
+_listed_sizes = {}
 
 
 def read_bytes(path, start=0, storage_options=None):
     """The bytes of a file (local path or URL) from offset `start` to its end.
+
+    For a URL just listed by `list_event_files`, the size from the listing
+    is used instead of asking the store again.
 
     Args:
         path: local path or URL of one file.
@@ -335,10 +347,13 @@ def read_bytes(path, start=0, storage_options=None):
             f.seek(start)
             return f.read()
     fs, inner = filesystem(path, storage_options)
-    fs.invalidate_cache(inner)  # the object may have been re-uploaded since
-    size = call("size of", path, fs.size, inner)
+    size = _listed_sizes.pop(str(path), None)  # fresh from the listing just made
+    if size is None:
+        fs.invalidate_cache(inner)  # the object may have been re-uploaded since
+        size = call("size of", path, fs.size, inner)
     if size is None or start >= size:
         return b""
+    # Up to the size known now: bytes uploaded later are read on the next call.
     return call("reading", path, fs.cat_file, inner, start=start, end=size)
 
 
