@@ -391,46 +391,31 @@ class DeviceProgram:
 
     def _row(self, rec, inputs, all_grads, per_layer_grads, weights_before,
              metric_values, optimizer, step, active):
+        """Reads what the statistics need and computes the row vector."""
         nan = tf.constant(float("nan"), tf.float32)
-        g = ts.gradient_stats(all_grads)
-        if inputs:
-            inp = ts.input_stats(inputs)
-        else:
-            inp = {k: nan for k in ("input_mean", "input_std", "input_min", "input_max", "input_nonfinite")}
         loss = ts._as_f32(rec.loss) if rec.loss is not None else nan
+        loss = tf.reshape(loss, []) if loss.shape.rank == 0 else tf.reduce_mean(loss)
         lr = nan
         if optimizer is not None:
             try:
                 lr = tf.cast(tf.convert_to_tensor(optimizer.learning_rate), tf.float32)
             except (TypeError, ValueError, AttributeError):
                 lr = nan
-        global_values = dict(
-            loss=tf.reshape(loss, []) if loss.shape.rank == 0 else tf.reduce_mean(loss),
-            grad_norm=g["grad_norm"], grad_nonfinite=g["grad_nonfinite"], learning_rate=lr, **inp,
-        )
-        values = [global_values[name] for name in fmt.GLOBAL_STATS] + list(metric_values)
-
-        offset = 0
-        for i, layer in enumerate(self.layers):
-            n_vars = len(layer.trainable_weights)
-            before = weights_before[offset: offset + n_vars]
-            offset += n_vars
-            after_w = [v.value for v in layer.trainable_weights]
-            gs = ts.gradient_stats(per_layer_grads[i]) if per_layer_grads[i] else ts.gradient_stats([])
-            ws = ts.weight_stats(before, after_w)
-            a = rec.activations.get(i)
-            if a is not None:
-                acts = ts.activation_stats(a, layer_info(layer).bounds)
-                dead = 1.0 - tf.reduce_mean(tf.cast(active[i], tf.float32))
-                last = self._last_active[i].read_value()
-                threshold = tf.maximum(step - self.dead_window + 1, self.start.read_value())
-                dead_w = tf.reduce_mean(tf.cast(last < threshold, tf.float32))
-            else:
-                acts = {k: nan for k in fmt.LAYER_STATS if k.startswith("act_")}
-                dead = dead_w = nan
-            stats = dict(gs, **ws, **acts, dead_frac=dead, dead_frac_window=dead_w)
-            values.extend(stats[k] for k in fmt.LAYER_STATS)
-        return tf.stack([tf.reshape(tf.cast(v, tf.float32), []) for v in values])
+        weights_after = [[tf.identity(v.value) for v in layer.trainable_weights] for layer in self.layers]
+        before, offset = [], 0
+        for layer in self.layers:
+            n = len(layer.trainable_weights)
+            before.append(weights_before[offset: offset + n])
+            offset += n
+        acts = [rec.activations.get(i) for i in range(len(self.layers))]
+        last_active = [self._last_active[i].read_value() if acts[i] is not None else None
+                       for i in range(len(self.layers))]
+        actives = [active.get(i) for i in range(len(self.layers))]
+        threshold = tf.maximum(step - self.dead_window + 1, self.start.read_value())
+        bounds = [layer_info(layer).bounds for layer in self.layers]
+        return _row_values(
+            acts, actives, last_active, threshold, list(per_layer_grads), all_grads,
+            before, weights_after, inputs, loss, lr, list(metric_values), bounds)
 
     def _write_histograms(self, rec, per_layer_grads, step):
         rows = []
@@ -448,6 +433,62 @@ class DeviceProgram:
 
     def layer_infos(self):
         return [layer_info(l, self.units[i], self.captured[i]) for i, l in enumerate(self.layers)]
+
+
+def _row_values(acts, actives, last_active, threshold, per_layer_grads, all_grads, before,
+                after, inputs, loss, lr, metric_values, bounds):
+    """The row vector [GLOBAL_STATS, metrics, L x LAYER_STATS] from plain tensors.
+
+    Computed first without masking non-finite values (fewer kernels); if any
+    probe sum is non-finite, recomputed with the careful, masking functions.
+    """
+    fast_row, probe = _row_parts(acts, actives, last_active, threshold, per_layer_grads,
+                                 all_grads, before, after, inputs, loss, lr, metric_values,
+                                 bounds, careful=False)
+    return tf.cond(
+        tf.reduce_all(tf.math.is_finite(probe)),
+        lambda: fast_row,
+        lambda: _row_parts(acts, actives, last_active, threshold, per_layer_grads, all_grads,
+                           before, after, inputs, loss, lr, metric_values, bounds, careful=True)[0],
+    )
+
+
+def _row_parts(acts, actives, last_active, threshold, per_layer_grads, all_grads, before,
+               after, inputs, loss, lr, metric_values, bounds, careful):
+    nan = tf.constant(float("nan"), tf.float32)
+    if careful:
+        grad_fn, weight_fn, act_fn, input_fn = (
+            ts.gradient_stats, ts.weight_stats, ts.activation_stats, ts.input_stats)
+    else:
+        grad_fn, weight_fn, act_fn, input_fn = (
+            ts.fast_gradient_stats, ts.fast_weight_stats, ts.fast_activation_stats, ts.fast_input_stats)
+    probe = []
+    g = grad_fn(list(all_grads))
+    probe.append(g["_sq"])
+    if inputs:
+        inp = input_fn(list(inputs))
+        probe.append(inp.pop("_sq", tf.constant(0.0)))
+    else:
+        inp = {k: nan for k in ("input_mean", "input_std", "input_min", "input_max", "input_nonfinite")}
+    global_values = dict(grad_norm=g["grad_norm"], grad_nonfinite=g["grad_nonfinite"],
+                         learning_rate=lr, loss=loss, **inp)
+    values = [global_values[name] for name in fmt.GLOBAL_STATS] + list(metric_values)
+    for i, a in enumerate(acts):
+        gs = grad_fn(list(per_layer_grads[i])) if per_layer_grads[i] else ts.gradient_stats([])
+        ws = weight_fn(list(before[i]), list(after[i]))
+        probe.append(ws.pop("_sq", tf.constant(0.0)))
+        if a is not None:
+            act = act_fn(a, bounds[i])
+            probe.append(act.pop("_sq", tf.constant(0.0)))
+            dead = 1.0 - tf.reduce_mean(tf.cast(actives[i], tf.float32))
+            dead_w = tf.reduce_mean(tf.cast(last_active[i] < threshold, tf.float32))
+        else:
+            act = {k: nan for k in fmt.LAYER_STATS if k.startswith("act_")}
+            dead = dead_w = nan
+        stats = dict(gs, **ws, **act, dead_frac=dead, dead_frac_window=dead_w)
+        values.extend(stats[k] for k in fmt.LAYER_STATS)
+    row = tf.stack([tf.reshape(tf.cast(v, tf.float32), []) for v in values])
+    return row, tf.stack([tf.reshape(tf.cast(p, tf.float32), []) for p in probe])
 
 
 class HostFlusher:

@@ -182,3 +182,98 @@ def activation_histogram(a):
     idx = tf.cast(tf.clip_by_value(tf.floor(scaled), 0.0, fmt.HIST_BINS - 1.0), tf.int32)
     fractions = _bin_fractions(idx, tf.cast(mask, F32), n)
     return tf.concat([tf.stack([lo, hi]), fractions], axis=0)
+
+
+# -- the fast path ----------------------------------------------------------
+# The functions above mask non-finite entries everywhere, which costs several
+# extra kernels per tensor. The step computes the statistics below, with no
+# masking, and checks a small probe of sums: when every sum is finite, every
+# entry was finite and the fast values are exact; otherwise the careful
+# functions above recompute the row (see `_capture._row_values`).
+
+
+def fast_gradient_stats(grads):
+    """gradient_stats() for all-finite gradients; also returns the probe sum."""
+    if not grads:
+        return gradient_stats([])
+    sq, mx, zeros, n = [], [], [], []
+    for g in grads:
+        g = _as_f32(g)
+        sq.append(tf.reduce_sum(tf.square(g)))
+        mx.append(tf.reduce_max(tf.abs(g)) if g.shape.num_elements() != 0 else tf.constant(0.0, F32))
+        zeros.append(tf.reduce_sum(tf.cast(tf.equal(g, 0.0), F32)))
+        n.append(_size(g))
+    total_sq = tf.add_n(sq)
+    return dict(
+        grad_norm=tf.sqrt(total_sq),
+        grad_max_abs=tf.reduce_max(tf.stack(mx)),
+        grad_zero_frac=tf.add_n(zeros) / tf.maximum(tf.add_n(n), 1.0),
+        grad_nonfinite=tf.constant(0.0, F32),
+        _sq=total_sq,
+    )
+
+
+def fast_weight_stats(before, after):
+    if not before:
+        return dict(weight_norm=_nan(), update_ratio=_nan(), _sq=tf.constant(0.0, F32))
+    sq_before, sq_after, sq_update = [], [], []
+    for b, a in zip(before, after):
+        b, a = _as_f32(b), _as_f32(a)
+        sq_before.append(tf.reduce_sum(tf.square(b)))
+        sq_after.append(tf.reduce_sum(tf.square(a)))
+        sq_update.append(tf.reduce_sum(tf.square(a - b)))
+    norm_before = tf.sqrt(tf.add_n(sq_before))
+    update = tf.sqrt(tf.add_n(sq_update))
+    ratio = tf.where(norm_before > 0, update / tf.maximum(norm_before, 1e-30), _nan())
+    total_after = tf.add_n(sq_after)
+    return dict(weight_norm=tf.sqrt(total_after), update_ratio=ratio,
+                _sq=total_after + tf.add_n(sq_before))
+
+
+def fast_activation_stats(a, bounds):
+    """activation_stats() for an all-finite output; `_sq` is the probe."""
+    a = _as_f32(a)
+    if a.shape.rank == 0:
+        a = tf.reshape(a, [1])
+    n = tf.maximum(_size(a), 1.0)
+    s1 = tf.reduce_sum(a)
+    s2 = tf.reduce_sum(tf.square(a))
+    mean = s1 / n
+    batch = tf.shape(a)[0]
+    per_example = tf.reshape(a, [batch, -1])
+    m1 = tf.reduce_mean(per_example, axis=0)
+    m2 = tf.reduce_mean(tf.square(per_example), axis=0)
+    example_std = tf.where(batch >= 2, tf.reduce_mean(tf.sqrt(tf.maximum(m2 - tf.square(m1), 0.0))), _nan())
+    if bounds is not None:
+        lo, hi = float(bounds[0]), float(bounds[1])
+        eps = fmt.SATURATION_EPS * (hi - lo)
+        at_bound = tf.logical_or(a <= lo + eps, a >= hi - eps)
+        saturated = tf.reduce_sum(tf.cast(at_bound, F32)) / n
+    else:
+        saturated = _nan()
+    return dict(
+        act_mean=mean,
+        act_std=tf.sqrt(tf.maximum(s2 / n - tf.square(mean), 0.0)),
+        act_example_std=example_std,
+        act_zero_frac=tf.reduce_sum(tf.cast(tf.equal(a, 0.0), F32)) / n,
+        act_saturated_frac=saturated,
+        act_nonfinite=tf.constant(0.0, F32),
+        _sq=s1 + s2,
+    )
+
+
+def fast_input_stats(inputs):
+    flat = [tf.reshape(_as_f32(x), [-1]) for x in inputs]
+    x = tf.concat(flat, axis=0) if len(flat) > 1 else flat[0]
+    n = tf.maximum(_size(x), 1.0)
+    s1 = tf.reduce_sum(x)
+    s2 = tf.reduce_sum(tf.square(x))
+    mean = s1 / n
+    return dict(
+        input_mean=mean,
+        input_std=tf.sqrt(tf.maximum(s2 / n - tf.square(mean), 0.0)),
+        input_min=tf.reduce_min(x),
+        input_max=tf.reduce_max(x),
+        input_nonfinite=tf.constant(0.0, F32),
+        _sq=s1 + s2,
+    )
