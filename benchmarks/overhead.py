@@ -13,7 +13,7 @@ HealthCallback wrote per monitored layer per step. The last line reads:
 
   health_callback_vs_plain=R1 keras_tensorboard_vs_plain=R2 bytes_per_layer_step=B
 
-Usage: python benchmarks/overhead.py [--rounds 7] [--steps 60] [--jit]
+Usage: python benchmarks/overhead.py [--rounds 7] [--steps 30] [--model cifar|small] [--jit]
 """
 
 import argparse
@@ -30,7 +30,28 @@ import numpy as np  # noqa: E402
 from training_health.keras import HealthCallback  # noqa: E402
 
 
-def make_model(jit):
+def make_model(jit, kind="cifar"):
+    """`cifar`: the classic Keras CIFAR-10 example CNN (4 conv, 2 dense, dropout);
+    `small`: a tiny CNN whose step is so cheap that fixed per-op costs show."""
+    if kind == "cifar":
+        layers = [
+            keras.Input((32, 32, 3)),
+            keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(32, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Dropout(0.25),
+            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(64, 3, activation="relu"),
+            keras.layers.MaxPooling2D(),
+            keras.layers.Dropout(0.25),
+            keras.layers.Flatten(),
+            keras.layers.Dense(512, activation="relu"),
+            keras.layers.Dropout(0.5),
+            keras.layers.Dense(10, activation="softmax"),
+        ]
+        model = keras.Sequential(layers)
+        model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"], jit_compile=jit)
+        return model
     model = keras.Sequential([
         keras.Input((32, 32, 3)),
         keras.layers.Conv2D(16, 3, activation="relu", padding="same"),
@@ -53,8 +74,10 @@ def dir_bytes(path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--steps", type=int, default=60, help="batches per timed fit call")
+    parser.add_argument("--steps", type=int, default=30, help="batches per timed fit call")
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
+    parser.add_argument("--model", choices=("cifar", "small"), default="cifar",
+                        help="benchmark CNN (default: cifar, the classic Keras CIFAR-10 example)")
     args = parser.parse_args(argv)
 
     keras.utils.set_random_seed(0)
@@ -66,9 +89,9 @@ def main(argv=None):
     health_dir = os.path.join(tmp, "health")
     health = HealthCallback(health_dir, histogram_every=100)
     variants = {
-        "plain": (make_model(args.jit), []),
-        "health": (make_model(args.jit), [health]),
-        "keras_tb": (make_model(args.jit), [keras.callbacks.TensorBoard(
+        "plain": (make_model(args.jit, args.model), []),
+        "health": (make_model(args.jit, args.model), [health]),
+        "keras_tb": (make_model(args.jit, args.model), [keras.callbacks.TensorBoard(
             os.path.join(tmp, "keras_tb"), histogram_freq=1, update_freq="batch")]),
     }
     for model, callbacks in variants.values():  # warm-up: tracing and first-epoch costs
