@@ -1,17 +1,13 @@
 """`training-health report LOGDIR -o report.html`: one self-contained HTML file.
 
 The report shows the same views as the Training Health tab because it runs
-the tab's own front-end modules (``plugin/static/*.js``, embedded verbatim)
-on the tab's own route answers (`training_health.plugin.inline.snapshot`),
-embedded as ``window.TRAINING_HEALTH_INLINE``; `model.js` then reads them
-through its `InlineSource` instead of fetching. Nothing is fetched: the file
-opens offline, from disk, in any current browser.
-
-Browsers do not load ES modules from ``file://`` URLs, so a small loader in
-the page turns each embedded module into a ``blob:`` URL (dependencies
-first) and points the modules' relative imports (``'./model.js'``) at
-those URLs; the module sources themselves are unchanged. The style sheet is
-inlined with the mark `index.js` looks for, so it is not fetched either.
+the tab's own front-end modules on the tab's own route answers:
+`training_health.plugin.inline.snapshot` gives the answers of every route
+for the logdir's runs, and `inline.offline_page` puts them in a page as
+``window.TRAINING_HEALTH_INLINE`` (read by `model.js`'s `InlineSource`
+instead of fetching) together with the tab's modules and style sheet,
+inline. Nothing is fetched: the file opens offline, from disk, in any
+current browser.
 
 Series are downsampled by the plugin to `--points` columns per chart
 (bucket means, as the tab does for wide ranges) and histograms to
@@ -19,77 +15,13 @@ Series are downsampled by the plugin to `--points` columns per chart
 """
 
 import datetime
-import html
-import json
 import os
-import re
 import sys
 import tempfile
 
 EXIT_OK, EXIT_ERROR = 0, 2
 DEFAULT_POINTS = 500
 DEFAULT_HISTOGRAMS = 50  # snapshots per layer; the tab asks for up to 200
-
-# Relative imports of an ES module: `from './x.js'`, `import './x.js'`, `import('./x.js')`.
-IMPORT_RE = re.compile(r"""(\bfrom\s*|\bimport\s*\(\s*|\bimport\s+)(['"])\./([A-Za-z0-9_.-]+\.js)\2""")
-ENTRY_MODULE = "index.js"
-STYLE_FILE = "style.css"
-
-# Runs in the page: embedded module sources -> blob: URLs, then render().
-_LOADER_JS = r"""
-(function () {
-  var sources = JSON.parse(document.getElementById('th-modules').textContent);
-  var order = JSON.parse(document.getElementById('th-module-order').textContent);
-  var pattern = new RegExp(%(pattern)s, 'g');
-  var urls = {};
-  function fail(error) {
-    var box = document.getElementById('th-report-error');
-    box.textContent = 'This report could not be drawn: ' + (error && error.message ? error.message : error);
-    box.hidden = false;
-  }
-  try {
-    order.forEach(function (name) {
-      var code = sources[name].replace(pattern, function (match, lead, quote, dep) {
-        if (!urls[dep]) throw new Error(name + ' imports ./' + dep + ', which this report does not hold');
-        return lead + quote + urls[dep] + quote;
-      });
-      urls[name] = URL.createObjectURL(new Blob([code], {type: 'text/javascript'}));
-    });
-  } catch (e) {
-    fail(e);
-    return;
-  }
-  import(urls[%(entry)s])
-    .then(function (m) { return m.render({root: document.getElementById('th-report')}); })
-    .catch(fail);
-})();
-"""
-
-_PAGE = """<!doctype html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>%(title)s</title>
-<style data-training-health-style>
-%(style)s
-</style>
-<style>
-.th-report-head {font: 13px sans-serif; color: #555; padding: 8px 16px; border-bottom: 1px solid #ddd;}
-.th-report-error {font: 14px sans-serif; color: #b00020; padding: 16px;}
-</style>
-</head>
-<body>
-<div class="th-report-head">%(head)s</div>
-<div id="th-report-error" class="th-report-error" hidden></div>
-<div id="th-report"></div>
-<script>window.TRAINING_HEALTH_INLINE = %(data)s;</script>
-<script type="application/json" id="th-modules">%(modules)s</script>
-<script type="application/json" id="th-module-order">%(order)s</script>
-<script>%(loader)s</script>
-</body>
-</html>
-"""
 
 
 def add_arguments(parser):
@@ -105,57 +37,6 @@ def add_arguments(parser):
                              "(default: %d)" % DEFAULT_HISTOGRAMS)
     parser.add_argument("--run", action="append", dest="runs", metavar="RUN",
                         help="include only this run (repeatable; default: every run)")
-
-
-def module_order(sources):
-    """The embedded modules in dependency order (each after what it imports).
-
-    Args:
-        sources: dict file name -> JavaScript source of every module.
-
-    Raises:
-        ValueError: a module imports a file that is not in `sources`, or the
-            imports form a cycle.
-    """
-    order, state = [], {}
-
-    def visit(name, chain):
-        if state.get(name) == "done":
-            return
-        if state.get(name) == "visiting":
-            raise ValueError("the front-end modules import each other in a cycle: %s"
-                             % " -> ".join(chain + [name]))
-        state[name] = "visiting"
-        for match in IMPORT_RE.finditer(sources[name]):
-            dep = match.group(3)
-            if dep not in sources:
-                raise ValueError("%s imports ./%s, which is not among the plugin's static files %s"
-                                 % (name, dep, sorted(sources)))
-            visit(dep, chain + [name])
-        state[name] = "done"
-        order.append(name)
-
-    for name in sorted(sources):
-        visit(name, [])
-    return order
-
-
-def read_static():
-    """(module sources {name: text}, style sheet text) of the tab's front end."""
-    from training_health.plugin import health_plugin
-
-    static_dir = health_plugin.STATIC_DIR
-    sources = {}
-    for name in sorted(os.listdir(static_dir)):
-        if name.endswith(".js"):
-            with open(os.path.join(static_dir, name), encoding="utf-8") as f:
-                sources[name] = f.read()
-    if ENTRY_MODULE not in sources:
-        raise FileNotFoundError("the tab's %s is missing from %s; reinstall training-health"
-                                % (ENTRY_MODULE, static_dir))
-    with open(os.path.join(static_dir, STYLE_FILE), encoding="utf-8") as f:
-        style = f.read()
-    return sources, style
 
 
 def _local_copy(logdir, dest):
@@ -225,32 +106,6 @@ def snapshot(logdir, points=DEFAULT_POINTS, runs=None, histograms=DEFAULT_HISTOG
     return data
 
 
-def render_html(data, title, head_text):
-    """The report page for snapshot `data`.
-
-    Args:
-        data: the route answers (`snapshot`).
-        title: the page title.
-        head_text: one line shown above the tab's views.
-    """
-    from training_health.plugin import inline
-
-    sources, style = read_static()
-    if "</style" in style.lower():
-        raise ValueError("the tab's %s contains '</style', which cannot be inlined" % STYLE_FILE)
-    order = module_order(sources)
-    return _PAGE % {
-        "title": html.escape(title),
-        "head": html.escape(head_text),
-        "style": style,
-        "data": inline.script_json(data),
-        "modules": inline.script_json(sources),
-        "order": inline.script_json(order),
-        "loader": _LOADER_JS % {"pattern": json.dumps(IMPORT_RE.pattern),
-                                "entry": json.dumps(ENTRY_MODULE)},
-    }
-
-
 def write_report(logdir, output, points=DEFAULT_POINTS, runs=None, histograms=DEFAULT_HISTOGRAMS):
     """Writes the report of `logdir` to `output`; returns (bytes written, run names).
 
@@ -262,10 +117,11 @@ def write_report(logdir, output, points=DEFAULT_POINTS, runs=None, histograms=DE
     if not names:
         raise ValueError("no Training Health data under %s (log a run with "
                          "training_health.keras.HealthCallback first)" % logdir)
+    from training_health.plugin import inline
+
     stamp = datetime.datetime.now().strftime("%Y-%m-%d %H:%M")
-    head = "Training Health report of %s, %d run%s, written %s" % (
-        logdir, len(names), "s"[: len(names) != 1], stamp)
-    page = render_html(data, "Training Health: %s" % logdir, head).encode("utf-8")
+    title = "Training Health: %s (%s)" % (logdir, stamp)
+    page = inline.offline_page(data, title).encode("utf-8")
     directory = os.path.dirname(os.path.abspath(output))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=".report-", suffix=".html", dir=directory)
