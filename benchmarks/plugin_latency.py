@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -42,7 +43,7 @@ def write_run(logdir, n_layers, n_steps, seed=0):
     """A run of `n_layers` Dense layers over `n_steps` steps; returns seconds spent."""
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
-    layers = [LayerInfo("dense_%02d" % i, "Dense", "relu", None, 128, True, True)
+    layers = [LayerInfo(layer_name(i), "Dense", "relu", None, 128, True, True)
               for i in range(n_layers)]
     writer = RunWriter(os.path.join(logdir, RUN), layers, metric_names=("accuracy",))
     base = rng.random((n_layers, len(fmt.LAYER_STATS))).astype(np.float32)
@@ -63,17 +64,23 @@ def write_run(logdir, n_layers, n_steps, seed=0):
     return time.perf_counter() - start
 
 
-PATHS = (
-    ("matrix", "matrix?run=%s&stat=grad_norm&width=1000" % RUN),
-    ("series", "series?run=%s&width=1000" % RUN),
-    ("layer", "layer?run=%s&layer=dense_07&width=400" % RUN),
-)
+def layer_name(index):
+    return "dense_%02d" % index
 
 
-def time_requests(get, repeats):
-    """{route: {"cold": s, "warm_median": s, "warm_p95": s, "bytes": n}}."""
+def paths(n_layers):
+    """(route, path) of what a page load asks: one heatmap, the loss, one layer."""
+    return (
+        ("matrix", "matrix?run=%s&stat=grad_norm&width=1000" % RUN),
+        ("series", "series?run=%s&width=1000" % RUN),
+        ("layer", "layer?run=%s&layer=%s&width=400" % (RUN, layer_name(n_layers // 2))),
+    )
+
+
+def time_requests(get, repeats, n_layers):
+    """{route: {"cold_s", "warm_median_s", "warm_p95_s", "bytes"}}."""
     out = {}
-    for name, path in PATHS:
+    for name, path in paths(n_layers):
         start = time.perf_counter()
         body = get(path)
         cold = time.perf_counter() - start
@@ -92,7 +99,7 @@ def time_requests(get, repeats):
     return out
 
 
-def bench_inprocess(logdir, repeats):
+def bench_inprocess(logdir, repeats, n_layers):
     from tensorboard.backend import application
     from tensorboard.backend.event_processing import data_provider as mux_provider
     from tensorboard.backend.event_processing import plugin_event_multiplexer
@@ -117,14 +124,19 @@ def bench_inprocess(logdir, repeats):
             raise RuntimeError("%s answered %d: %s" % (path, response.status_code, response.data[:200]))
         return response.get_data()
 
-    result = time_requests(get, repeats)
+    result = time_requests(get, repeats, n_layers)
     result["load_s"] = round(load_s, 2)
     return result
 
 
-def bench_process(logdir, load_fast, repeats, timeout):
-    with socket_port() as port:
-        pass
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def bench_process(logdir, load_fast, repeats, timeout, n_layers, last_step):
+    port = free_port()
     command = [sys.executable, "-m", "tensorboard.main", "--logdir", logdir, "--host", "127.0.0.1",
                "--port", str(port), "--load_fast", "true" if load_fast else "false"]
     proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -136,7 +148,7 @@ def bench_process(logdir, load_fast, repeats, timeout):
             try:
                 with urllib.request.urlopen(base + "runs", timeout=10) as r:
                     runs = json.loads(r.read())["runs"]
-                if runs and runs[0]["last_step"] >= LAST_STEP[0]:
+                if runs and runs[0]["last_step"] >= last_step:
                     break
             except OSError:
                 pass
@@ -150,29 +162,12 @@ def bench_process(logdir, load_fast, repeats, timeout):
             with urllib.request.urlopen(request, timeout=60) as r:
                 return r.read()
 
-        result = time_requests(get, repeats)
+        result = time_requests(get, repeats, n_layers)
         result["load_s"] = round(load_s, 2)
         return result
     finally:
         proc.terminate()
         proc.wait(timeout=30)
-
-
-class socket_port:
-    """A free local port (closed again on exit, so a server can bind it)."""
-
-    def __enter__(self):
-        import socket
-
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        return self.sock.getsockname()[1]
-
-    def __exit__(self, *exc):
-        self.sock.close()
-
-
-LAST_STEP = [0]
 
 
 def main(argv=None):
@@ -191,18 +186,18 @@ def main(argv=None):
                      % (args.layers, args.steps))
     servers = args.server or ["inprocess", "rust"]
     logdir = args.logdir or tempfile.mkdtemp(prefix="th-bench-")
-    LAST_STEP[0] = args.steps - 1
     report = {"layers": args.layers, "steps": args.steps, "sample_limit": DEFAULT_SAMPLES,
               "cpu_count": os.cpu_count()}
     try:
         if not os.path.isdir(os.path.join(logdir, RUN)):
-            report["write_s"] = round(write_run(logdir, args.layers, args.steps), 1)
+            report["write_s"] = round(write_run(logdir, args.layers, args.steps), 3)
         for server in servers:
             print("timing %s ..." % server, file=sys.stderr)
             if server == "inprocess":
-                report[server] = bench_inprocess(logdir, args.repeats)
+                report[server] = bench_inprocess(logdir, args.repeats, args.layers)
             else:
-                report[server] = bench_process(logdir, server == "rust", args.repeats, args.timeout)
+                report[server] = bench_process(
+                    logdir, server == "rust", args.repeats, args.timeout, args.layers, args.steps - 1)
     finally:
         if not args.logdir:
             shutil.rmtree(logdir, ignore_errors=True)

@@ -21,7 +21,7 @@ from werkzeug import test as werkzeug_test
 
 from training_health import format as fmt
 from training_health.plugin import DEFAULT_SAMPLES, TrainingHealthLoader
-from training_health.records import Alert, LayerInfo
+from training_health.records import LayerInfo
 from training_health.run_writer import RunWriter
 
 import test_plugin_support as support
