@@ -192,6 +192,11 @@ def activation_histogram(a):
 # functions above recompute the row (see `_capture._row_values`).
 
 
+def _sum_sq(x):
+    """sum(x**2) as one fused kernel (l2_loss is sum(x**2) / 2)."""
+    return 2.0 * tf.nn.l2_loss(x)
+
+
 def fast_gradient_stats(grads):
     """gradient_stats() for all-finite gradients; also returns the probe sum."""
     if not grads:
@@ -199,7 +204,7 @@ def fast_gradient_stats(grads):
     sq, mx, zeros, n = [], [], [], []
     for g in grads:
         g = _as_f32(g)
-        sq.append(tf.reduce_sum(tf.square(g)))
+        sq.append(_sum_sq(g))
         mx.append(tf.reduce_max(tf.abs(g)) if g.shape.num_elements() != 0 else tf.constant(0.0, F32))
         zeros.append(tf.reduce_sum(tf.cast(tf.equal(g, 0.0), F32)))
         n.append(_size(g))
@@ -219,9 +224,9 @@ def fast_weight_stats(before, after):
     sq_before, sq_after, sq_update = [], [], []
     for b, a in zip(before, after):
         b, a = _as_f32(b), _as_f32(a)
-        sq_before.append(tf.reduce_sum(tf.square(b)))
-        sq_after.append(tf.reduce_sum(tf.square(a)))
-        sq_update.append(tf.reduce_sum(tf.square(a - b)))
+        sq_before.append(_sum_sq(b))
+        sq_after.append(_sum_sq(a))
+        sq_update.append(_sum_sq(a - b))
     norm_before = tf.sqrt(tf.add_n(sq_before))
     update = tf.sqrt(tf.add_n(sq_update))
     ratio = tf.where(norm_before > 0, update / tf.maximum(norm_before, 1e-30), _nan())
@@ -237,7 +242,7 @@ def fast_activation_stats(a, bounds):
         a = tf.reshape(a, [1])
     n = tf.maximum(_size(a), 1.0)
     s1 = tf.reduce_sum(a)
-    s2 = tf.reduce_sum(tf.square(a))
+    s2 = _sum_sq(a)
     mean = s1 / n
     batch = tf.shape(a)[0]
     per_example = tf.reshape(a, [batch, -1])
@@ -267,7 +272,7 @@ def fast_input_stats(inputs):
     x = tf.concat(flat, axis=0) if len(flat) > 1 else flat[0]
     n = tf.maximum(_size(x), 1.0)
     s1 = tf.reduce_sum(x)
-    s2 = tf.reduce_sum(tf.square(x))
+    s2 = _sum_sq(x)
     mean = s1 / n
     return dict(
         input_mean=mean,
