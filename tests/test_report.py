@@ -113,6 +113,12 @@ def test_report_is_one_self_contained_downsampled_file(logdir, tmp_path):
     assert inline_data(thin.read_text(encoding="utf-8"))["histograms?layer=conv&run=frozen"][
         "steps"] == [100, 400], "evenly spaced snapshots, first and last kept"
 
+    one = tmp_path / "one.html"
+    assert run_report(logdir, one, "--run", "healthy").returncode == 0
+    assert [r["run"] for r in inline_data(one.read_text(encoding="utf-8"))["runs"]["runs"]] == ["healthy"]
+    unknown = run_report(logdir, tmp_path / "none.html", "--run", "nope")
+    assert unknown.returncode == 2 and "nope" in unknown.stderr and "Traceback" not in unknown.stderr
+
     wide = tmp_path / "wide.html"
     assert run_report(logdir, wide, "--points", "400").returncode == 0
     assert os.path.getsize(output) < os.path.getsize(wide), "fewer points, smaller file"
