@@ -58,7 +58,6 @@ class App {
     this.selectionLatest = new Latest();
     this.runsLatest = new Latest();
     this.timer = null;
-    this.loading = null; // promise of the current loadSelection
   }
 
   async start() {
