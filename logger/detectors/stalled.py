@@ -36,8 +36,8 @@ class StalledDetector(Detector):
     - no compiled metric has changed in either direction by the same test;
     - the weights barely change: the learning rate is 0, or the loss is
       exactly constant over the window, or some layer's gradient is exactly
-      0 on every step of the window (nothing flows through it: dead units,
-      a disconnected layer), or at least half of the layers with weights
+      0 on at least `cut_fraction` of the steps of the window (nothing flows
+      through it: dead units, a disconnected layer), or at least half of the layers with weights
       moved by less than `min_update_ratio` of their norm per step (median
       over the window);
     - the loss is above `converged_loss`: a loss that converged near zero
@@ -56,6 +56,10 @@ class StalledDetector(Detector):
             (CS231n) and even a converged SGD run keeps ~1e-5 from gradient
             noise, while a layer with no gradient under Adam decays below
             1e-7 within ~70 steps and is exactly 0 under SGD.
+        cut_fraction: share of the window's steps on which a layer's gradient
+            must be exactly 0 for it to count as cut off. Defaults to 0.9: a
+            healthy layer's gradient is never exactly 0, while a layer behind
+            dead ReLUs gets one only when a rare example sparks a unit.
         converged_loss: losses below this are never called stalled.
             Defaults to 1e-3.
         clear_patience: steps of progress that close the episode. Defaults
@@ -66,12 +70,13 @@ class StalledDetector(Detector):
     kind = "stalled"
 
     def __init__(self, patience=50, min_observations=10, min_delta=1e-3, min_update_ratio=1e-7,
-                 converged_loss=1e-3, clear_patience=50, start_from_step=0):
+                 cut_fraction=0.9, converged_loss=1e-3, clear_patience=50, start_from_step=0):
         super().__init__(0, 1, clear_patience, start_from_step)
         self.window = check_int("patience", patience, minimum=1)
         self.min_window_observations = check_int("min_observations", min_observations, minimum=4)
         self.min_delta = check_float("min_delta", min_delta, 0.0)
         self.min_update_ratio = check_float("min_update_ratio", min_update_ratio, 0.0)
+        self.cut_fraction = check_float("cut_fraction", cut_fraction, 0.0, 1.0, low_open=True)
         self.converged_loss = check_float("converged_loss", converged_loss, 0.0)
         self._reset_state()
 
@@ -141,12 +146,17 @@ class StalledDetector(Detector):
         )}
 
     def _cut_layers(self):
-        """Names of layers whose gradient was exactly 0 on every step of the window."""
+        """Layers whose gradient was exactly 0 on at least `cut_fraction` of the window.
+
+        A layer behind dead ReLUs may get a gradient from a rare example now
+        and then (a spark in one batch of twenty) and still learn nothing.
+        """
         sets = [h[5] for h in self._history]
         if not sets or any(x is None for x in sets):
             return []
-        common = set.intersection(*sets)
-        return [name for name in self._history[-1][6] if name in common]
+        names = self._history[-1][6]
+        need = self.cut_fraction * len(sets)
+        return [name for name in names if sum(name in z for z in sets) >= need]
 
     def _stillness(self):
         """(why the weights count as standing still, certain?) or None if they move."""
@@ -158,8 +168,8 @@ class StalledDetector(Detector):
             return "the loss is exactly constant", True
         cut = self._cut_layers()
         if cut:
-            return ("no gradient reaches %s (exactly 0 on every step of the window)"
-                    % ", ".join(cut[:3]), True)
+            return ("no gradient reaches %s (exactly 0 on %d%%+ of the steps of the window)"
+                    % (", ".join(cut[:3]), round(100 * self.cut_fraction)), True)
         per_step = [h[3] for h in self._history if h[3]]
         if len(per_step) < self.min_window_observations // 2:
             return None
