@@ -156,8 +156,11 @@ def test_report_renders_from_disk_offline_in_chromium(logdir, tmp_path):
     playwright_api = pytest.importorskip("playwright.sync_api")
     if not os.path.exists(CHROMIUM):
         pytest.fail("Chromium not found at %s (install Debian's chromium package)" % CHROMIUM)
-    output = tmp_path / "home" / "report.html"
-    assert run_report(logdir, output).returncode == 0
+    on_box = tmp_path / "box" / "report.html"
+    assert run_report(logdir, on_box).returncode == 0
+    output = tmp_path / "laptop" / "report.html"  # copied home alone, like `scp box:report.html .`
+    output.parent.mkdir()
+    shutil.copy(on_box, output)
 
     with playwright_api.sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM)
