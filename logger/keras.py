@@ -12,8 +12,10 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
         "`pip install training-health[tf]` (or `pip install tensorflow`). (%s)" % e
     ) from e
 
+import atexit
 import logging
 import re
+import weakref
 
 from training_health import _capture
 from training_health._layers import select_layers
@@ -59,6 +61,15 @@ def check_options(every_n_batches, histogram_every, dead_window, flush_every, la
         raise ValueError(
             "`stop_on` must be a list of alert kinds from %s; received %r" % (KINDS, stop_on)
         )
+
+
+_LIVE_CALLBACKS = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all_at_exit():
+    for callback in list(_LIVE_CALLBACKS):
+        callback.close()
 
 
 def _is_built(model):
@@ -146,6 +157,7 @@ class HealthCallback(keras.callbacks.Callback):
         self._warned_internal = False
         self._train_function = None
         self._keras_train_function = None
+        _LIVE_CALLBACKS.add(self)
 
     # -- lifecycle -----------------------------------------------------------
     def on_train_begin(self, logs=None):
@@ -288,6 +300,9 @@ class HealthCallback(keras.callbacks.Callback):
                 self.model.stop_training = True
 
     def close(self):
-        """Flushes and closes the event files (also done at interpreter exit)."""
+        """Writes every step still in the device buffer and closes the event
+        files. Also done at interpreter exit, so a run interrupted by an
+        exception or Ctrl-C keeps what it computed."""
+        self._flush(blocking=True)
         if self._writer is not None:
             self._writer.close()

@@ -119,3 +119,31 @@ def test_layers_called_inside_a_loop_are_skipped_with_one_warning(tmp_path, capl
     assert not info["inner"].has_activation and info["out"].has_activation
     row = dict(zip(fmt.LAYER_STATS, steps[3][0][names.index("inner")]))
     assert row["grad_norm"] > 0 and np.isnan(row["act_mean"])
+
+
+INTERRUPTED = r"""
+import sys, numpy as np, keras
+from training_health.keras import HealthCallback
+x = np.random.rand(256, 8).astype("float32"); y = np.random.rand(256, 1).astype("float32")
+m = keras.Sequential([keras.Input((8,)), keras.layers.Dense(4, activation="relu"), keras.layers.Dense(1)])
+m.compile("sgd", "mse")
+class Interrupt(keras.callbacks.Callback):
+    def on_train_batch_end(self, batch, logs=None):
+        if batch == 6:
+            raise KeyboardInterrupt
+cb = HealthCallback(sys.argv[1], flush_every=100, detectors=None)
+m.fit(x, y, batch_size=16, epochs=1, verbose=0, callbacks=[cb, Interrupt()])
+"""
+
+
+def test_interrupted_training_keeps_its_steps_at_exit(tmp_path):
+    import subprocess
+    import sys
+
+    from thtest_events import layer_table
+
+    proc = subprocess.run([sys.executable, "-c", INTERRUPTED, str(tmp_path / "run")],
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode != 0 and "KeyboardInterrupt" in proc.stderr
+    # Steps still in the device buffer (flush_every=100) were written at exit.
+    assert sorted(layer_table(str(tmp_path / "run"))[2]) == list(range(7))
