@@ -84,6 +84,27 @@ def _int_arg(request, name, default, lo, hi):
     return number
 
 
+MAX_STEP = 2**63 - 1
+
+
+def _step_range(request):
+    """(start_step, end_step) from the query; either may be None."""
+    start = _int_arg(request, "start_step", None, 0, MAX_STEP)
+    end = _int_arg(request, "end_step", None, 0, MAX_STEP)
+    if start is not None and end is not None and start > end:
+        raise errors.InvalidArgumentError(
+            "start_step must be <= end_step; received start_step=%d, end_step=%d" % (start, end)
+        )
+    return start, end
+
+
+def _window(steps, values, start_step, end_step):
+    """The samples with start_step <= step <= end_step (None: unbounded)."""
+    lo = 0 if start_step is None else int(np.searchsorted(steps, start_step, "left"))
+    hi = len(steps) if end_step is None else int(np.searchsorted(steps, end_step, "right"))
+    return steps[lo:hi], values[lo:hi]
+
+
 def _steps_json(steps):
     return [int(s) for s in steps]
 
@@ -165,6 +186,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             stat=_arg(request, "stat"),
             width=_int_arg(request, "width", DEFAULT_WIDTH, 1, MAX_WIDTH),
             reduce=_arg(request, "reduce", required=False) or "mean",
+            steps=_step_range(request),
         )
 
     @_json_route
@@ -173,6 +195,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             *self._ids(request),
             run=_arg(request, "run"),
             width=_int_arg(request, "width", DEFAULT_WIDTH, 1, MAX_WIDTH),
+            steps=_step_range(request),
         )
 
     @_json_route
@@ -182,6 +205,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             run=_arg(request, "run"),
             layer=_arg(request, "layer"),
             width=_int_arg(request, "width", DEFAULT_WIDTH, 1, MAX_WIDTH),
+            steps=_step_range(request),
         )
 
     @_json_route
@@ -245,11 +269,13 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             "sample_limit": int(series.limit),
         }
 
-    def matrix_impl(self, ctx, experiment_id, run, stat, width=DEFAULT_WIDTH, reduce="mean"):
+    def matrix_impl(self, ctx, experiment_id, run, stat, width=DEFAULT_WIDTH, reduce="mean",
+                    steps=(None, None)):
         """One statistic for every layer, reduced to at most `width` step columns.
 
         Returns `values` as rows (one per layer) of columns; column `i`
-        covers steps `first_steps[i]`..`last_steps[i]`.
+        covers steps `first_steps[i]`..`last_steps[i]`. `steps` is an
+        optional (start_step, end_step) window, None for unbounded.
         """
         if reduce not in downsample.REDUCTIONS:
             raise errors.InvalidArgumentError(
@@ -261,8 +287,8 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             raise errors.InvalidArgumentError(
                 "unknown statistic %r; use one of %s" % (stat, ", ".join(stats))
             )
-        column = series.values[:, :, stats.index(stat)]  # [N, L]
-        first, last, reduced = downsample.reduce_columns(series.steps, column, width, reduce)
+        window, column = _window(series.steps, series.values[:, :, stats.index(stat)], *steps)
+        first, last, reduced = downsample.reduce_columns(window, column, width, reduce)  # [C, L]
         finite = reduced[np.isfinite(reduced)]
         positive = finite[finite > 0]
         out = {
@@ -280,11 +306,12 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
         out.update(self._sampling(series))
         return out
 
-    def series_impl(self, ctx, experiment_id, run, width=DEFAULT_WIDTH):
+    def series_impl(self, ctx, experiment_id, run, width=DEFAULT_WIDTH, steps=(None, None)):
         """Loss, global statistics and metrics over steps (bucket means)."""
         series = self._reader.read(ctx, experiment_id, run, fmt.TAG_GLOBAL)
         names = list(series.metadata["stats"])
-        first, last, reduced = downsample.reduce_columns(series.steps, series.values, width)
+        window, values = _window(series.steps, series.values, *steps)
+        first, last, reduced = downsample.reduce_columns(window, values, width)
         columns = downsample.to_json_values(reduced.T)
         out = {
             "run": run,
@@ -303,14 +330,13 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             raise errors.NotFoundError("run %r has no layer %r" % (run, layer))
         return names.index(layer)
 
-    def layer_impl(self, ctx, experiment_id, run, layer, width=DEFAULT_WIDTH):
+    def layer_impl(self, ctx, experiment_id, run, layer, width=DEFAULT_WIDTH, steps=(None, None)):
         """Every statistic of one layer over steps (bucket means)."""
         series = self._layer_series(ctx, experiment_id, run)
         index = self._layer_index(series.metadata, run, layer)
         stats = list(series.metadata["stats"])
-        first, last, reduced = downsample.reduce_columns(
-            series.steps, series.values[:, index, :], width
-        )
+        window, values = _window(series.steps, series.values[:, index, :], *steps)
+        first, last, reduced = downsample.reduce_columns(window, values, width)
         columns = downsample.to_json_values(reduced.T)
         out = {
             "run": run,

@@ -139,6 +139,23 @@ def test_matrix_downsampled_to_width(client):
     assert mx["values"][3][0] == pytest.approx(0.0) and mx["values"][3][1] == pytest.approx(0.8)
 
 
+def test_step_window(client):
+    body = get_json(client, "/matrix?run=%s&stat=update_ratio&start_step=100&end_step=149&width=5000"
+                    % support.FROZEN_RUN)
+    assert body["first_steps"] == list(range(100, 150))
+    conv2 = body["values"][1]
+    assert all(v > 0 for v in conv2[:20]) and all(v == 0 for v in conv2[20:])  # stall at 120
+    body = get_json(client, "/matrix?run=%s&stat=dead_frac&start_step=200&width=10" % support.FROZEN_RUN)
+    assert body["first_steps"][0] == 200 and body["last_steps"][-1] == 299
+    assert len(body["first_steps"]) == 10
+    series = get_json(client, "/series?run=%s&end_step=9" % support.FROZEN_RUN)
+    assert series["last_steps"] == list(range(10))
+    layer = get_json(client, "/layer?run=%s&layer=conv2&start_step=290" % support.FROZEN_RUN)
+    assert layer["first_steps"] == list(range(290, 300))
+    empty = get_json(client, "/matrix?run=%s&stat=dead_frac&start_step=5000" % support.FROZEN_RUN)
+    assert empty["first_steps"] == [] and empty["values"] == [[]] * 5 and empty["max"] is None
+
+
 def test_series(client):
     body = get_json(client, "/series?run=%s" % support.FROZEN_RUN)
     assert body["names"][: len(fmt.GLOBAL_STATS)] == list(fmt.GLOBAL_STATS)
@@ -192,6 +209,10 @@ def test_xss_names_are_returned_verbatim(client):
     ("/matrix?run=frozen_cnn&stat=grad_norm&width=0", 400, "between 1 and"),
     ("/matrix?run=frozen_cnn&stat=grad_norm&reduce=median", 400, "reduce must be one of"),
     ("/series?run=frozen_cnn&width=-3", 400, "between 1 and"),
+    ("/matrix?run=frozen_cnn&stat=dead_frac&start_step=9&end_step=3", 400,
+     "start_step must be <= end_step; received start_step=9, end_step=3"),
+    ("/series?run=frozen_cnn&start_step=-1", 400, "'start_step' must be between 0 and"),
+    ("/layer?run=frozen_cnn&layer=conv2&end_step=x", 400, "'end_step' must be an integer"),
     ("/layer?run=frozen_cnn", 400, "missing query parameter 'layer'"),
     ("/histograms?run=frozen_cnn&layer=conv2&limit=x", 400, "must be an integer"),
     ("/layers?run=nope", 404, "no Training Health data for run 'nope'"),
