@@ -174,13 +174,16 @@ class HealthCallback(keras.callbacks.Callback):
         if self._program is None and _is_built(model):
             self._build(model)
         self._batches = 0
+        self._last_batch = -1
         self._keras_train_function = model.train_function
         self._install(model)
 
     def _build(self, model):
         layers = select_layers(model, self.layer_patterns)
         start = int(model.optimizer.iterations.numpy()) if model.optimizer is not None else 0
-        rows = max(4 * self.flush_every, 64)
+        # Room for several flushes' worth of steps, also when Keras runs many
+        # steps per call (steps_per_execution) between two batch hooks.
+        rows = max(4 * self.flush_every, 4 * int(getattr(model, "steps_per_execution", 1) or 1), 64)
         self._program = _capture.DeviceProgram(
             layers, model, self.every_n_batches, self.histogram_every, self.dead_window,
             rows, start, activation_examples=self.activation_examples,
@@ -240,12 +243,16 @@ class HealthCallback(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch, logs=None):
         # Keras has just reset the metrics: per-batch metric values restart from zero.
+        self._last_batch = -1
         if self._program is not None:
             self._program.reset_metric_snapshots()
 
     def on_train_batch_end(self, batch, logs=None):
-        self._batches += 1
-        if self._batches % self.flush_every == 0:
+        # `batch` is the index of the last step the call ran in this epoch.
+        self._batches += max(1, batch - self._last_batch)
+        self._last_batch = batch
+        if self._batches >= self.flush_every:
+            self._batches = 0
             self._flush(blocking=False)
 
     def on_epoch_end(self, epoch, logs=None):

@@ -230,3 +230,15 @@ def test_every_n_batches(tmp_path):
     cb.close()
     _, _, steps, _ = layer_table(str(tmp_path / "run"))
     assert sorted(steps) == [0, 3, 6]
+
+
+def test_steps_per_execution_logs_every_step(tmp_path):
+    x, y = cnn_data(320)
+    model = cnn()
+    model.compile("adam", "sparse_categorical_crossentropy", steps_per_execution=8)
+    cb = HealthCallback(str(tmp_path / "run"), flush_every=2, detectors=None)
+    model.fit(x, y, batch_size=8, epochs=2, verbose=0, callbacks=[cb])
+    cb.close()
+    _, _, steps, _ = layer_table(str(tmp_path / "run"))
+    assert sorted(steps) == list(range(80))
+    assert cb._flusher.lost_rows == 0
