@@ -1,6 +1,7 @@
 """Runs the scenario suite and prints what the detectors found.
 
-    python benchmarks/scenario_report.py [--only NAME ...] [--logdir DIR]
+    python benchmarks/scenario_report.py [--set suite|heldout|all] [--only NAME ...]
+                                         [--logdir DIR] [--margins] [--verbose]
 
 Prints one line per scenario, then: buggy runs detected, diagnosed with the
 expected kind, detected within the first epoch of the onset, healthy runs
@@ -16,16 +17,22 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.scenarios import BUGGY, HEALTHY, SCENARIOS, run_scenario  # noqa: E402
+from benchmarks.scenarios import BUGGY, HEALTHY, HELDOUT, SCENARIOS, run_scenario  # noqa: E402
+from benchmarks.scenarios.margins import format_margins, margins  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="scenario names to run")
+    parser.add_argument("--set", choices=("suite", "heldout", "all"), default="suite",
+                        help="the calibration suite (default), the held-out runs, or both")
+    parser.add_argument("--margins", action="store_true",
+                        help="print how close each run came to each threshold")
     parser.add_argument("--logdir", default=None, help="keep the runs here (default: a temp dir)")
     parser.add_argument("--verbose", action="store_true", help="print every alert")
     args = parser.parse_args(argv)
-    names = args.only or list(BUGGY + HEALTHY)
+    sets = {"suite": BUGGY + HEALTHY, "heldout": HELDOUT, "all": BUGGY + HEALTHY + HELDOUT}
+    names = args.only or list(sets[args.set])
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error("unknown scenarios %s; known: %s" % (unknown, sorted(SCENARIOS)))
@@ -41,6 +48,11 @@ def main(argv=None):
               % (name, expected, verdict, ",".join(result.kinds) or "-",
                  result.first_expected_step, result.delay, result.steps,
                  result.steps_per_epoch, result.seconds), flush=True)
+        if args.margins:
+            from training_health import reader
+
+            (run,) = reader.read_logdir(os.path.join(root, name))
+            print("    margins: " + format_margins(margins(run.steps)))
         if args.verbose:
             for a in result.alerts:
                 print("    %s %s %s %s | %s" % (a.step, a.kind, a.layer, a.message, a.hint))

@@ -8,6 +8,10 @@ import pytest
 
 pytest.importorskip("tensorflow")
 
+# Two epochs (200 batches for most) are enough to see every detection (all
+# come within the first epoch) and every trap (the early plateau resolves
+# after ~100 steps); the report script runs the full length.
+MAX_EPOCHS = 2
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_ROOT)
 
@@ -23,7 +27,7 @@ def test_suite_has_ten_or_more_of_each():
 @pytest.mark.slow
 @pytest.mark.parametrize("name", BUGGY)
 def test_buggy_scenario_gets_its_expected_kind(name, tmp_path):
-    result = run_scenario(SCENARIOS[name], str(tmp_path / name))
+    result = run_scenario(SCENARIOS[name], str(tmp_path / name), max_epochs=MAX_EPOCHS)
     found = [(a.kind, a.step, a.layer) for a in result.alerts]
     assert result.expected in result.kinds, found
     # the online detectors (inside HealthCallback) saw it too
@@ -34,7 +38,7 @@ def test_buggy_scenario_gets_its_expected_kind(name, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", HEALTHY)
 def test_healthy_scenario_raises_nothing(name, tmp_path):
-    result = run_scenario(SCENARIOS[name], str(tmp_path / name))
+    result = run_scenario(SCENARIOS[name], str(tmp_path / name), max_epochs=MAX_EPOCHS)
     assert result.alerts == []
     assert result.online_alerts == []
     assert result.steps > 0

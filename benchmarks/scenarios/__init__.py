@@ -10,18 +10,20 @@ get its expected alert kind, a healthy one no alert at all.
     result = run_scenario(SCENARIOS["frozen_cnn"], "/tmp/runs/frozen_cnn")
 
 `benchmarks/scenario_report.py` runs them all and prints the figures.
+`heldout` holds runs written after the calibration (see its docstring).
 """
 
 import dataclasses
 import math
 import time
 
-from benchmarks.scenarios import buggy, healthy
+from benchmarks.scenarios import buggy, healthy, heldout
 from benchmarks.scenarios.common import Scenario
 
-SCENARIOS = {s.name: s for s in buggy.SCENARIOS + healthy.SCENARIOS}
+SCENARIOS = {s.name: s for s in buggy.SCENARIOS + healthy.SCENARIOS + heldout.SCENARIOS}
 BUGGY = tuple(s.name for s in buggy.SCENARIOS)
 HEALTHY = tuple(s.name for s in healthy.SCENARIOS)
+HELDOUT = tuple(s.name for s in heldout.SCENARIOS)
 
 
 @dataclasses.dataclass
@@ -75,8 +77,16 @@ class Result:
         return self.delay is not None and self.delay <= self.steps_per_epoch
 
 
-def run_scenario(scenario, logdir, seed=0):
-    """Trains `scenario` into `logdir` and checks the run; returns a Result."""
+def run_scenario(scenario, logdir, seed=0, max_epochs=None):
+    """Trains `scenario` into `logdir` and checks the run; returns a Result.
+
+    Args:
+        scenario: a `Scenario`.
+        logdir: the run's directory (should not exist yet).
+        seed: seed of Keras, numpy and Python. Defaults to 0.
+        max_epochs: train at most this many epochs (tests use 2 to save
+            time). Defaults to None: the scenario's own number.
+    """
     import keras
 
     from training_health import check, reader
@@ -84,6 +94,8 @@ def run_scenario(scenario, logdir, seed=0):
 
     keras.utils.set_random_seed(seed)
     model, x, y, fit_kwargs = scenario.build()
+    if max_epochs is not None:
+        fit_kwargs = dict(fit_kwargs, epochs=min(max_epochs, fit_kwargs.get("epochs", 1)))
     callback = HealthCallback(logdir, histogram_every=0)
     start = time.perf_counter()
     model.fit(x, y, callbacks=[callback], verbose=0, shuffle=True, **fit_kwargs)
