@@ -151,6 +151,14 @@ def test_shallow_sigmoid_net_is_not_vanishing():
     assert run(VanishingGradientsDetector(), steps) == []
 
 
+def test_confident_binary_head_of_a_multi_output_model_is_not_saturation():
+    layers = (LayerInfo("hidden", "Dense", "tanh", (-1.0, 1.0), 32, True, True),
+              LayerInfo("is_spam", "Dense", "sigmoid", (0.0, 1.0), 1, True, True),
+              LayerInfo("topic", "Dense", "softmax", (0.0, 1.0), 5, True, True))
+    steps = stream(300, layers=layers, layer_fn=lambda s: {"is_spam": {"act_saturated_frac": 1.0}})
+    assert run(SaturationDetector(), steps) == []
+
+
 def test_confident_output_layer_is_not_saturation():
     steps = stream(300, layer_fn=lambda s: {"out": {"act_saturated_frac": 0.99}})
     assert run(SaturationDetector(), steps) == []

@@ -17,7 +17,8 @@ class SaturationDetector(Detector):
       outputs within 1% of the activation's range of a bound (the logger's
       `act_saturated_frac`); the derivative there is < 0.04, so those units
       barely learn. Output layers are exempt from this one: a classifier
-      that is confidently right has saturated outputs.
+      that is confidently right has saturated outputs (single-unit layers
+      are taken for outputs too: a binary head of a multi-output model).
     - constant answer: an output layer gives the same value for every
       example of the batch:
       the mean over units of the std across the batch (`act_example_std`)
@@ -85,8 +86,10 @@ class SaturationDetector(Detector):
                                info.activation or "linear", step, spread, mean),
                             hints.hint_for(self.kind, stats, info.name),
                         )
-            # pinned hidden units
-            if finding is None and not is_output and info.activation in HIDDEN_BOUNDED:
+            # pinned hidden units (a single-unit sigmoid/tanh is almost always
+            # a model output, e.g. a binary head of a multi-output model)
+            if (finding is None and not is_output and info.activation in HIDDEN_BOUNDED
+                    and info.units != 1):
                 frac = float(row[names.index("act_saturated_frac")])
                 if finite(frac):
                     judged = True
