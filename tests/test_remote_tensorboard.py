@@ -154,3 +154,44 @@ def test_tensorboard_on_the_box_reached_through_a_forwarded_port(tmp_path):
     finally:
         tunnel.close()
         stop_process(proc)
+
+
+def test_tensorboard_follows_a_bucket_run_while_it_writes_and_rolls_over(s3, tmp_path):
+    server, bucket = s3
+    url = "s3://%s/runs/live" % bucket
+    writer = EventWriter(url, flush_secs=0.1, roll_secs=0.3)
+    run = RunWriter(url, LAYERS, writer=writer)
+
+    def write_steps(steps):
+        for step in steps:
+            layer_values = np.zeros((len(LAYERS), len(fmt.LAYER_STATS)), np.float32)
+            layer_values[:, fmt.LAYER_STATS.index("grad_norm")] = grad_norm(step)
+            run.write_step(step, layer_values, np.full(len(fmt.GLOBAL_STATS), 0.5, np.float32),
+                           wall_time=1000.0 + step)
+            if step % 5 == 0:
+                assert run.flush()
+                time.sleep(0.35)
+
+    def shown_steps():
+        runs = [r for r in plugin_route(base, "runs")["runs"] if r["run"] == "live"]
+        if not runs:
+            return []
+        return plugin_route(base, "matrix", run="live", stat="grad_norm")["first_steps"]
+
+    write_steps(range(1, 11))
+    env = viewer_env(server)
+    env["PYTHONPATH"] = no_tensorflow_dir(tmp_path)
+    proc, base = start_tensorboard(
+        [PYTHON, "-m", "tensorboard.main", "--logdir", "s3://%s/runs" % bucket], env,
+        tmp_path / "tb.log")
+    try:
+        wait_until(lambda: shown_steps() == list(range(1, 11)), 60, interval=0.5,
+                   what="the first 10 steps")
+        files_before = len(writer.files)
+        write_steps(range(11, 31))
+        assert len(writer.files) > files_before + 2, "the run rolled over while being watched"
+        wait_until(lambda: shown_steps() == list(range(1, 31)), 60, interval=0.5,
+                   what="the steps of the objects written after TensorBoard started")
+    finally:
+        stop_process(proc)
+        run.close()
