@@ -194,6 +194,39 @@ def test_layer_alert_click_opens_the_layer(tab, server):
     save_screenshot(page, "screenshot-layer.png")
 
 
+def test_drag_zooms_and_an_alert_outside_the_zoom_shows_all_steps(tab, server):
+    page = tab.page
+    series = get_json(server, "series?run=%s&width=5000" % support.DEMO_FROZEN)
+    lo, hi = series["first_steps"][0], series["last_steps"][-1]
+    canvas = page.query_selector(FROZEN + " .th-heatmap-canvas[data-stat=grad_norm]")
+    canvas.scroll_into_view_if_needed()
+    box = canvas.bounding_box()
+    y = box["y"] + 10
+    requests = []
+    page.on("request", lambda r: requests.append(r.url))
+    page.mouse.move(box["x"] + 0.6 * box["width"], y)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 0.75 * box["width"], y, steps=5)
+    page.mouse.move(box["x"] + 0.9 * box["width"], y, steps=5)
+    page.mouse.up()
+    page.wait_for_selector(FROZEN + " .th-zoom-reset")
+    page.wait_for_function("document.body.dataset.loading === 'false'")
+    text = page.inner_text(FROZEN + " .th-zoom")
+    first, last = [int(v.replace(",", "")) for v in text.split()[1].split("–")]
+    assert abs(first - (lo + 0.6 * (hi - lo))) <= 2 and abs(last - (lo + 0.9 * (hi - lo))) <= 2
+    assert page.evaluate("document.body.dataset.focusStep") == ""  # a drag is not a click
+    # The zoomed views were fetched for the window, at full width.
+    asked = [u for u in requests if "/matrix?" in u and "run=frozen_cnn" in u]
+    assert asked and all("start_step=%d&" % first in u and "end_step=%d&" % last in u for u in asked)
+    stall = next(a for a in get_json(server, "alerts?run=" + support.DEMO_FROZEN)["alerts"]
+                 if a["kind"] == "stalled")
+    assert not first <= stall["step"] <= last
+    page.click(".th-alert[data-kind=stalled][data-run=%s]" % support.DEMO_FROZEN)
+    page.wait_for_function("document.body.dataset.focusStep === '%d'" % stall["step"])
+    page.wait_for_selector(FROZEN + " .th-zoom-reset", state="detached")
+    assert "Drag across a chart" in page.inner_text(FROZEN + " .th-zoom")
+
+
 def test_xss_layer_name_is_shown_as_text(tab):
     page = tab.page
     labels = page.eval_on_selector_all(

@@ -55,6 +55,7 @@ class App {
     this.versions = new Map(); // run -> "last_step/last_wall_time" drawn
     this.views = new Map(); // run -> RunView
     this.focus = null; // {run, step, layer}
+    this.zooms = new Map(); // run -> [firstStep, lastStep] shown
     this.selectionLatest = new Latest();
     this.runsLatest = new Latest();
     this.timer = null;
@@ -188,7 +189,8 @@ class App {
   }
 
   async loadRun(run, width) {
-    const bundle = {run, version: this.version(run), error: null};
+    const zoom = this.zooms.get(run) || null;
+    const bundle = {run, version: this.version(run), error: null, zoom};
     const info = this.runs.find((r) => r.run === run) || {};
     const guard = (promise) => promise.catch((e) => {
       bundle.error = bundle.error || errorText(e);
@@ -196,9 +198,9 @@ class App {
     });
     const [layers, series, alerts, ...matrices] = await Promise.all([
       guard(this.model.layers(run)),
-      info.has_series === false ? null : guard(this.model.series(run, width)),
+      info.has_series === false ? null : guard(this.model.series(run, width, zoom)),
       guard(this.model.alerts(run)),
-      ...HEATMAP_STATS.map((spec) => guard(this.model.matrix(run, spec.stat, width))),
+      ...HEATMAP_STATS.map((spec) => guard(this.model.matrix(run, spec.stat, width, zoom))),
     ]);
     Object.assign(bundle, {info, layers, series, alerts, matrices});
     return bundle;
@@ -208,9 +210,17 @@ class App {
     this.setFocus({run: alert.run, step: alert.step, layer: alert.layer}, true);
   }
 
+  /** Shows only steps lo..hi of `run` (null: all steps). */
+  zoom(run, range) {
+    if (range) this.zooms.set(run, range); else this.zooms.delete(run);
+    return this.loadSelection();
+  }
+
   /** Moves every view to `focus` ({run, step, layer}); opens the layer's detail. */
-  setFocus(focus, scroll) {
+  async setFocus(focus, scroll) {
     this.focus = focus;
+    const zoom = this.zooms.get(focus.run);
+    if (zoom && (focus.step < zoom[0] || focus.step > zoom[1])) await this.zoom(focus.run, null);
     this.applyFocus();
     const view = this.views.get(focus.run);
     if (view && focus.layer !== null && focus.layer !== undefined) view.openDetail(focus.layer, true);
@@ -255,6 +265,7 @@ class RunView {
   }
 
   stepRange() {
+    if (this.bundle.zoom) return this.bundle.zoom;
     let lo = Infinity;
     let hi = -Infinity;
     const all = [this.bundle.series, ...(this.bundle.matrices || [])].filter(Boolean);
@@ -276,7 +287,7 @@ class RunView {
           `with --samples_per_plugin=training_health=0 to keep every step.`);
     }
     const m = (this.bundle.matrices || []).find(Boolean);
-    if (m && m.first_steps.length < m.samples) {
+    if (m && !this.bundle.zoom && m.first_steps.length < m.samples) {
       notes.push(`${m.samples.toLocaleString('en-US')} stored steps shown in ${m.first_steps.length} ` +
           `columns; each column is the ${m.reduce} of its steps.`);
     }
@@ -286,9 +297,15 @@ class RunView {
   build() {
     const b = this.bundle;
     const name = b.layers ? `${b.layers.layers.length} layers` : '';
+    const zoom = b.zoom ?
+        el('span', {className: 'th-zoom'},
+            `Steps ${formatStep(b.zoom[0])}–${formatStep(b.zoom[1])}`,
+            el('button', {className: 'th-button th-small th-zoom-reset', text: 'Show all steps',
+                          on: {click: () => this.app.zoom(this.run, null)}})) :
+        el('span', {className: 'th-zoom', text: 'Drag across a chart to zoom into steps.'});
     const head = el('div', {className: 'th-run-head'},
         el('h2', {className: 'th-run-title', text: this.run}),
-        el('span', {className: 'th-run-meta', text: name}));
+        el('span', {className: 'th-run-meta', text: name}), zoom);
     this.node.append(head);
     if (b.info && b.info.error) {
       this.node.append(el('p', {className: 'th-problem', text: b.info.error}));
@@ -300,6 +317,7 @@ class RunView {
     }
     const [lo, hi] = this.stepRange();
     this.axis = new StepAxis(lo, hi, this.width);
+    const onZoom = (from, to) => this.app.zoom(this.run, [from, to]);
     const pick = (step) => this.app.setFocus({
       run: this.run, step, layer: this.app.focus && this.app.focus.run === this.run ? this.app.focus.layer : null,
     }, false);
@@ -310,14 +328,15 @@ class RunView {
     }));
     if (b.series) {
       const s = b.series;
-      const loss = new LineChart({title: 'Loss (per batch)', height: 170, tooltip: this.app.tooltip, onPick: pick});
+      const loss = new LineChart({title: 'Loss (per batch)', height: 170, tooltip: this.app.tooltip,
+                                   onPick: pick, onZoom});
       this.node.append(row(el('div', {className: 'th-side-note', text: 'Alerts are marked on the loss.'}), loss.node));
       loss.draw([{name: 'loss', steps: s.first_steps, values: s.values.loss}], this.axis,
           {markers, log: 'auto'});
       this.charts.push(loss);
       if (s.metrics.length) {
         const metrics = new LineChart({title: `Metrics: ${s.metrics.join(', ')}`, height: 110,
-                                       tooltip: this.app.tooltip, onPick: pick});
+                                       tooltip: this.app.tooltip, onPick: pick, onZoom});
         this.node.append(row(null, metrics.node));
         metrics.draw(s.metrics.map((m) => ({name: m, steps: s.first_steps, values: s.values[m]})), this.axis, {});
         this.charts.push(metrics);
@@ -328,7 +347,7 @@ class RunView {
       const matrix = b.matrices && b.matrices[i];
       if (!matrix) return;
       const heatmap = new Heatmap({
-        spec, tooltip: this.app.tooltip,
+        spec, tooltip: this.app.tooltip, onZoom,
         onPick: ({layer, step}) => this.app.setFocus({run: this.run, layer, step: step === null ? hi : step}, false),
       });
       heatmap.draw(matrix, this.axis, null);
@@ -361,7 +380,7 @@ class RunView {
     let problem = null;
     try {
       [data, histograms] = await Promise.all([
-        model.layer(this.run, layer, smallWidth),
+        model.layer(this.run, layer, smallWidth, this.bundle.zoom),
         info.has_histograms ? model.histograms(this.run, layer, 200).catch((e) => {
           problem = errorText(e);
           return null;

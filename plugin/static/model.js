@@ -71,13 +71,16 @@ export class FetchSource {
   }
 }
 
+/** Query parameters that only shape an answer for the view; see InlineSource. */
+export const VIEW_PARAMS = ['width', 'limit', 'start_step', 'end_step'];
+
 /**
  * Reads answers embedded in the page.
  *
  * `data` maps `queryKey(route, params)` to the JSON answer. A view asks for
- * a width that depends on the window; when the exact key is absent the
- * source retries without `width` and `limit`, so a report stores one
- * answer per route, run and statistic.
+ * a width that depends on the window (and a step range when zoomed); when
+ * the exact key is absent the source retries without VIEW_PARAMS, so a
+ * report stores one answer per route, run and statistic.
  */
 export class InlineSource {
   constructor(data) {
@@ -93,8 +96,7 @@ export class InlineSource {
     const exact = queryKey(route, params);
     if (Object.prototype.hasOwnProperty.call(this.data, exact)) return this.data[exact];
     const loose = Object.assign({}, params);
-    delete loose.width;
-    delete loose.limit;
+    for (const name of VIEW_PARAMS) delete loose[name];
     const key = queryKey(route, loose);
     if (Object.prototype.hasOwnProperty.call(this.data, key)) return this.data[key];
     throw new DataError(404, `This report holds no data for ${exact}.`);
@@ -139,14 +141,15 @@ export class Model {
   layers(run) {
     return this.source.get('layers', {run});
   }
-  matrix(run, stat, width) {
-    return this.source.get('matrix', {run, stat, width});
+  /** `window`: optional [startStep, endStep] to zoom into. */
+  matrix(run, stat, width, window = null) {
+    return this.source.get('matrix', Object.assign({run, stat, width}, windowParams(window)));
   }
-  series(run, width) {
-    return this.source.get('series', {run, width});
+  series(run, width, window = null) {
+    return this.source.get('series', Object.assign({run, width}, windowParams(window)));
   }
-  layer(run, layer, width) {
-    return this.source.get('layer', {run, layer, width});
+  layer(run, layer, width, window = null) {
+    return this.source.get('layer', Object.assign({run, layer, width}, windowParams(window)));
   }
   alerts(run) {
     return this.source.get('alerts', {run});
@@ -154,6 +157,11 @@ export class Model {
   histograms(run, layer, limit) {
     return this.source.get('histograms', {run, layer, limit});
   }
+}
+
+function windowParams(window) {
+  if (!window) return {};
+  return {start_step: Math.max(0, Math.floor(window[0])), end_step: Math.max(0, Math.ceil(window[1]))};
 }
 
 /** A JSON number, "Infinity"/"-Infinity" or null (not measured) as a JS number or NaN. */

@@ -171,6 +171,51 @@ export function columnAt(firstSteps, step) {
   return lastIndexAtOrBefore(firstSteps, step);
 }
 
+/**
+ * Lets the user drag across `canvas` to pick a step range.
+ *
+ * `getAxis()` returns the canvas's StepAxis; `onZoom(loStep, hiStep)` is
+ * called when a drag of at least 6 px ends. Returns a function telling
+ * whether the last pointer-up ended a drag (the click that follows a drag
+ * is not a pick).
+ */
+export function brush(canvas, getAxis, onZoom) {
+  let dragged = false;
+  const band = el('div', {className: 'th-brush'});
+  const xOf = (e) => Math.min(Math.max(e.clientX - canvas.getBoundingClientRect().left, 0),
+                              canvas.clientWidth);
+  canvas.addEventListener('mousedown', (down) => {
+    if (down.button !== 0 || !getAxis()) return;
+    down.preventDefault();
+    const start = xOf(down);
+    dragged = false;
+    // Listen on the window only while the button is down, so nothing is
+    // left behind when the chart is redrawn.
+    const move = (e) => {
+      const x = xOf(e);
+      if (Math.abs(x - start) < 6) return;
+      if (!band.isConnected) canvas.parentElement.append(band);
+      band.style.left = `${canvas.offsetLeft + Math.min(start, x)}px`;
+      band.style.top = `${canvas.offsetTop}px`;
+      band.style.width = `${Math.abs(x - start)}px`;
+      band.style.height = `${canvas.clientHeight}px`;
+    };
+    const up = (e) => {
+      window.removeEventListener('mousemove', move);
+      window.removeEventListener('mouseup', up);
+      band.remove();
+      const x = xOf(e);
+      dragged = Math.abs(x - start) >= 6;
+      if (!dragged) return;
+      const axis = getAxis();
+      onZoom(Math.round(axis.step(Math.min(start, x))), Math.round(axis.step(Math.max(start, x))));
+    };
+    window.addEventListener('mousemove', move);
+    window.addEventListener('mouseup', up);
+  });
+  return () => dragged;
+}
+
 /** A floating read-out that follows the pointer; text only. Append `node` to the page. */
 export class Tooltip {
   constructor() {
@@ -203,7 +248,7 @@ export class Tooltip {
  * a hover read-out. `onPick({layer, step})` is called on click.
  */
 export class Heatmap {
-  constructor({spec, tooltip, onPick}) {
+  constructor({spec, tooltip, onPick, onZoom}) {
     this.spec = spec;
     this.tooltip = tooltip;
     this.onPick = onPick;
@@ -219,9 +264,10 @@ export class Heatmap {
         el('div', {className: 'th-heatmap-body'}, this.labels, this.canvas));
     this.canvas.addEventListener('mousemove', (e) => this._hover(e));
     this.canvas.addEventListener('mouseleave', () => this.tooltip.hide());
+    const dragged = onZoom ? brush(this.canvas, () => this.axis, onZoom) : () => false;
     this.canvas.addEventListener('click', (e) => {
       const hit = this._hit(e);
-      if (hit && this.onPick) this.onPick({layer: hit.layer, step: hit.step});
+      if (hit && this.onPick && !dragged()) this.onPick({layer: hit.layer, step: hit.step});
     });
   }
 
@@ -408,7 +454,7 @@ function drawFocus(ctx, axis, step, top, bottom) {
  * focus cursor and a hover read-out. `onPick(step)` is called on click.
  */
 export class LineChart {
-  constructor({title, height = 160, tooltip, onPick, compact = false}) {
+  constructor({title, height = 160, tooltip, onPick, onZoom, compact = false}) {
     this.title = title;
     this.height = height;
     this.tooltip = tooltip;
@@ -421,8 +467,9 @@ export class LineChart {
         this.canvas);
     this.canvas.addEventListener('mousemove', (e) => this._hover(e));
     this.canvas.addEventListener('mouseleave', () => this.tooltip.hide());
+    const dragged = onZoom ? brush(this.canvas, () => this.axis, onZoom) : () => false;
     this.canvas.addEventListener('click', (e) => {
-      if (!this.axis || !this.onPick) return;
+      if (!this.axis || !this.onPick || dragged()) return;
       const rect = this.canvas.getBoundingClientRect();
       this.onPick(Math.round(this.axis.step(e.clientX - rect.left)));
     });
