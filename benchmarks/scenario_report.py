@@ -26,6 +26,8 @@ def main(argv=None):
     parser.add_argument("--only", nargs="*", default=None, help="scenario names to run")
     parser.add_argument("--set", choices=("suite", "heldout", "all"), default="suite",
                         help="the calibration suite (default), the held-out runs, or both")
+    parser.add_argument("--every", type=int, default=1,
+                        help="log every N batches (HealthCallback(every_n_batches=N))")
     parser.add_argument("--margins", action="store_true",
                         help="print how close each run came to each threshold")
     parser.add_argument("--logdir", default=None, help="keep the runs here (default: a temp dir)")
@@ -39,7 +41,8 @@ def main(argv=None):
     root = args.logdir or tempfile.mkdtemp(prefix="scenarios-")
     results = []
     for name in names:
-        result = run_scenario(SCENARIOS[name], os.path.join(root, name))
+        result = run_scenario(SCENARIOS[name], os.path.join(root, name),
+                              every_n_batches=args.every)
         results.append(result)
         expected = result.expected or "(healthy)"
         verdict = ("ok" if (result.right_kind if result.expected else not result.detected)

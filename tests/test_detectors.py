@@ -285,7 +285,15 @@ def test_exploding_gradients_then_overflow_is_immediate():
 
     alerts = run(ExplodingGradientsDetector(), stream(25, global_fn=global_fn))
     assert [(a.step, a.severity) for a in alerts] == [(21, "critical")]
-    assert "overflowed" in alerts[0].message
+    assert "reached 30 (30x its early median), then overflowed" in alerts[0].message
+
+
+def test_huge_gradient_then_overflow_from_the_first_logged_step():
+    # logged every 5 batches: one huge finite norm, then NaN
+    steps = stream(3, every=5, global_fn=lambda s: {"grad_norm": 3e5 if s == 0 else float("nan"),
+                                                    "loss": 7e4})
+    alerts = run(ExplodingGradientsDetector(), steps)
+    assert [(a.step, a.severity) for a in alerts] == [(5, "critical")]
 
 
 def test_saturated_hidden_tanh():

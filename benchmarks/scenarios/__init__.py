@@ -77,7 +77,7 @@ class Result:
         return self.delay is not None and self.delay <= self.steps_per_epoch
 
 
-def run_scenario(scenario, logdir, seed=0, max_epochs=None):
+def run_scenario(scenario, logdir, seed=0, max_epochs=None, every_n_batches=1):
     """Trains `scenario` into `logdir` and checks the run; returns a Result.
 
     Args:
@@ -86,6 +86,7 @@ def run_scenario(scenario, logdir, seed=0, max_epochs=None):
         seed: seed of Keras, numpy and Python. Defaults to 0.
         max_epochs: train at most this many epochs (tests use 2 to save
             time). Defaults to None: the scenario's own number.
+        every_n_batches: the callback's logging period. Defaults to 1.
     """
     import keras
 
@@ -96,7 +97,7 @@ def run_scenario(scenario, logdir, seed=0, max_epochs=None):
     model, x, y, fit_kwargs = scenario.build()
     if max_epochs is not None:
         fit_kwargs = dict(fit_kwargs, epochs=min(max_epochs, fit_kwargs.get("epochs", 1)))
-    callback = HealthCallback(logdir, histogram_every=0)
+    callback = HealthCallback(logdir, histogram_every=0, every_n_batches=every_n_batches)
     start = time.perf_counter()
     model.fit(x, y, callbacks=[callback], verbose=0, shuffle=True, **fit_kwargs)
     seconds = time.perf_counter() - start

@@ -23,7 +23,8 @@ class ExplodingGradientsDetector(Detector):
     - conclusive at once, without waiting for `patience`: the norm is above
       100 x `max_grad_norm`, or `growth`^2 times its reference with the loss
       10 times its own, or the gradients overflow to NaN/Inf right after a
-      logged step with growth (`nan_inf` is raised too).
+      logged step that had grown `growth`^0.5 times or met the evidence
+      above (`nan_inf` is raised too).
 
     Args:
         growth: growth factor over the reference. Defaults to 100: healthy
@@ -59,6 +60,8 @@ class ExplodingGradientsDetector(Detector):
         self._early_grads = []
         self._early_losses = []
         self._previous_growth = 0.0  # growth factor at the last finite step
+        self._previous_flagged = False  # the last finite step was above the bounds
+        self._previous_norm = float("nan")
 
     def _largest_layer(self, stats):
         names = stats.layer_stats
@@ -79,11 +82,12 @@ class ExplodingGradientsDetector(Detector):
         ref_loss = statistics.median(self._early_losses) if self._early_losses else None
         if not finite(g):
             grew, self._previous_growth = self._previous_growth, 0.0
-            if grew >= self.growth ** 0.5:
+            flagged, self._previous_flagged = self._previous_flagged, False
+            if grew >= self.growth ** 0.5 or flagged:
                 return {MODEL: Finding(
                     "critical",
-                    "gradient norm grew %.0fx over its early median %.3g, then overflowed "
-                    "to %s at step %d" % (grew, ref_grad, g, step),
+                    "gradient norm reached %.3g (%.0fx its early median), then overflowed "
+                    "to %s at step %d" % (self._previous_norm, grew, g, step),
                     hints.hint_for(self.kind, stats),
                     immediate=True,
                 )}
@@ -95,6 +99,7 @@ class ExplodingGradientsDetector(Detector):
                 self._early_losses.append(loss)
         growth = g / ref_grad if ref_grad else 0.0
         self._previous_growth = growth
+        self._previous_norm = g
         if not finite(loss):
             loss_growth = float("inf")
         elif ref_loss is None:
@@ -109,6 +114,7 @@ class ExplodingGradientsDetector(Detector):
             reasons.append("%.0fx its early median %.3g while the loss rose %.3gx"
                            % (growth, ref_grad, loss_growth))
             immediate = immediate or (growth > self.growth ** 2 and loss_growth >= 10.0)
+        self._previous_flagged = bool(reasons)
         if not reasons:
             return {MODEL: None}
         largest = self._largest_layer(stats)
