@@ -315,6 +315,19 @@ def test_full_tensorboard_page_has_the_tab(browser, server):
         page.close()
 
 
+def test_tab_works_under_a_path_prefix(browser, logdir):
+    """Relative fetches reach the routes when TensorBoard serves under --path_prefix."""
+    with support.tensorboard_process(logdir, load_fast=False, path_prefix="/tb/here") as base:
+        assert base.endswith("/tb/here")
+        page = Page(browser, base + ENTRY)
+        page.wait_rendered()
+        sections = page.page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
+        assert sections == [support.DEMO_FROZEN, support.DEMO_HEALTHY, support.XSS_RUN]
+        assert page.page.query_selector(".th-alert") is not None
+        assert page.errors == []
+        page.close()
+
+
 def test_page_says_when_tensorboard_downsampled(browser, logdir):
     extra = ["--samples_per_plugin", "%s=50" % fmt.PLUGIN_NAME]
     with support.tensorboard_process(logdir, load_fast=True, extra_args=extra) as base:

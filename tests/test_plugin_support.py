@@ -211,12 +211,14 @@ _NO_TF_MAIN = (
 
 
 @contextlib.contextmanager
-def tensorboard_process(logdir, load_fast, extra_args=(), timeout=90.0, block_tensorflow=False):
+def tensorboard_process(logdir, load_fast, extra_args=(), timeout=90.0, block_tensorflow=False,
+                        path_prefix=""):
     """Runs `tensorboard` on 127.0.0.1 and yields its base URL; kills it after.
 
     Waits (at most `timeout` seconds) until the server answers and has
     loaded Training Health data, then yields. With `block_tensorflow`,
-    TensorFlow cannot be imported in the server process.
+    TensorFlow cannot be imported in the server process. A `path_prefix`
+    (e.g. "/tb") is passed to TensorBoard and included in the yielded URL.
     """
     port = free_port()
     log_path = os.path.join(str(logdir), "..", "tensorboard-%d.log" % port)
@@ -224,10 +226,10 @@ def tensorboard_process(logdir, load_fast, extra_args=(), timeout=90.0, block_te
     command = [sys.executable] + entry + [
         "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
         "--load_fast", "true" if load_fast else "false", "--reload_interval", "1",
-    ] + list(extra_args)
+    ] + list(extra_args) + (["--path_prefix", path_prefix] if path_prefix else [])
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    base = "http://127.0.0.1:%d" % port
+    base = "http://127.0.0.1:%d%s" % (port, path_prefix)
     try:
         deadline = time.monotonic() + timeout
         while True:
