@@ -80,14 +80,14 @@ class ExplodingGradientsDetector(Detector):
         g = float(g)
         ref_grad = statistics.median(self._early_grads) if self._early_grads else None
         ref_loss = statistics.median(self._early_losses) if self._early_losses else None
-        if not finite(g):
+        if not finite(g) or _has_nonfinite_gradients(stats):
             grew, self._previous_growth = self._previous_growth, 0.0
             flagged, self._previous_flagged = self._previous_flagged, False
             if grew >= self.growth ** 0.5 or flagged:
                 return {MODEL: Finding(
                     "critical",
-                    "gradient norm reached %.3g (%.0fx its early median), then overflowed "
-                    "to %s at step %d" % (self._previous_norm, grew, g, step),
+                    "gradient norm reached %.3g (%.0fx its early median), then the "
+                    "gradients overflowed to NaN/Inf at step %d" % (self._previous_norm, grew, step),
                     hints.hint_for(self.kind, stats),
                     immediate=True,
                 )}
@@ -126,3 +126,14 @@ class ExplodingGradientsDetector(Detector):
             layer=largest[0] if largest else None,
             immediate=immediate,
         )}
+
+
+def _has_nonfinite_gradients(stats):
+    """Whether any gradient entry of the step was NaN/Inf (by the logged counts)."""
+    count = stats.global_values.get("grad_nonfinite")
+    if finite(count) and float(count) >= 1:
+        return True
+    if "grad_nonfinite" not in stats.layer_stats:
+        return False
+    counts = stats.column("grad_nonfinite")
+    return any(finite(c) and float(c) >= 1 for c in counts)
