@@ -185,10 +185,18 @@ class Proxy:
                     if self.mode == "stall":
                         continue
                     upstream.sendall(data)
-                elif self.mode == "drop_response" and not data.startswith(b"HTTP/1.1 100"):
-                    # (an interim "100 Continue" is passed on so that the body is sent)
-                    self.dropped += 1
-                    return  # the upload happened upstream; the client gets no answer
+                elif self.mode == "drop_response":
+                    # An interim "100 Continue" is passed on so that the client
+                    # sends the body; the final answer is dropped.
+                    interim = b""
+                    if data.startswith(b"HTTP/1.1 100") and b"\r\n\r\n" in data:
+                        end = data.index(b"\r\n\r\n") + 4
+                        interim, data = data[:end], data[end:]
+                    if interim:
+                        client.sendall(interim)
+                    if data:
+                        self.dropped += 1
+                        return  # the upload happened upstream; the client gets no answer
                 else:
                     client.sendall(data)
 
