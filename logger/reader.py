@@ -52,10 +52,13 @@ class Update:
         steps: new `records.StepStats`, in the order logged.
         alerts: new alerts logged by the training process (`records.Alert`,
             raised and cleared records alike), in the order logged.
+        wall_times: {step: wall time (seconds since the epoch)} of the new
+            steps, as written by the logger.
     """
 
     steps: list
     alerts: list
+    wall_times: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -177,7 +180,7 @@ class RunReader:
         self._offsets = {}  # file -> bytes consumed (always a record boundary)
         self._metadata = {}  # tag -> parsed metadata dict
         self._pending = {}  # step -> {"layers": array, "global": array}
-        self._last_step = None
+        self._step_wall_times = {}  # step -> wall time, until the step is returned
         self.has_data = False
         self.skipped = []
 
@@ -227,7 +230,9 @@ class RunReader:
                 self._read_event(event_pb2.Event.FromString(record), steps, alerts)
         if final:
             steps.extend(self._flush_pending(None))
-        return Update(steps, alerts)
+        wall_times = {s.step: self._step_wall_times.pop(s.step) for s in steps
+                      if s.step in self._step_wall_times}
+        return Update(steps, alerts, wall_times)
 
     def _read_event(self, event, steps, alerts):
         if not event.HasField("summary"):
@@ -244,6 +249,7 @@ class RunReader:
             if tag not in (fmt.TAG_LAYERS, fmt.TAG_GLOBAL):
                 continue  # histograms: not needed by the detectors
             step = int(event.step)
+            self._step_wall_times[step] = float(event.wall_time)
             steps.extend(self._flush_pending(step))
             array = tensor_util.make_ndarray(value.tensor)
             slot = self._pending.setdefault(step, {})

@@ -185,7 +185,9 @@ def test_incremental_polls_return_only_new_steps_and_alerts(tmp_path):
     for step in (1, 2):
         writer.write_step(step, *values_for(step))
     writer.flush()
-    assert [s.step for s in run_reader.poll().steps] == [1, 2]
+    update = run_reader.poll()
+    assert [s.step for s in update.steps] == [1, 2]
+    assert sorted(update.wall_times) == [1, 2] and all(t > 1e9 for t in update.wall_times.values())
     assert run_reader.poll().steps == []  # nothing new
     alert = Alert("dead_units", 3, "conv", "warning", "m", "h")
     writer.write_step(3, *values_for(3))
