@@ -47,7 +47,22 @@ def _close_all_at_exit():
         writer.close()
 
 
-atexit.register(_close_all_at_exit)
+def _register_exit_hooks():
+    # Uploads through s3fs/aiohttp need concurrent.futures' thread pools,
+    # which threading's exit hooks shut down *before* `atexit` handlers run
+    # ("cannot schedule new futures after interpreter shutdown"). threading
+    # runs its hooks in reverse order of registration: registering after
+    # concurrent.futures.thread (imported here) closes the writers first.
+    # `atexit` stays as the fallback where that hook does not exist.
+    import concurrent.futures.thread  # noqa: F401  (registers its own hook)
+
+    register = getattr(threading, "_register_atexit", None)
+    if register is not None:
+        register(_close_all_at_exit)
+    atexit.register(_close_all_at_exit)
+
+
+_register_exit_hooks()
 
 
 class _Buffer:

@@ -231,3 +231,22 @@ def test_unknown_scheme_is_a_value_error():
 def test_bad_roll_secs_is_a_value_error():
     with pytest.raises(ValueError, match="roll_secs must be .* received -1"):
         EventWriter("memory://bucket/run", roll_secs=-1)
+
+
+def test_events_still_queued_at_interpreter_exit_reach_the_bucket(s3, tmp_path):
+    server, bucket = s3
+    code = (
+        "import numpy as np\n"
+        "from training_health import format as fmt\n"
+        "from training_health.writer import EventWriter\n"
+        "w = EventWriter('s3://%s/run', flush_secs=3600)  # nothing uploaded before exit\n"
+        "for step in range(5):\n"
+        "    w.write(fmt.make_event(fmt.TAG_GLOBAL, step, np.float32([step])))\n"
+        "# no close(): the exit hook uploads\n" % bucket
+    )
+    out = subprocess.run([PYTHON, "-c", code], capture_output=True, text=True, timeout=120,
+                         env=dict(os.environ))
+    assert out.returncode == 0, out.stderr
+    assert "could not" not in out.stderr, out.stderr
+    _, values = read_back(server, bucket, "run/", tmp_path / "dl")
+    assert [step for _, step, _ in values] == list(range(5))
