@@ -1,8 +1,10 @@
 """saturation: bounded activations pinned at their limits, or a constant output."""
 
+import collections
+
 from training_health import hints
 from training_health.detectors.base import (
-    Detector, Finding, check_float, finite, output_rows)
+    Detector, Finding, check_float, finite, output_rows, trim_window)
 
 HIDDEN_BOUNDED = ("sigmoid", "tanh", "hard_sigmoid", "hard_tanh", "hard_silu")
 OUTPUT_BOUNDED = ("sigmoid", "softmax", "tanh", "hard_sigmoid", "hard_tanh")
@@ -20,11 +22,13 @@ class SaturationDetector(Detector):
       that is confidently right has saturated outputs (single-unit layers
       are taken for outputs too: a binary head of a multi-output model).
     - constant answer: an output layer gives the same value for every
-      example of the batch:
-      the mean over units of the std across the batch (`act_example_std`)
-      is below `constant_std` times the activation's range (times the mean
-      magnitude for an unbounded output). A single-unit softmax (always
-      1.0) is the classic case.
+      example: the mean over units of the std across the batch
+      (`act_example_std`, relative to the activation's range, or to the mean
+      magnitude for an unbounded output) is at most `constant_std` on at
+      least half of the last `patience` steps and never above 1e-3 (the
+      logger's float32 moments leave up to ~1e-4 of rounding noise on an
+      exactly constant output). A single-unit softmax (always 1.0) and a
+      head behind dead layers are the classic cases.
 
     Args:
         threshold: fraction of outputs at a bound. Defaults to 0.75: with
@@ -32,9 +36,10 @@ class SaturationDetector(Detector):
             of its outputs within 1% of +-1; DeepDiagnosis calls a layer
             saturated past 50% of |z| >= 5, which is stricter per value, so
             we ask for more of them at our looser bound.
-        constant_std: relative spread below which the outputs are constant.
-            Defaults to 1e-6: float32 noise of a layer that does depend on
-            its input is far above that.
+        constant_std: relative spread at or below which the outputs count as
+            exactly constant. Defaults to 1e-6: an output that depends on its
+            input varies far more (the lowest healthy value measured, a deep
+            net at its initial plateau, is 1.8e-4).
         patience: steps the condition must last. Defaults to 50.
         min_observations: logged steps the condition must hold on.
             Defaults to 5.
@@ -50,6 +55,46 @@ class SaturationDetector(Detector):
         super().__init__(patience, min_observations, clear_patience, start_from_step)
         self.threshold = check_float("threshold", threshold, 0.0, 1.0, low_open=True)
         self.constant_std = check_float("constant_std", constant_std, 0.0, low_open=True)
+        self._reset_state()
+
+    def _reset_state(self):
+        self._spreads = {}  # output layer name -> deque of (step, spread / scale)
+
+    def _constant_answer(self, step, stats, row_index, spread):
+        """A Finding when the output has not varied across examples over the window.
+
+        The logger measures the spread from float32 moments, whose rounding
+        leaves ~1e-4 of noise on an output that is exactly constant; so the
+        test is: at most `constant_std` (relative to the range) on at least
+        half of the steps of the last `patience` steps, and never more than
+        1e-3 on any of them.
+        """
+        info = stats.layers[row_index]
+        names = stats.layer_stats
+        mean = float(stats.layer_values[row_index, names.index("act_mean")])
+        if info.bounds is not None:
+            scale = float(info.bounds[1]) - float(info.bounds[0])
+        elif info.activation in OUTPUT_BOUNDED:
+            scale = 1.0
+        else:
+            scale = abs(mean) if finite(mean) and mean != 0 else 1.0
+        history = self._spreads.setdefault(info.name, collections.deque())
+        history.append((step, spread / scale))
+        if not trim_window(history, step, self.patience, self.min_observations):
+            return None
+        values = [v for _, v in history]
+        exact = sum(v <= self.constant_std for v in values)
+        if exact * 2 < len(values) or max(values) > 1e-3:
+            return None
+        return Finding(
+            "critical",
+            "output layer %s (%s) gives the same output for every example over the last "
+            "%d steps (std across the batch at most %.1e of its range, mean output %.4g)"
+            % (info.name, info.activation or "linear", step - history[0][0], max(values),
+               mean),
+            hints.hint_for(self.kind, stats, info.name),
+            immediate=True,
+        )
 
     def _evaluate(self, step, stats):
         names = stats.layer_stats
@@ -69,23 +114,7 @@ class SaturationDetector(Detector):
                 spread = float(row[names.index("act_example_std")])
                 if finite(spread):
                     judged = True
-                    if info.bounds is not None:
-                        scale = float(info.bounds[1]) - float(info.bounds[0])
-                    elif info.activation in OUTPUT_BOUNDED:
-                        scale = 1.0
-                    else:
-                        mean = float(row[names.index("act_mean")])
-                        scale = abs(mean) if finite(mean) and mean != 0 else 1.0
-                    if spread <= self.constant_std * scale:
-                        mean = float(row[names.index("act_mean")])
-                        finding = Finding(
-                            "critical" if is_output else "warning",
-                            "%s%s (%s) gives the same output for every example at step %d "
-                            "(std across the batch %.1e, mean output %.4g)"
-                            % ("output layer " if is_output else "", info.name,
-                               info.activation or "linear", step, spread, mean),
-                            hints.hint_for(self.kind, stats, info.name),
-                        )
+                    finding = self._constant_answer(step, stats, i, spread)
             # pinned hidden units (a single-unit sigmoid/tanh is almost always
             # a model output, e.g. a binary head of a multi-output model)
             if (finding is None and not is_output and info.activation in HIDDEN_BOUNDED
