@@ -386,9 +386,11 @@ class EventWriter:
     def _report_drops(self):
         if self._dropped and not self._warned_drop:
             self._warned_drop = True
+            why = ("last error: %s" % self.last_error if self.last_error is not None
+                   else "writing is slower than logging")
             message = (
                 "training_health: more than %d events waited for %s (%s); the oldest are "
-                "being dropped" % (self.max_pending, self.logdir, self.last_error)
+                "being dropped" % (self.max_pending, self.logdir, why)
             )
             log.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
