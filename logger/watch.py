@@ -273,7 +273,10 @@ def _loop(args, out, err):
                 print("training-health watch: %s does not exist yet; waiting (Ctrl-C to stop)"
                       % args.logdir, file=err)
                 waiting_said = True
-        except (OSError, fmt.FormatError, ImportError) as e:
+        except ImportError as e:  # a missing client: waiting will not help
+            print("training-health watch: cannot read %s: %s" % (args.logdir, e), file=err)
+            return EXIT_ERROR
+        except (OSError, fmt.FormatError) as e:
             if args.once:
                 print("training-health watch: cannot read %s: %s: %s"
                       % (args.logdir, type(e).__name__, e), file=err)

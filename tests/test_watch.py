@@ -234,3 +234,14 @@ def test_watch_follows_a_bucket_and_exits_on_sigint(s3, tmp_path):
         writer.close()
     assert rc == 0
     assert "Traceback" not in err.text
+
+
+def test_missing_s3_client_is_an_error_naming_the_extra_not_an_endless_retry(tmp_path):
+    code = ("import sys\n"
+            "sys.modules['s3fs'] = None\n"
+            "from training_health.cli import main\n"
+            "sys.exit(main(['watch', 's3://bucket/runs', '--interval', '0.2']))\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2
+    assert "pip install 'training-health[s3]'" in out.stderr
+    assert "Traceback" not in out.stderr
