@@ -65,8 +65,8 @@ def _table(name, n_steps, alerts, out):
     if not alerts:
         print("%s: OK (%d steps, no alerts)" % (name, n_steps), file=out)
         return
-    print("%s: %d alert%s (%d steps)" % (name, len(alerts), "s"[: len(alerts) != 1], n_steps),
-          file=out)
+    plural = "" if len(alerts) == 1 else "s"
+    print("%s: %d alert%s (%d steps)" % (name, len(alerts), plural, n_steps), file=out)
     rows = [("STEP", "SEVERITY", "KIND", "LAYER")] + [
         (str(a.step), a.severity, a.kind, a.layer or "-") for a in alerts
     ]

@@ -72,6 +72,9 @@ class SaturationDetector(Detector):
         info = stats.layers[row_index]
         names = stats.layer_stats
         mean = float(stats.layer_values[row_index, names.index("act_mean")])
+        nonfinite = float(stats.layer_values[row_index, names.index("act_nonfinite")])
+        if not finite(mean) or (finite(nonfinite) and nonfinite >= 1):
+            return None  # non-finite outputs: nan_inf speaks for them
         if info.bounds is not None:
             scale = float(info.bounds[1]) - float(info.bounds[0])
         elif info.activation in OUTPUT_BOUNDED:
