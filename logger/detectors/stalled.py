@@ -83,23 +83,22 @@ class StalledDetector(Detector):
     def _reset_state(self):
         self._history = collections.deque()
 
-    def _update_ratios(self, stats):
-        """Per weighted layer: its update ratio, or 0 when its gradient is exactly 0.
+    @staticmethod
+    def _weights_entry(stats):
+        """(names, update ratios, zero-gradient flags) of the layers with weights.
 
-        A layer whose gradient is exactly zero cannot learn whatever its
-        optimizer's momentum still does to it (Adam keeps moving such
-        weights, by a geometrically shrinking amount, for ~100 steps).
+        A layer whose gradient is exactly zero counts with ratio 0: it cannot
+        learn whatever its optimizer's momentum still does to it (Adam keeps
+        moving such weights, by a geometrically shrinking amount, for ~100
+        steps). Unmeasured ratios are NaN.
         """
         rows = weighted_rows(stats)
-        names = stats.layer_stats
-        ratios = []
-        for i in rows:
-            ratio = float(stats.layer_values[i, names.index("update_ratio")])
-            grad = float(stats.layer_values[i, names.index("grad_norm")])
-            if grad == 0.0:
-                ratio = 0.0
-            ratios.append(ratio if finite(ratio) else None)
-        return ratios if any(r is not None for r in ratios) else None
+        names = tuple(stats.layers[i].name for i in rows)
+        ratios = np.asarray(stats.column("update_ratio"), dtype=np.float64)[rows]
+        zero = np.asarray(stats.column("grad_norm"), dtype=np.float64)[rows] == 0.0
+        ratios = np.where(zero, 0.0, ratios)
+        ratios[~np.isfinite(ratios)] = np.nan
+        return names, ratios, zero
 
     def _evaluate(self, step, stats):
         g = stats.global_values
@@ -110,10 +109,8 @@ class StalledDetector(Detector):
         metrics = {k: float(v) for k, v in g.items()
                    if k not in _NOT_METRICS and finite(v)}
         lr = g.get("learning_rate")
-        names = [info.name for info in stats.layers]
-        grad = stats.column("grad_norm")
-        zero = {names[i] for i in weighted_rows(stats) if grad[i] == 0.0}
-        self._history.append((step, float(loss), metrics, self._update_ratios(stats),
+        names, ratios, zero = self._weights_entry(stats)
+        self._history.append((step, float(loss), metrics, ratios,
                               float(lr) if finite(lr) else None, zero, names))
         if not trim_window(self._history, step, self.window, self.min_window_observations):
             return {}
@@ -145,18 +142,26 @@ class StalledDetector(Detector):
             hints.hint_for(self.kind, stats),
         )}
 
+    def _layer_table(self, column):
+        """[steps, layers] array of entry `column` over the window's steps that
+        monitor the same layers as the newest one, and those layers' names."""
+        names = self._history[-1][6]
+        rows = [h[column] for h in self._history if h[6] == names]
+        if not names or not rows:
+            return None, names
+        return np.stack(rows), names
+
     def _cut_layers(self):
         """Layers whose gradient was exactly 0 on at least `cut_fraction` of the window.
 
         A layer behind dead ReLUs may get a gradient from a rare example now
         and then (a spark in one batch of twenty) and still learn nothing.
         """
-        sets = [h[5] for h in self._history]
-        if not sets or any(x is None for x in sets):
+        zero, names = self._layer_table(5)
+        if zero is None:
             return []
-        names = self._history[-1][6]
-        need = self.cut_fraction * len(sets)
-        return [name for name in names if sum(name in z for z in sets) >= need]
+        share = zero.mean(axis=0)
+        return [name for name, f in zip(names, share) if f >= self.cut_fraction]
 
     def _stillness(self):
         """(why the weights count as standing still, certain?) or None if they move."""
@@ -170,20 +175,25 @@ class StalledDetector(Detector):
         if cut:
             return ("no gradient reaches %s (exactly 0 on %d%%+ of the steps of the window)"
                     % (", ".join(cut[:3]), round(100 * self.cut_fraction)), True)
-        per_step = [h[3] for h in self._history if h[3]]
-        if len(per_step) < self.min_window_observations // 2:
+        table, _ = self._layer_table(3)
+        if table is None or len(table) < self.min_window_observations // 2:
             return None
-        n_layers = min(len(r) for r in per_step)
-        table = np.array([[np.nan if v is None else v for v in r[:n_layers]] for r in per_step])
-        measured = ~np.all(np.isnan(table), axis=0)
-        if not measured.any():
+        measured = ~np.isnan(table)
+        columns = measured.any(axis=0)
+        if not columns.any():
             return None
-        medians = np.nanmedian(table[:, measured], axis=0)
-        n_layers = int(measured.sum())
-        frozen = int(np.sum(medians < self.min_update_ratio))
+        # a layer's median update ratio is below the bound when more than
+        # half of its measured steps are (cheaper than a NaN-aware median)
+        with np.errstate(invalid="ignore"):
+            below = np.sum((table < self.min_update_ratio) & measured, axis=0)
+            zero = np.sum((table == 0) & measured, axis=0)
+        counts = measured.sum(axis=0)
+        frozen_columns = columns & (2 * below > counts)
+        n_layers = int(columns.sum())
+        frozen = int(frozen_columns.sum())
         if frozen * 2 < n_layers:
             return None
-        if np.all(medians == 0):
+        if np.all(2 * zero[columns] > counts[columns]):
             return ("the weights are not learning (no gradient or update in all %d layers)"
                     % n_layers, True)
         return ("%d of %d layers with weights are not learning (zero gradient or update "
