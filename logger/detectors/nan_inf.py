@@ -21,14 +21,14 @@ class NanInfDetector(Detector):
             0: a single non-finite value is conclusive (no healthy run has
             one; Keras's `TerminateOnNaN` also acts on the first).
         clear_patience: steps of finite values that close the episode.
-            Defaults to 20, so a run that alternates between NaN batches and
-            clean ones keeps one open episode instead of many.
+            Defaults to 200, so a run whose data holds a few NaN rows (NaN
+            in one batch of tens) keeps one open episode instead of many.
         start_from_step: no alert before this step. Defaults to 0.
     """
 
     kind = "nan_inf"
 
-    def __init__(self, patience=0, clear_patience=20, start_from_step=0):
+    def __init__(self, patience=0, clear_patience=200, start_from_step=0):
         super().__init__(patience, 1, clear_patience, start_from_step)
 
     def _evaluate(self, step, stats):
