@@ -26,8 +26,9 @@ class OscillatingLossDetector(Detector):
 
     Args:
         window: steps (batches) looked at. Defaults to 50.
-        min_observations: logged steps needed in the window (and in the
-            reference). Defaults to 20.
+        min_observations: logged steps needed in the window. Defaults to 10.
+        reference_steps: the reference is the median loss of the first this
+            many steps (at least 5 logged points). Defaults to 20.
         spread: (p90 - p10) / median over the window. Defaults to 1.0: loss
             noise of batches of 8+ examples stays well below the loss itself
             (we measured 0.1-0.5 relative on small-batch and dropout runs),
@@ -53,12 +54,14 @@ class OscillatingLossDetector(Detector):
 
     kind = "oscillating_loss"
 
-    def __init__(self, window=50, min_observations=20, spread=1.0, min_improvement=0.1,
-                 min_update_ratio=1e-2, patience=0, clear_patience=100, start_from_step=0):
+    def __init__(self, window=50, min_observations=10, reference_steps=20, spread=1.0,
+                 min_improvement=0.1, min_update_ratio=1e-2, patience=0, clear_patience=100,
+                 start_from_step=0):
         super().__init__(patience, 1, clear_patience, start_from_step)
         self.min_update_ratio = check_float("min_update_ratio", min_update_ratio, 0.0)
         self.window = check_int("window", window, minimum=1)
         self.min_window_observations = check_int("min_observations", min_observations, minimum=3)
+        self.reference_steps = check_int("reference_steps", reference_steps, minimum=1)
         self.spread = check_float("spread", spread, 0.0, low_open=True)
         self.min_improvement = check_float("min_improvement", min_improvement, 0.0, 1.0)
         self._reset_state()
@@ -75,9 +78,11 @@ class OscillatingLossDetector(Detector):
             return {}
         loss = float(loss)
         if self._reference is None:
-            self._reference_values.append(loss)
-            if len(self._reference_values) >= self.min_window_observations:
-                self._reference = float(np.median(self._reference_values))
+            self._reference_values.append((step, loss))
+            first = self._reference_values[0][0]
+            n = len(self._reference_values)
+            if n >= self.reference_steps or (step - first >= self.reference_steps - 1 and n >= 5):
+                self._reference = float(np.median([v for _, v in self._reference_values]))
                 self._reference_end = step
         self._history.append((step, loss, _median_update_ratio(stats)))
         ready = trim_window(self._history, step, self.window, self.min_window_observations)
