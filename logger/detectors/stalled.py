@@ -6,9 +6,9 @@ import math
 import numpy as np
 
 from training_health import hints
-from training_health.format import GLOBAL_STATS
 from training_health.detectors.base import (
     MODEL, Detector, Finding, check_float, check_int, finite, trim_window, weighted_rows)
+from training_health.format import GLOBAL_STATS
 
 
 def _halves_differ(values, min_delta):
@@ -37,9 +37,9 @@ class StalledDetector(Detector):
     - the weights barely change: the learning rate is 0, or the loss is
       exactly constant over the window, or some layer's gradient is exactly
       0 on at least `cut_fraction` of the steps of the window (nothing flows
-      through it: dead units, a disconnected layer), or at least half of the layers with weights
-      moved by less than `min_update_ratio` of their norm per step (median
-      over the window);
+      through it: dead units, a disconnected layer), or at least half of
+      the layers with weights moved by less than `min_update_ratio` of their
+      norm per step (median over the window);
     - the loss is above `converged_loss`: a loss that converged near zero
       and stays flat is success, not a stall.
 
