@@ -162,6 +162,31 @@ def large_weights(stats, layer=None):
     )
 
 
+def initializer_suspect(stats, kind):
+    """Clause blaming the initialization when inputs and learning rate look fine.
+
+    Pinned or dead units need large pre-activations; with inputs inside
+    [-INPUT_LIMIT, INPUT_LIMIT] and a usual learning rate, what remains is
+    the scale of the initial weights and biases.
+    """
+    lo = _num(stats.global_values.get("input_min"))
+    hi = _num(stats.global_values.get("input_max"))
+    lr = _num(stats.global_values.get("learning_rate"))
+    if lo is None or hi is None or max(abs(lo), abs(hi)) > INPUT_LIMIT:
+        return None
+    if lr is not None and not (LOW_LEARNING_RATE <= lr <= HIGH_LEARNING_RATE):
+        return None
+    what = {
+        "saturation": "pre-activations are too large for a bounded activation",
+        "dead_units": "pre-activations are below zero for every example",
+    }[kind]
+    return (
+        "inputs are scaled (%s..%s) and the learning rate is usual, so the %s: check "
+        "the initializers (kernel stddev, a constant bias_initializer); the defaults "
+        "(glorot_uniform, zeros) are safe" % (_fmt(lo), _fmt(hi), what)
+    )
+
+
 def hint_for(kind, stats, layer=None):
     """The hint for an alert of `kind` raised at `stats` (about `layer`).
 
@@ -191,6 +216,7 @@ def hint_for(kind, stats, layer=None):
         add(learning_rate(stats, kind))
         add(input_range(stats))
         add(large_weights(stats, layer))
+        add(initializer_suspect(stats, kind))
         fallback = ("lower the learning rate, use He initialization, LeakyReLU, "
                     "or BatchNormalization before the ReLU")
     elif kind == "vanishing_gradients":
@@ -217,6 +243,8 @@ def hint_for(kind, stats, layer=None):
         add(input_range(stats))
         add(large_weights(stats, layer))
         add(learning_rate(stats, kind))
+        if not clauses:
+            add(initializer_suspect(stats, kind))
         fallback = ("scale the inputs, use a smaller initializer, BatchNormalization, "
                     "and check the output activation matches the loss")
     elif kind == "oscillating_loss":

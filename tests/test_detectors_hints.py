@@ -70,3 +70,14 @@ def test_every_kind_has_a_fallback_and_unknown_kinds_are_refused():
         assert hints.hint_for(kind, make_step(0))
     with pytest.raises(ValueError, match="unknown alert kind 'slow'"):
         hints.hint_for("slow", make_step(0))
+
+
+def test_initializer_is_suspected_when_inputs_and_learning_rate_are_fine():
+    text = hints.hint_for("dead_units", make_step(0))
+    assert "inputs are scaled (-3..3) and the learning rate is usual" in text
+    assert "check the initializers" in text
+    # raw inputs or a high learning rate are the likelier causes: no suspicion then
+    assert "check the initializers" not in hints.hint_for(
+        "dead_units", make_step(0, input_max=255.0))
+    assert "check the initializers" not in hints.hint_for(
+        "dead_units", make_step(0, learning_rate=0.5))
