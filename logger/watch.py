@@ -3,7 +3,8 @@
 Every `--interval` seconds the new part of each run's event files is read
 (`reader.RunReader`, local paths or bucket URLs), fed to the same stall
 detectors that `check` replays, and shown as one line per run: step, loss,
-steps/s (from the logged wall times) and the worst layer. Each new alert,
+steps/s (from the logged wall times) and the worst layer, and "idle" with
+the time since the newest step when that is over two minutes. Each new alert,
 logged by the training process or found by the detectors, is printed once,
 with its hint, when it appears; an episode that ends is printed as resolved.
 
@@ -23,6 +24,10 @@ import time
 
 EXIT_OK, EXIT_ERROR = 0, 2
 RATE_WINDOW_SECS = 30.0  # steps/s is measured over the last 30 s of logged wall time
+# A run whose newest step was logged longer ago than this is shown as idle
+# (finished, crashed or stuck). Generous, so that clock differences between
+# the training box and this machine and the writer's delays do not show.
+IDLE_SECS = 120.0
 
 # Per-layer statistics that say "this layer is unhealthy", as fractions.
 _BAD_FRACTIONS = (
@@ -113,8 +118,23 @@ def worst_layer(stats, open_alerts):
     return (best[1], best[2]) if best else None
 
 
-def format_line(view, name_width):
-    """The status line of one run."""
+def format_duration(seconds):
+    """A short duration: "45s", "12m", "3h", "2d"."""
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return "%d%s" % (seconds // size, unit)
+    return "%ds" % seconds
+
+
+def format_line(view, name_width, now=None):
+    """The status line of one run.
+
+    Args:
+        view: a RunView.
+        name_width: width the run names are padded to.
+        now: the current time (seconds since the epoch), to tell an idle
+            run. Defaults to `time.time()`.
+    """
     if view.error:
         return "%s  error: %s" % (view.name.ljust(name_width), view.error)
     stats = view.last
@@ -132,6 +152,10 @@ def format_line(view, name_width):
     ]
     if view.n_alerts:
         parts.append("%d alert%s" % (view.n_alerts, "s"[: view.n_alerts != 1]))
+    if view.wall_times:
+        quiet = (time.time() if now is None else now) - view.wall_times[-1][0]
+        if quiet > IDLE_SECS:
+            parts.append("idle %s" % format_duration(quiet))
     return "  ".join(parts)
 
 

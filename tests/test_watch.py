@@ -245,3 +245,21 @@ def test_missing_s3_client_is_an_error_naming_the_extra_not_an_endless_retry(tmp
     assert out.returncode == 2
     assert "pip install 'training-health[s3]'" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_a_run_with_no_new_step_for_minutes_is_shown_idle(tmp_path):
+    logdir = tmp_path / "logs"
+    now = time.time()
+    for name, last_wall in (("fresh", now), ("stopped", now - 2 * 86400 - 60)):
+        writer = RunWriter(str(logdir / name), LAYERS)
+        for step in range(1, 6):
+            writer.write_step(step, *healthy_step(step), wall_time=last_wall - (5 - step) * 0.1)
+        writer.close()
+    out = subprocess.run(watch_command() + ["watch", str(logdir), "--once"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    fresh = [l for l in out.stdout.splitlines() if "fresh" in l][0]
+    stopped = [l for l in out.stdout.splitlines() if "stopped" in l][0]
+    assert "idle" not in fresh
+    assert stopped.endswith("idle 2d"), stopped
+    assert "10 steps/s" in stopped, "the rate it had while it ran"
