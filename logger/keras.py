@@ -15,6 +15,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 import atexit
 import logging
 import re
+import threading
 import weakref
 
 from training_health import _capture
@@ -66,10 +67,18 @@ def check_options(every_n_batches, histogram_every, dead_window, flush_every, la
 _LIVE_CALLBACKS = weakref.WeakSet()
 
 
-@atexit.register
 def _close_all_at_exit():
     for callback in list(_LIVE_CALLBACKS):
         callback.close()
+
+
+# The event writers close from threading's exit hook (see writer.py); hooks
+# run in reverse order of registration, and this one is registered after
+# theirs, so the device buffers are read before the writers close.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_close_all_at_exit)
+atexit.register(_close_all_at_exit)
 
 
 def _is_built(model):
