@@ -13,9 +13,11 @@
   writes the files) and to the detectors.
 """
 
+import atexit
 import contextlib
 import logging
 import threading
+import weakref
 
 import numpy as np
 import tensorflow as tf
@@ -24,10 +26,32 @@ from training_health import _tf_stats as ts
 from training_health import format as fmt
 from training_health._layers import layer_info
 from training_health.records import StepStats
+from training_health import writer as _writer  # noqa: F401  (registers its exit hook first)
 
 log = logging.getLogger("training_health")
 
 _local = threading.local()
+
+_TO_CLOSE = weakref.WeakSet()
+
+
+def close_at_exit(obj):
+    """Calls `obj.close()` at interpreter exit (reads what the device still holds)."""
+    _TO_CLOSE.add(obj)
+
+
+def _close_all_at_exit():
+    for obj in list(_TO_CLOSE):
+        obj.close()
+
+
+# The event writers close from threading's exit hook (see writer.py); hooks
+# run in reverse order of registration and this module registers after the
+# writer module, so device buffers are read before the writers close.
+_register = getattr(threading, "_register_atexit", None)
+if _register is not None:
+    _register(_close_all_at_exit)
+atexit.register(_close_all_at_exit)
 
 
 try:  # a plain variable even inside a distribution strategy's scope

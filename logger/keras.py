@@ -12,11 +12,8 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
         "`pip install training-health[tf]` (or `pip install tensorflow`). (%s)" % e
     ) from e
 
-import atexit
 import logging
 import re
-import threading
-import weakref
 
 from training_health import _capture
 from training_health._layers import select_layers
@@ -62,23 +59,6 @@ def check_options(every_n_batches, histogram_every, dead_window, flush_every, la
         raise ValueError(
             "`stop_on` must be a list of alert kinds from %s; received %r" % (KINDS, stop_on)
         )
-
-
-_LIVE_CALLBACKS = weakref.WeakSet()
-
-
-def _close_all_at_exit():
-    for callback in list(_LIVE_CALLBACKS):
-        callback.close()
-
-
-# The event writers close from threading's exit hook (see writer.py); hooks
-# run in reverse order of registration, and this one is registered after
-# theirs, so the device buffers are read before the writers close.
-_register = getattr(threading, "_register_atexit", None)
-if _register is not None:
-    _register(_close_all_at_exit)
-atexit.register(_close_all_at_exit)
 
 
 def _is_built(model):
@@ -166,7 +146,7 @@ class HealthCallback(keras.callbacks.Callback):
         self._warned_internal = False
         self._train_function = None
         self._keras_train_function = None
-        _LIVE_CALLBACKS.add(self)
+        _capture.close_at_exit(self)
 
     # -- lifecycle -----------------------------------------------------------
     def on_train_begin(self, logs=None):

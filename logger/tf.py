@@ -113,6 +113,7 @@ class HealthMonitor:
         self._thread = threading.Thread(target=self._poll, args=(float(flush_secs),),
                                         name="training-health-monitor", daemon=True)
         self._thread.start()
+        _capture.close_at_exit(self)
 
     # -- device side ---------------------------------------------------------
     def _ambient_recording(self):
