@@ -66,6 +66,26 @@ def nonfinite_inputs(stats):
     return None
 
 
+def nonfinite_loss_only(stats):
+    """Clause for a NaN/Inf loss while the inputs and activations are finite."""
+    loss = stats.global_values.get("loss")
+    try:
+        loss_bad = not math.isfinite(float(loss))
+    except (TypeError, ValueError):
+        return None
+    if not loss_bad:
+        return None
+    n_inputs = _num(stats.global_values.get("input_nonfinite"))
+    acts = [v for v in _column(stats, "act_nonfinite") if v is not None]
+    if (n_inputs or 0) >= 1 or any(v >= 1 for v in acts):
+        return None
+    return (
+        "the loss is %s while inputs and activations are finite: check the targets "
+        "(labels) for NaN/Inf, and the loss for log(0) (e.g. probabilities given to a "
+        "from_logits loss)" % float(loss)
+    )
+
+
 def learning_rate(stats, kind):
     """Clause about the learning rate, phrased for the alert kind, or None."""
     lr = _num(stats.global_values.get("learning_rate"))
@@ -233,6 +253,7 @@ def hint_for(kind, stats, layer=None):
         fallback = "clip gradients (clipnorm=1.0), lower the learning rate, check the initializer"
     elif kind == "nan_inf":
         add(nonfinite_inputs(stats))
+        add(nonfinite_loss_only(stats))
         add(learning_rate(stats, kind))
         add(large_weights(stats))
         add(input_range(stats))

@@ -81,3 +81,11 @@ def test_initializer_is_suspected_when_inputs_and_learning_rate_are_fine():
         "dead_units", make_step(0, input_max=255.0))
     assert "check the initializers" not in hints.hint_for(
         "dead_units", make_step(0, learning_rate=0.5))
+
+
+def test_nan_loss_with_finite_inputs_and_activations_points_at_the_targets():
+    text = hints.hint_for("nan_inf", make_step(0, loss=float("nan")))
+    assert "the loss is nan while inputs and activations are finite" in text
+    assert "check the targets" in text
+    with_bad_inputs = make_step(0, loss=float("nan"), input_nonfinite=3.0)
+    assert "check the targets" not in hints.hint_for("nan_inf", with_bad_inputs)

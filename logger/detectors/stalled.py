@@ -62,8 +62,9 @@ class StalledDetector(Detector):
             dead ReLUs gets one only when a rare example sparks a unit.
         converged_loss: losses below this are never called stalled.
             Defaults to 1e-3.
-        clear_patience: steps of progress that close the episode. Defaults
-            to 50.
+        clear_patience: steps with moving weights that close the episode
+            (while it is open, only the weights are watched: batch noise in
+            the loss must not close and reopen it). Defaults to 50.
         start_from_step: no alert before this step. Defaults to 0.
     """
 
@@ -82,6 +83,7 @@ class StalledDetector(Detector):
 
     def _reset_state(self):
         self._history = collections.deque()
+        self._open_finding = None
 
     @staticmethod
     def _weights_entry(stats):
@@ -118,6 +120,11 @@ class StalledDetector(Detector):
         mean_loss = float(np.mean(losses))
         if mean_loss <= self.converged_loss:
             return {MODEL: None}
+        track = self._tracks.get(MODEL)
+        if track is not None and track.open:
+            # an open stall lasts while the weights stand still: batch noise
+            # in the loss or metrics must not close and reopen it
+            return {MODEL: None if self._stillness() is None else self._open_finding}
         half = len(losses) // 2
         improved = (np.mean(losses[:half]) - np.mean(losses[half:])
                     > max(self.min_delta * abs(mean_loss), 2.0 * _se(losses, half)))
@@ -135,12 +142,13 @@ class StalledDetector(Detector):
         reason, certain = still
         metric_text = "".join(
             ", %s %.4g" % (k, v) for k, v in list(self._history[-1][2].items())[:2])
-        return {MODEL: Finding(
+        self._open_finding = Finding(
             "critical" if certain else "warning",
             "loss %.4g has not improved over the last %d steps (from step %d)%s; %s"
             % (losses[-1], step - self._history[0][0], self._history[0][0], metric_text, reason),
             hints.hint_for(self.kind, stats),
-        )}
+        )
+        return {MODEL: self._open_finding}
 
     def _layer_table(self, column):
         """[steps, layers] array of entry `column` over the window's steps that
