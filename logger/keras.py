@@ -35,6 +35,15 @@ def _check_int_public(name, value):
     _check_int(name, value, 1)
 
 
+def check_logdir(logdir):
+    """For a bucket URL, fails now (not at the end of the first epoch) when
+    its client library is missing; the error names the extra to install."""
+    from training_health import remote
+
+    if remote.is_url(logdir):
+        remote.check_available(str(logdir))
+
+
 def check_options(every_n_batches, histogram_every, dead_window, flush_every, layers, stop_on):
     """Validates the knobs shared by HealthCallback and HealthMonitor."""
     _check_int("every_n_batches", every_n_batches, 1)
@@ -121,6 +130,7 @@ class HealthCallback(keras.callbacks.Callback):
         if not isinstance(logdir, str) and not hasattr(logdir, "__fspath__"):
             raise ValueError("`logdir` must be a path or URL string; received %r" % (logdir,))
         check_options(every_n_batches, histogram_every, dead_window, flush_every, layers, stop_on)
+        check_logdir(logdir)
         if on_alert is not None and not callable(on_alert):
             raise ValueError("`on_alert` must be callable or None; received %r" % (on_alert,))
         self.logdir = str(logdir)

@@ -34,7 +34,7 @@ import weakref
 
 from training_health import _capture
 from training_health._layers import select_layers
-from training_health.keras import check_options, default_detectors, _check_int
+from training_health.keras import check_logdir, check_options, default_detectors, _check_int
 from training_health.run_writer import RunWriter
 
 log = logging.getLogger("training_health")
@@ -71,6 +71,7 @@ class HealthMonitor:
                  stop_on=(), on_alert=None, flush_secs=2.0, buffer_rows=1024):
         check_options(every_n_batches, histogram_every, dead_window, 1, layers, stop_on)
         _check_int("buffer_rows", buffer_rows, 2)
+        check_logdir(logdir)
         if activation_examples is not None:
             _check_int("activation_examples", activation_examples, 1)
         if not (isinstance(flush_secs, (int, float)) and flush_secs > 0):

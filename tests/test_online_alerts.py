@@ -149,3 +149,8 @@ def test_interrupted_training_keeps_its_steps_at_exit(tmp_path, flush_every):
     assert "could not process" not in proc.stderr
     # Steps still in the device buffer were written at exit.
     assert sorted(layer_table(str(tmp_path / "run"))[2]) == list(range(7))
+
+
+def test_unknown_bucket_scheme_fails_when_the_callback_is_made():
+    with pytest.raises(ValueError, match="nosuchscheme"):
+        HealthCallback("nosuchscheme://bucket/run")
