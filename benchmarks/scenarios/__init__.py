@@ -99,7 +99,9 @@ def run_scenario(scenario, logdir, seed=0, max_epochs=None, every_n_batches=1):
         fit_kwargs = dict(fit_kwargs, epochs=min(max_epochs, fit_kwargs.get("epochs", 1)))
     callback = HealthCallback(logdir, histogram_every=0, every_n_batches=every_n_batches)
     start = time.perf_counter()
-    model.fit(x, y, callbacks=[callback], verbose=0, shuffle=True, **fit_kwargs)
+    fit_kwargs = dict(fit_kwargs)
+    callbacks = [callback] + list(fit_kwargs.pop("callbacks", []))
+    model.fit(x, y, callbacks=callbacks, verbose=0, shuffle=True, **fit_kwargs)
     seconds = time.perf_counter() - start
     callback.close()
     runs = reader.read_logdir(logdir)

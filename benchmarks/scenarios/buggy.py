@@ -141,6 +141,30 @@ def saturated_sigmoid_raw_inputs():
     return model, x * 1000.0, y, dict(epochs=3, batch_size=32)
 
 
+def _lr_from_epoch(epoch, rate):
+    keras = _keras()
+    return keras.callbacks.LearningRateScheduler(
+        lambda e, lr: rate if e >= epoch else lr)
+
+
+def lr_jump_diverges():
+    """Trains fine for an epoch, then a schedule sets SGD's rate to 20 (onset: step 100)."""
+    keras = _keras()
+    x, y = teacher_classification(N, 16, 4, seed=13)
+    model = _mlp([64, 64], "relu", 4, "softmax", 16)
+    model.compile(keras.optimizers.SGD(0.01), "categorical_crossentropy", metrics=["accuracy"])
+    return model, x, y, dict(epochs=3, batch_size=32, callbacks=[_lr_from_epoch(1, 20.0)])
+
+
+def adam_rate_jump():
+    """Trains fine for an epoch, then a schedule sets Adam's rate to 1e4 (onset: step 100)."""
+    keras = _keras()
+    x, y = teacher_classification(N, 16, 3, seed=14)
+    model = _mlp([32], "relu", 3, "softmax", 16)
+    model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
+    return model, x, y, dict(epochs=3, batch_size=32, callbacks=[_lr_from_epoch(1, 1e4)])
+
+
 SCENARIOS = [
     Scenario("frozen_cnn", "stalled", frozen_cnn, frozen_cnn.__doc__),
     Scenario("deep_sigmoid", "vanishing_gradients", deep_sigmoid, deep_sigmoid.__doc__),
@@ -156,4 +180,8 @@ SCENARIOS = [
     Scenario("oscillating_lr", "oscillating_loss", oscillating_lr, oscillating_lr.__doc__),
     Scenario("saturated_sigmoid_raw_inputs", "saturation", saturated_sigmoid_raw_inputs,
              saturated_sigmoid_raw_inputs.__doc__),
+    Scenario("lr_jump_diverges", "exploding_gradients", lr_jump_diverges,
+             lr_jump_diverges.__doc__, onset=100),
+    Scenario("adam_rate_jump", "exploding_gradients", adam_rate_jump,
+             adam_rate_jump.__doc__, onset=100),
 ]
