@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from training_health import _tf_stats as ts
 from training_health import format as fmt
-from training_health._layers import layer_info
+from training_health._layers import layer_info, output_layers
 from training_health.records import StepStats
 from training_health import writer as _writer  # noqa: F401  (registers its exit hook first)
 
@@ -223,8 +223,9 @@ class DeviceProgram:
     """
 
     def __init__(self, layers, model, every_n_batches, histogram_every, dead_window,
-                 rows, start_step, activation_examples=None):
+                 rows, start_step, activation_examples=None, output_model=None):
         self.activation_examples = activation_examples
+        self.output_model = output_model if output_model is not None else model
         self.layers = list(layers)
         self.model = model
         self.every_n_batches = int(every_n_batches)
@@ -456,7 +457,9 @@ class DeviceProgram:
             return self.hist_count.assign_add(1)
 
     def layer_infos(self):
-        return [layer_info(l, self.units[i], self.captured[i]) for i, l in enumerate(self.layers)]
+        outputs = output_layers(self.output_model) if self.output_model is not None else set()
+        return [layer_info(l, self.units[i], self.captured[i], id(l) in outputs)
+                for i, l in enumerate(self.layers)]
 
 
 def _row_values(acts, actives, last_active, threshold, per_layer_grads, all_grads, before,

@@ -83,7 +83,25 @@ def select_layers(model, patterns=None):
     return unique
 
 
-def layer_info(layer, units=0, has_activation=False):
+def output_layers(model):
+    """Ids of the layers that produce the model's outputs (empty when the
+    model has no symbolic outputs, as a subclassed model)."""
+    found = set()
+    try:
+        outputs = keras.tree.flatten(model.outputs)
+    except (AttributeError, ValueError):
+        return found
+    for tensor in outputs:
+        history = getattr(tensor, "_keras_history", None)
+        op = getattr(history, "operation", None)
+        if isinstance(op, keras.Model):
+            found |= output_layers(op)
+        elif op is not None:
+            found.add(id(op))
+    return found
+
+
+def layer_info(layer, units=0, has_activation=False, is_output=False):
     activation, bounds = activation_of(layer)
     return LayerInfo(
         name=layer.name,
@@ -93,4 +111,5 @@ def layer_info(layer, units=0, has_activation=False):
         units=int(units or 0),
         has_weights=bool(layer.trainable_weights),
         has_activation=bool(has_activation),
+        is_output=bool(is_output),
     )

@@ -246,9 +246,11 @@ def fast_activation_stats(a, bounds):
     mean = s1 / n
     batch = tf.shape(a)[0]
     per_example = tf.reshape(a, [batch, -1])
+    # Centred second moment (two passes over the small sample): an output
+    # that is exactly the same for every example reads exactly 0.
     m1 = tf.reduce_mean(per_example, axis=0)
-    m2 = tf.reduce_mean(tf.square(per_example), axis=0)
-    example_std = tf.where(batch >= 2, tf.reduce_mean(tf.sqrt(tf.maximum(m2 - tf.square(m1), 0.0))), _nan())
+    centred = tf.reduce_mean(tf.square(per_example - m1), axis=0)
+    example_std = tf.where(batch >= 2, tf.reduce_mean(tf.sqrt(centred)), _nan())
     if bounds is not None:
         lo, hi = float(bounds[0]), float(bounds[1])
         eps = fmt.SATURATION_EPS * (hi - lo)

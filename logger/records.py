@@ -20,6 +20,8 @@ class LayerInfo:
         units: size of the output's last axis (0 if unknown).
         has_weights: whether the layer has trainable weights (gradient stats).
         has_activation: whether the layer's output was captured.
+        is_output: whether the layer produces one of the model's outputs
+            (False when unknown, e.g. for subclassed models).
     """
 
     name: str
@@ -29,6 +31,7 @@ class LayerInfo:
     units: int = 0
     has_weights: bool = False
     has_activation: bool = False
+    is_output: bool = False
 
     RELU_FAMILY = ("relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu")
 

@@ -94,7 +94,7 @@ class HealthMonitor:
         self._program = _capture.DeviceProgram(
             select_layers(model, None if layers is None else list(layers)), None,
             every_n_batches, histogram_every, dead_window, buffer_rows, start,
-            activation_examples=activation_examples,
+            activation_examples=activation_examples, output_model=model,
         )
         self._variables = self._program.monitored_variables()
         self._snapshot = [

@@ -242,3 +242,29 @@ def test_steps_per_execution_logs_every_step(tmp_path):
     _, _, steps, _ = layer_table(str(tmp_path / "run"))
     assert sorted(steps) == list(range(80))
     assert cb._flusher.lost_rows == 0
+
+
+def test_output_layers_are_marked(tmp_path):
+    x, y = multi_io_data()
+    model = multi_io()
+    model.compile("adam", {"cls": "sparse_categorical_crossentropy", "reg": "mse"})
+    cb = HealthCallback(str(tmp_path / "run"), detectors=None)
+    model.fit(x, y, batch_size=32, epochs=1, verbose=0, callbacks=[cb])
+    cb.close()
+    _, _, _, meta = layer_table(str(tmp_path / "run"))
+    assert {l.name for l in meta["layers"] if l.is_output} == {"cls", "reg"}
+
+
+def test_constant_output_has_near_zero_example_std(tmp_path):
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="softmax", name="o",
+                                                                    kernel_initializer="zeros")])
+    model.compile(keras.optimizers.SGD(0.0), "sparse_categorical_crossentropy")
+    rng = np.random.default_rng(0)
+    cb = HealthCallback(str(tmp_path / "run"), flush_every=1, detectors=None)
+    model.fit(rng.random((64, 4), dtype="float32") * 100, rng.integers(0, 3, 64), batch_size=32,
+              epochs=1, verbose=0, callbacks=[cb])
+    cb.close()
+    _, _, steps, _ = layer_table(str(tmp_path / "run"))
+    # Only the float32 rounding of the batch mean is left (a one-pass
+    # E[x^2] - E[x]^2 would leave ~1e-4 here).
+    assert steps[1][0][0, fmt.LAYER_STATS.index("act_example_std")] < 1e-6
