@@ -61,24 +61,6 @@ class RunView:
     line: str = ""
 
 
-def _timed_reader_class():
-    from training_health import reader
-
-    class TimedRunReader(reader.RunReader):
-        """A RunReader that also keeps the wall time of each step it reads."""
-
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
-            self.wall_times = {}
-
-        def _read_event(self, event, steps, alerts):
-            if event.HasField("summary"):
-                self.wall_times[int(event.step)] = float(event.wall_time)
-            return super()._read_event(event, steps, alerts)
-
-    return TimedRunReader
-
-
 def steps_per_second(samples):
     """Steps per second over (wall_time, step) samples, oldest first; None if unknown."""
     if len(samples) < 2:
@@ -187,7 +169,7 @@ class Watcher:
         self.storage_options = storage_options
         self._reader_module = reader
         self._suite_class = DetectorSuite
-        self._reader_class = _timed_reader_class()
+        self._reader_class = reader.RunReader
         self.runs = {}  # name -> RunView
 
     def refresh(self):
@@ -220,12 +202,11 @@ class Watcher:
         for stats in update.steps:
             found.extend(view.suite.update(stats.step, stats))
             view.last = stats
-            wall = view.reader.wall_times.pop(stats.step, None)
+            wall = update.wall_times.get(stats.step)
             if wall is not None:
                 view.wall_times.append((wall, stats.step))
         while len(view.wall_times) > 2 and view.wall_times[-1][0] - view.wall_times[0][0] > RATE_WINDOW_SECS:
             view.wall_times.popleft()
-        view.reader.wall_times.clear()
         found.extend(update.alerts)  # logged by the training process
         fresh = []
         for alert in sorted(found, key=lambda a: a.step):  # stable: detector order kept
