@@ -365,9 +365,12 @@ class DeviceProgram:
         metric_values = [tf.where(c > 0, t / tf.maximum(c, 1e-30), nan) for t, c in metric_parts]
 
         per_layer_grads = [[] for _ in self.layers]
+        unowned_grads = []  # variables of layers that are not monitored
         for g, owner in zip(all_grads, owners):
             if owner is not None:
                 per_layer_grads[owner].append(g)
+            else:
+                unowned_grads.append(g)
 
         if replica != 0:
             # Exactly one writer: the other replicas only took part in the
@@ -390,7 +393,7 @@ class DeviceProgram:
             activity_updates.append(var.assign(tf.where(active[i], step, var.read_value())))
 
         def write_row():
-            vec = self._row(rec, inputs, all_grads, per_layer_grads, weights_before,
+            vec = self._row(rec, inputs, unowned_grads, per_layer_grads, weights_before,
                             metric_values, optimizer, step, active)
             slot = self.count % self.rows
             w1 = self.buffer.scatter_nd_update([[slot]], vec[None, :])
@@ -414,7 +417,7 @@ class DeviceProgram:
             with tf.control_dependencies(ops + metric_updates):
                 return self.step.assign_add(1)
 
-    def _row(self, rec, inputs, all_grads, per_layer_grads, weights_before,
+    def _row(self, rec, inputs, unowned_grads, per_layer_grads, weights_before,
              metric_values, optimizer, step, active):
         """Reads what the statistics need and computes the row vector."""
         nan = tf.constant(float("nan"), tf.float32)
@@ -439,7 +442,7 @@ class DeviceProgram:
         threshold = tf.maximum(step - self.dead_window + 1, self.start.read_value())
         bounds = [layer_info(layer).bounds for layer in self.layers]
         return _row_values(
-            acts, actives, last_active, threshold, list(per_layer_grads), all_grads,
+            acts, actives, last_active, threshold, list(per_layer_grads), unowned_grads,
             before, weights_after, inputs, loss, lr, list(metric_values), bounds)
 
     def _write_histograms(self, rec, per_layer_grads, step):
@@ -462,7 +465,7 @@ class DeviceProgram:
                 for i, l in enumerate(self.layers)]
 
 
-def _row_values(acts, actives, last_active, threshold, per_layer_grads, all_grads, before,
+def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_grads, before,
                 after, inputs, loss, lr, metric_values, bounds):
     """The row vector [GLOBAL_STATS, metrics, L x LAYER_STATS] from plain tensors.
 
@@ -470,17 +473,17 @@ def _row_values(acts, actives, last_active, threshold, per_layer_grads, all_grad
     probe sum is non-finite, recomputed with the careful, masking functions.
     """
     fast_row, probe = _row_parts(acts, actives, last_active, threshold, per_layer_grads,
-                                 all_grads, before, after, inputs, loss, lr, metric_values,
+                                 unowned_grads, before, after, inputs, loss, lr, metric_values,
                                  bounds, careful=False)
     return tf.cond(
         tf.reduce_all(tf.math.is_finite(probe)),
         lambda: fast_row,
-        lambda: _row_parts(acts, actives, last_active, threshold, per_layer_grads, all_grads,
+        lambda: _row_parts(acts, actives, last_active, threshold, per_layer_grads, unowned_grads,
                            before, after, inputs, loss, lr, metric_values, bounds, careful=True)[0],
     )
 
 
-def _row_parts(acts, actives, last_active, threshold, per_layer_grads, all_grads, before,
+def _row_parts(acts, actives, last_active, threshold, per_layer_grads, unowned_grads, before,
                after, inputs, loss, lr, metric_values, bounds, careful):
     nan = tf.constant(float("nan"), tf.float32)
     if careful:
@@ -490,8 +493,18 @@ def _row_parts(acts, actives, last_active, threshold, per_layer_grads, all_grads
         grad_fn, weight_fn, act_fn, input_fn = (
             ts.fast_gradient_stats, ts.fast_weight_stats, ts.fast_activation_stats, ts.fast_input_stats)
     probe = []
-    g = grad_fn(list(all_grads))
-    probe.append(g["_sq"])
+    # Per-layer gradient statistics first; the global ones add them up (and
+    # the variables of unmonitored layers), so no gradient is read twice.
+    layer_grads = [grad_fn(list(g)) if g else None for g in per_layer_grads]
+    parts = [x for x in layer_grads if x is not None]
+    if unowned_grads:
+        parts.append(grad_fn(list(unowned_grads)))
+    if parts:
+        total_sq = tf.add_n([x["_sq"] for x in parts])
+        g = dict(grad_norm=tf.sqrt(total_sq), grad_nonfinite=tf.add_n([x["grad_nonfinite"] for x in parts]))
+        probe.append(total_sq)
+    else:
+        g = dict(grad_norm=nan, grad_nonfinite=nan)
     if inputs:
         inp = input_fn(list(inputs))
         probe.append(inp.pop("_sq", tf.constant(0.0)))
@@ -501,7 +514,7 @@ def _row_parts(acts, actives, last_active, threshold, per_layer_grads, all_grads
                          learning_rate=lr, loss=loss, **inp)
     values = [global_values[name] for name in fmt.GLOBAL_STATS] + list(metric_values)
     for i, a in enumerate(acts):
-        gs = grad_fn(list(per_layer_grads[i])) if per_layer_grads[i] else ts.gradient_stats([])
+        gs = layer_grads[i] if layer_grads[i] is not None else ts.gradient_stats([])
         ws = weight_fn(list(before[i]), list(after[i]))
         probe.append(ws.pop("_sq", tf.constant(0.0)))
         if a is not None:
