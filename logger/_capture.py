@@ -313,6 +313,7 @@ class DeviceProgram:
         return var
 
     # -- the per-step op --------------------------------------------------
+    @tf.autograph.experimental.do_not_convert  # plain TF ops; no need to rewrite the source
     def record(self, rec, inputs, weights_before, optimizer):
         """Adds the statistics of one step to the graph; returns the op that writes them."""
         self._ensure_buffers()

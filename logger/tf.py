@@ -128,6 +128,7 @@ class HealthMonitor:
             rec = self._pending[graph] = _capture.Recording()
         return rec
 
+    @tf.autograph.experimental.do_not_convert  # called from the user's tf.function; plain TF ops
     def record(self, inputs, loss, grads, variables=None):
         """Records one training step. Call it once per step, after the update.
 
