@@ -62,7 +62,7 @@ def sample_layers():
         LayerInfo("conv", "Conv2D", "relu", None, 8, True, True),
         LayerInfo("flatten", "Flatten", "linear", None, 128, False, True),
         LayerInfo("hidden", "Dense", "sigmoid", (0.0, 1.0), 16, True, True),
-        LayerInfo("out", "Dense", "softmax", (0.0, 1.0), 10, True, False),
+        LayerInfo("out", "Dense", "softmax", (0.0, 1.0), 10, True, False, is_output=True),
     )
 
 
