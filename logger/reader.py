@@ -324,7 +324,12 @@ class RunReader:
 
 
 def read_run(path, name=None, storage_options=None):
-    """Every step and logged alert of one run, as a `RunData`."""
+    """Every step and logged alert of one run.
+
+    Returns:
+        (RunData, has_data): has_data is False when the run's event files
+        hold no Training Health data.
+    """
     reader = RunReader(path, name, storage_options)
     update = reader.poll(final=True)
     return RunData(reader.name, reader.path, update.steps, update.alerts), reader.has_data
