@@ -532,6 +532,32 @@ def _row_parts(acts, actives, last_active, threshold, per_layer_grads, unowned_g
     return row, tf.stack([tf.reshape(tf.cast(p, tf.float32), []) for p in probe])
 
 
+def dispatch_alerts(alerts, raised, on_alert, stop_on, stop):
+    """What the logger does with the detectors' findings, online.
+
+    Each raised alert is appended to `raised`, logged once as a warning and
+    handed to `on_alert` (whose exceptions are logged, never propagated);
+    an alert of a `stop_on` kind calls `stop()`. Cleared records are logged
+    at INFO level.
+    """
+    for alert in alerts:
+        where = " in %s" % alert.layer if alert.layer else ""
+        if alert.cleared:
+            log.info("training_health: %s%s cleared at step %d", alert.kind, where, alert.step)
+            continue
+        raised.append(alert)
+        log.warning("training_health: [%s] %s at step %d%s: %s Hint: %s", alert.severity,
+                    alert.kind, alert.step, where, alert.message, alert.hint)
+        if on_alert is not None:
+            try:
+                on_alert(alert)
+            except Exception:  # the user's hook must not end training; the traceback is logged
+                log.exception("training_health: on_alert raised")
+        if alert.kind in stop_on:
+            log.warning("training_health: stopping training on %s (stop_on=%r)", alert.kind, list(stop_on))
+            stop()
+
+
 class HostFlusher:
     """Reads new rows from a DeviceProgram and writes / checks them on the host.
 

@@ -286,24 +286,10 @@ class HealthCallback(keras.callbacks.Callback):
                     "are still logged", skipped)
 
     def _handle_alerts(self, alerts):
-        for alert in alerts:
-            if alert.cleared:
-                log.info("training_health: %s%s cleared at step %d", alert.kind,
-                         " in %s" % alert.layer if alert.layer else "", alert.step)
-                continue
-            self.alerts.append(alert)
-            log.warning("training_health: [%s] %s at step %d%s: %s Hint: %s", alert.severity,
-                        alert.kind, alert.step, " in %s" % alert.layer if alert.layer else "",
-                        alert.message, alert.hint)
-            if self.on_alert is not None:
-                try:
-                    self.on_alert(alert)
-                except Exception:  # the user's hook must not end training; the traceback is logged
-                    log.exception("training_health: on_alert raised")
-            if alert.kind in self.stop_on:
-                log.warning("training_health: stopping training on %s (stop_on=%r)",
-                            alert.kind, list(self.stop_on))
-                self.model.stop_training = True
+        _capture.dispatch_alerts(alerts, self.alerts, self.on_alert, self.stop_on, self._stop)
+
+    def _stop(self):
+        self.model.stop_training = True
 
     def close(self):
         """Writes every step still in the device buffer and closes the event

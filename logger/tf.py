@@ -194,17 +194,7 @@ class HealthMonitor:
             self._writer.close()
 
     def _handle_alerts(self, alerts):
-        for alert in alerts:
-            if alert.cleared:
-                continue
-            self.alerts.append(alert)
-            log.warning("training_health: [%s] %s at step %d%s: %s Hint: %s", alert.severity,
-                        alert.kind, alert.step, " in %s" % alert.layer if alert.layer else "",
-                        alert.message, alert.hint)
-            if self.on_alert is not None:
-                try:
-                    self.on_alert(alert)
-                except Exception:  # the user's hook must not end training; the traceback is logged
-                    log.exception("training_health: on_alert raised")
-            if alert.kind in self.stop_on:
-                self.stop_requested = True
+        _capture.dispatch_alerts(alerts, self.alerts, self.on_alert, self.stop_on, self._stop)
+
+    def _stop(self):
+        self.stop_requested = True
