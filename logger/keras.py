@@ -75,11 +75,9 @@ def _is_built(model):
 
 
 def default_detectors():
-    """The default DetectorSuite, or None if detectors are not available."""
-    try:
-        from training_health.detectors import DetectorSuite
-    except ImportError:
-        return None
+    """A new DetectorSuite with every detector at its defaults."""
+    from training_health.detectors import DetectorSuite
+
     return DetectorSuite()
 
 
