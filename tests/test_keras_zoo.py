@@ -268,3 +268,21 @@ def test_constant_output_has_near_zero_example_std(tmp_path):
     # Only the float32 rounding of the batch mean is left (a one-pass
     # E[x^2] - E[x]^2 would leave ~1e-4 here).
     assert steps[1][0][0, fmt.LAYER_STATS.index("act_example_std")] < 1e-6
+
+
+def test_layer_without_gradient_is_logged_as_not_measured(tmp_path):
+    inp = keras.Input((4,))
+    h = keras.layers.Dense(3, activation="relu", name="h")(inp)
+    model = keras.Model(inp, {"a": keras.layers.Dense(1, name="a")(h), "b": keras.layers.Dense(1, name="b")(h)})
+    model.compile("sgd", loss={"a": "mse", "b": None})  # nothing flows back into "b"
+    rng = np.random.default_rng(0)
+    y = {"a": rng.random((32, 1)), "b": rng.random((32, 1))}
+    cb = HealthCallback(str(tmp_path / "run"), flush_every=1, detectors=None)
+    with pytest.warns(UserWarning, match="Gradients do not exist"):
+        model.fit(rng.random((32, 4)), y, batch_size=16, epochs=1, verbose=0, callbacks=[cb])
+    cb.close()
+    names, _, steps, _ = layer_table(str(tmp_path / "run"))
+    row = dict(zip(fmt.LAYER_STATS, steps[1][0][names.index("b")]))
+    assert np.isnan(row["grad_norm"]) and np.isnan(row["grad_zero_frac"])  # not measured, not zero
+    assert row["update_ratio"] == 0.0 and row["weight_norm"] > 0
+    assert steps[1][0][names.index("h"), fmt.LAYER_STATS.index("grad_norm")] > 0
