@@ -24,6 +24,7 @@ from training_health import format as fmt
 from training_health.plugin import health_plugin, inline
 
 import test_plugin_support as support
+from thtest_canvas import PIXELS_JS  # noqa: E402
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -37,16 +38,6 @@ RED_JS = """(sel) => {
     if (d[i] > 200 && d[i + 1] < 80 && d[i + 2] < 110) xs.push((i / 4) % c.width);
   }
   return {count: xs.length, min: Math.min(...xs), max: Math.max(...xs), width: c.width};
-}"""
-PIXELS_JS = """(canvas) => {
-  const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  const colors = new Set();
-  let painted = 0;
-  for (let i = 0; i < d.length; i += 4) {
-    if (d[i + 3] > 0 && !(d[i] > 250 && d[i + 1] > 250 && d[i + 2] > 250)) painted++;
-    if (i % 64 === 0) colors.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]);
-  }
-  return {painted: painted / (d.length / 4), colors: colors.size};
 }"""
 
 playwright_api = pytest.importorskip("playwright.sync_api")

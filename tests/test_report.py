@@ -27,6 +27,7 @@ from training_health.records import Alert, LayerInfo
 from training_health.run_writer import RunWriter
 
 from test_remote_support import s3, s3_server  # noqa: F401  (fixtures)
+from thtest_canvas import PIXELS_JS  # noqa: E402
 
 CHROMIUM = os.environ.get("TRAINING_HEALTH_CHROMIUM", "/usr/bin/chromium")
 LAYERS = (
@@ -37,16 +38,6 @@ LAYERS = (
 N_STEPS = 400
 ALERT = Alert("dead_units", 250, "conv", "critical", "100% of conv's units are dead",
               "inputs range 0..255: scale them to about [-1, 1]")
-PIXELS_JS = """(canvas) => {
-  const d = canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data;
-  const colors = new Set();
-  let painted = 0;
-  for (let i = 0; i < d.length; i += 4) {
-    if (d[i + 3] > 0 && !(d[i] > 250 && d[i + 1] > 250 && d[i + 2] > 250)) painted++;
-    if (i % 64 === 0) colors.add(d[i] + ',' + d[i + 1] + ',' + d[i + 2]);
-  }
-  return {painted: painted / (d.length / 4), colors: colors.size};
-}"""
 
 
 def cli():
