@@ -31,10 +31,6 @@ def _check_int(name, value, minimum):
         )
 
 
-def _check_int_public(name, value):
-    _check_int(name, value, 1)
-
-
 def check_logdir(logdir):
     """For a bucket URL, fails now (not at the end of the first epoch) when
     its client library is missing; the error names the extra to install."""
@@ -44,9 +40,14 @@ def check_logdir(logdir):
         remote.check_available(str(logdir))
 
 
-def check_options(every_n_batches, histogram_every, dead_window, flush_every, layers, stop_on):
+def check_options(every_n_batches, histogram_every, dead_window, flush_every, layers, stop_on,
+                  activation_examples, on_alert):
     """Validates the knobs shared by HealthCallback and HealthMonitor."""
     _check_int("every_n_batches", every_n_batches, 1)
+    if activation_examples is not None:
+        _check_int("activation_examples", activation_examples, 1)
+    if on_alert is not None and not callable(on_alert):
+        raise ValueError("`on_alert` must be callable or None; received %r" % (on_alert,))
     _check_int("histogram_every", histogram_every, 0)
     _check_int("dead_window", dead_window, 1)
     _check_int("flush_every", flush_every, 1)
@@ -127,18 +128,15 @@ class HealthCallback(keras.callbacks.Callback):
         super().__init__()
         if not isinstance(logdir, str) and not hasattr(logdir, "__fspath__"):
             raise ValueError("`logdir` must be a path or URL string; received %r" % (logdir,))
-        check_options(every_n_batches, histogram_every, dead_window, flush_every, layers, stop_on)
+        check_options(every_n_batches, histogram_every, dead_window, flush_every, layers, stop_on,
+                      activation_examples, on_alert)
         check_logdir(logdir)
-        if on_alert is not None and not callable(on_alert):
-            raise ValueError("`on_alert` must be callable or None; received %r" % (on_alert,))
         self.logdir = str(logdir)
         self.every_n_batches = every_n_batches
         self.histogram_every = histogram_every
         self.layer_patterns = None if layers is None else list(layers)
         self.dead_window = dead_window
         self.flush_every = flush_every
-        if activation_examples is not None:
-            _check_int_public("activation_examples", activation_examples)
         self.activation_examples = activation_examples
         self.detectors = default_detectors() if detectors == "default" else detectors
         self.stop_on = tuple(stop_on)

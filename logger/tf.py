@@ -69,19 +69,16 @@ class HealthMonitor:
     def __init__(self, logdir, model, optimizer=None, every_n_batches=1, histogram_every=100,
                  layers=None, dead_window=50, activation_examples=8, detectors="default",
                  stop_on=(), on_alert=None, flush_secs=2.0, buffer_rows=1024):
-        check_options(every_n_batches, histogram_every, dead_window, 1, layers, stop_on)
+        check_options(every_n_batches, histogram_every, dead_window, 1, layers, stop_on,
+                      activation_examples, on_alert)
         _check_int("buffer_rows", buffer_rows, 2)
         check_logdir(logdir)
-        if activation_examples is not None:
-            _check_int("activation_examples", activation_examples, 1)
         if not (isinstance(flush_secs, (int, float)) and flush_secs > 0):
             raise ValueError("`flush_secs` must be a number > 0; received %r" % (flush_secs,))
         if not getattr(model, "built", False) or not model.trainable_weights:
             raise ValueError(
                 "HealthMonitor needs a built model with trainable weights; received %r. "
                 "Call the model on one batch (or model.build(input_shape)) first." % (model,))
-        if on_alert is not None and not callable(on_alert):
-            raise ValueError("`on_alert` must be callable or None; received %r" % (on_alert,))
         self.logdir = str(logdir)
         self.model = model
         self.optimizer = optimizer
