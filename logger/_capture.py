@@ -271,6 +271,11 @@ class DeviceProgram:
     def monitored_variables(self):
         return [v for layer in self.layers for v in layer.trainable_weights]
 
+    def weights_before(self):
+        """`record()`'s `weights_before`: what the weight statistics need of the
+        monitored variables' current values (call it before the update)."""
+        return ts.weight_snapshot([v.value for v in self.monitored_variables()])
+
     def reset_metric_snapshots(self):
         """Call right after the model's metrics were reset (each epoch)."""
         for total, count in self._metric_prev.values():
@@ -380,17 +385,15 @@ class DeviceProgram:
                 return tf.no_op()
 
         # Units activity is tracked every batch (the dead-unit window needs it).
-        activity_updates = []
-        active = {}
-        for i in range(len(self.layers)):
-            a = rec.activations.get(i)
-            if a is None:
-                continue
+        captured = sorted(rec.activations)
+        for i in captured:
+            a = rec.activations[i]
             self.captured[i] = True
-            units = int(a.shape[-1]) if (a.shape.rank or 0) >= 2 and a.shape[-1] is not None else 1
-            self.units[i] = units
-            var = self._last_active_var(i, units)
-            active[i] = ts.units_active(a)
+            self.units[i] = int(a.shape[-1]) if (a.shape.rank or 0) >= 2 and a.shape[-1] is not None else 1
+        active = _units_active({i: rec.activations[i] for i in captured})
+        activity_updates = []
+        for i in captured:
+            var = self._last_active_var(i, self.units[i])
             activity_updates.append(var.assign(tf.where(active[i], step, var.read_value())))
 
         def write_row():
@@ -430,7 +433,8 @@ class DeviceProgram:
                 lr = tf.cast(tf.convert_to_tensor(optimizer.learning_rate), tf.float32)
             except (TypeError, ValueError, AttributeError):
                 lr = nan
-        weights_after = [[tf.identity(v.value) for v in layer.trainable_weights] for layer in self.layers]
+        weights_after = [[ts.sample(ts._as_f32(v.value))[0] for v in layer.trainable_weights]
+                         for layer in self.layers]
         before, offset = [], 0
         for layer in self.layers:
             n = len(layer.trainable_weights)
@@ -466,70 +470,90 @@ class DeviceProgram:
                 for i, l in enumerate(self.layers)]
 
 
+def _units_active(acts):
+    """{layer index: bool [units]} from one pass per output (each unit's peak);
+    the careful comparison runs instead when a peak is not finite."""
+    if not acts:
+        return {}
+    keys = sorted(acts)
+    peaks = [ts.units_peak(acts[i]) for i in keys]
+    finite = tf.reduce_all(tf.math.is_finite(tf.concat(peaks, axis=0)))
+    active = tf.cond(finite, lambda: [p > 0 for p in peaks],
+                     lambda: [ts.units_active(acts[i]) for i in keys])
+    return dict(zip(keys, active))
+
+
 def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_grads, before,
                 after, inputs, loss, lr, metric_values, bounds):
     """The row vector [GLOBAL_STATS, metrics, L x LAYER_STATS] from plain tensors.
 
-    Computed first without masking non-finite values (fewer kernels); if any
+    Computed first without masking non-finite values (`_fast_row`); if any
     probe sum is non-finite, recomputed with the careful, masking functions.
     """
-    fast_row, probe = _row_parts(acts, actives, last_active, threshold, per_layer_grads,
-                                 unowned_grads, before, after, inputs, loss, lr, metric_values,
-                                 bounds, careful=False)
-    return tf.cond(
-        tf.reduce_all(tf.math.is_finite(probe)),
-        lambda: fast_row,
-        lambda: _row_parts(acts, actives, last_active, threshold, per_layer_grads, unowned_grads,
-                           before, after, inputs, loss, lr, metric_values, bounds, careful=True)[0],
-    )
+    args = (acts, actives, last_active, threshold, per_layer_grads, unowned_grads, before,
+            after, inputs, loss, lr, metric_values, bounds)
+    fast_row, probe = _fast_row(*args)
+    return tf.cond(tf.reduce_all(tf.math.is_finite(probe)), lambda: fast_row,
+                   lambda: _careful_row(*args))
 
 
-def _row_parts(acts, actives, last_active, threshold, per_layer_grads, unowned_grads, before,
-               after, inputs, loss, lr, metric_values, bounds, careful):
+def _fast_row(acts, actives, last_active, threshold, per_layer_grads, unowned_grads, before,
+              after, inputs, loss, lr, metric_values, bounds):
+    """(row, probe): every column computed as [L] vectors, nothing masked."""
     nan = tf.constant(float("nan"), tf.float32)
-    if careful:
-        grad_fn, weight_fn, act_fn, input_fn = (
-            ts.gradient_stats, ts.weight_stats, ts.activation_stats, ts.input_stats)
+    grad_cols, grad_norm, grad_probe = ts.fast_gradient_columns(per_layer_grads, unowned_grads)
+    weight_cols, weight_probe = ts.fast_weight_columns(before, after)
+    act_cols, act_probe = ts.fast_activation_columns(acts, bounds)
+    columns = dict(grad_cols, **weight_cols, **act_cols,
+                   **ts.dead_columns(actives, last_active, threshold))
+    probe = [grad_probe, weight_probe, act_probe]
+    if inputs:
+        inp = ts.fast_input_stats(list(inputs))
+        probe.append(tf.reshape(inp.pop("_sq"), [1]))
     else:
-        grad_fn, weight_fn, act_fn, input_fn = (
-            ts.fast_gradient_stats, ts.fast_weight_stats, ts.fast_activation_stats, ts.fast_input_stats)
-    probe = []
+        inp = {k: nan for k in ("input_mean", "input_std", "input_min", "input_max", "input_nonfinite")}
+    nonfinite = tf.constant(0.0) if (unowned_grads or any(per_layer_grads)) else nan
+    global_values = dict(grad_norm=grad_norm, grad_nonfinite=nonfinite, learning_rate=lr, loss=loss, **inp)
+    head = tf.stack([tf.reshape(tf.cast(v, tf.float32), [])
+                     for v in [global_values[name] for name in fmt.GLOBAL_STATS] + list(metric_values)])
+    table = tf.stack([columns[k] for k in fmt.LAYER_STATS], axis=1)
+    return tf.concat([head, tf.reshape(table, [-1])], axis=0), tf.concat(probe, axis=0)
+
+
+def _careful_row(acts, actives, last_active, threshold, per_layer_grads, unowned_grads, before,
+                 after, inputs, loss, lr, metric_values, bounds):
+    """The row with every statistic over the finite entries only (masking functions)."""
+    nan = tf.constant(float("nan"), tf.float32)
     # Per-layer gradient statistics first; the global ones add them up (and
     # the variables of unmonitored layers), so no gradient is read twice.
-    layer_grads = [grad_fn(list(g)) if g else None for g in per_layer_grads]
+    layer_grads = [ts.gradient_stats(list(g)) if g else None for g in per_layer_grads]
     parts = [x for x in layer_grads if x is not None]
     if unowned_grads:
-        parts.append(grad_fn(list(unowned_grads)))
+        parts.append(ts.gradient_stats(list(unowned_grads)))
     if parts:
-        total_sq = tf.add_n([x["_sq"] for x in parts])
-        g = dict(grad_norm=tf.sqrt(total_sq), grad_nonfinite=tf.add_n([x["grad_nonfinite"] for x in parts]))
-        probe.append(total_sq)
+        g = dict(grad_norm=tf.sqrt(tf.add_n([x["_sq"] for x in parts])),
+                 grad_nonfinite=tf.add_n([x["grad_nonfinite"] for x in parts]))
     else:
         g = dict(grad_norm=nan, grad_nonfinite=nan)
     if inputs:
-        inp = input_fn(list(inputs))
-        probe.append(inp.pop("_sq", tf.constant(0.0)))
+        inp = ts.input_stats(list(inputs))
     else:
         inp = {k: nan for k in ("input_mean", "input_std", "input_min", "input_max", "input_nonfinite")}
     global_values = dict(grad_norm=g["grad_norm"], grad_nonfinite=g["grad_nonfinite"],
                          learning_rate=lr, loss=loss, **inp)
     values = [global_values[name] for name in fmt.GLOBAL_STATS] + list(metric_values)
+    dead = ts.dead_columns(actives, last_active, threshold)
     for i, a in enumerate(acts):
         gs = layer_grads[i] if layer_grads[i] is not None else ts.gradient_stats([])
-        ws = weight_fn(list(before[i]), list(after[i]))
-        probe.append(ws.pop("_sq", tf.constant(0.0)))
+        ws = ts.weight_stats(list(before[i]), list(after[i]))
         if a is not None:
-            act = act_fn(a, bounds[i])
-            probe.append(act.pop("_sq", tf.constant(0.0)))
-            dead = 1.0 - tf.reduce_mean(tf.cast(actives[i], tf.float32))
-            dead_w = tf.reduce_mean(tf.cast(last_active[i] < threshold, tf.float32))
+            act = ts.activation_stats(a, bounds[i])
         else:
             act = {k: nan for k in fmt.LAYER_STATS if k.startswith("act_")}
-            dead = dead_w = nan
-        stats = dict(gs, **ws, **act, dead_frac=dead, dead_frac_window=dead_w)
+        stats = dict(gs, **ws, **act, dead_frac=dead["dead_frac"][i],
+                     dead_frac_window=dead["dead_frac_window"][i])
         values.extend(stats[k] for k in fmt.LAYER_STATS)
-    row = tf.stack([tf.reshape(tf.cast(v, tf.float32), []) for v in values])
-    return row, tf.stack([tf.reshape(tf.cast(p, tf.float32), []) for p in probe])
+    return tf.stack([tf.reshape(tf.cast(v, tf.float32), []) for v in values])
 
 
 def dispatch_alerts(alerts, raised, on_alert, stop_on, stop):

@@ -7,6 +7,7 @@ returns float32 scalars or small vectors: no host transfer, no summary ops.
 import tensorflow as tf
 
 from training_health import format as fmt
+from training_health import stats as _ref
 
 F32 = tf.float32
 NAN = float("nan")
@@ -29,6 +30,22 @@ def _size(x):
     return tf.cast(tf.size(x), F32)
 
 
+def sample(x):
+    """(flat sample of x, scale) as `training_health.stats.sample` takes it.
+
+    Up to SAMPLE_ELEMENTS entries, x itself (flattened, no copy); beyond, one
+    gather of the fixed blocks, and scale = n / sample size.
+    """
+    n = x.shape.num_elements()
+    idx = _ref.sample_block_indices(n)
+    flat = tf.reshape(x, [-1])
+    if idx is None:
+        return flat, 1.0
+    block = _ref.SAMPLE_BLOCK
+    blocks = tf.reshape(flat[: (n // block) * block], [n // block, block])
+    return tf.reshape(tf.gather(blocks, tf.constant(idx, tf.int32)), [-1]), n / float(_ref.SAMPLE_ELEMENTS)
+
+
 def _finite_parts(x):
     """(x with non-finite entries set to 0, finite mask)."""
     mask = tf.math.is_finite(x)
@@ -45,10 +62,12 @@ def gradient_stats(grads):
         g = _as_f32(g)
         gf, mask = _finite_parts(g)
         sq.append(tf.reduce_sum(tf.square(gf)))
-        mx.append(tf.reduce_max(tf.abs(gf)) if g.shape.num_elements() != 0 else tf.constant(0.0, F32))
-        zeros.append(tf.reduce_sum(tf.cast(tf.equal(g, 0.0), F32)))
         nonfinite.append(tf.reduce_sum(tf.cast(tf.logical_not(mask), F32)))
         n.append(_size(g))
+        s, scale = sample(g)
+        sf, smask = _finite_parts(s)
+        mx.append(tf.reduce_max(tf.abs(sf)) if g.shape.num_elements() != 0 else tf.constant(0.0, F32))
+        zeros.append(tf.reduce_sum(tf.cast(tf.equal(s, 0.0), F32)) * scale)
     total_sq = tf.add_n(sq)
     total_n = tf.maximum(tf.add_n(n), 1.0)
     return dict(
@@ -60,22 +79,42 @@ def gradient_stats(grads):
     )
 
 
+def weight_snapshot(values):
+    """What the weight statistics need of the weights before the step.
+
+    Returns one (sum of squares over the finite entries, flat sample,
+    scale) per tensor; the full tensors are read here only, so the
+    optimizer can update the variables in place afterwards.
+    """
+    values = [_as_f32(v) for v in values]
+    if not values:
+        return []
+    fast = [_sum_sq(v) for v in values]
+    sq = tf.cond(tf.reduce_all(tf.math.is_finite(tf.stack(fast))), lambda: fast,
+                 lambda: [tf.reduce_sum(tf.square(_finite_parts(v)[0])) for v in values])
+    if not isinstance(sq, (list, tuple)):
+        sq = [sq]
+    return [(q,) + sample(v) for q, v in zip(sq, values)]
+
+
 def weight_stats(before, after):
+    """before: weight_snapshot() entries; after: flat samples of the weights after the step.
+
+    weight_norm: ||W|| at the start of the step; update_ratio:
+    ||W_after - W_before|| / ||W_before|| (over entries finite before and after).
+    """
     if not before:
         return dict(weight_norm=_nan(), update_ratio=_nan())
-    sq_before, sq_after, sq_update = [], [], []
-    for b, a in zip(before, after):
-        b, a = _as_f32(b), _as_f32(a)
+    sq_update = []
+    for (_, b, scale), a in zip(before, after):
         bf, bmask = _finite_parts(b)
-        af, amask = _finite_parts(a)
+        af, amask = _finite_parts(_as_f32(a))
         both = tf.logical_and(bmask, amask)
-        sq_before.append(tf.reduce_sum(tf.square(bf)))
-        sq_after.append(tf.reduce_sum(tf.square(af)))
-        sq_update.append(tf.reduce_sum(tf.where(both, tf.square(af - bf), tf.zeros_like(af))))
-    norm_before = tf.sqrt(tf.add_n(sq_before))
+        sq_update.append(tf.reduce_sum(tf.where(both, tf.square(af - bf), tf.zeros_like(af))) * scale)
+    norm_before = tf.sqrt(tf.add_n([q for q, _, _ in before]))
     update = tf.sqrt(tf.add_n(sq_update))
     ratio = tf.where(norm_before > 0, update / tf.maximum(norm_before, 1e-30), _nan())
-    return dict(weight_norm=tf.sqrt(tf.add_n(sq_after)), update_ratio=ratio)
+    return dict(weight_norm=norm_before, update_ratio=ratio)
 
 
 def activation_stats(a, bounds):
@@ -116,13 +155,25 @@ def activation_stats(a, bounds):
     )
 
 
-def units_active(a):
-    """bool [units]: the unit's output was > 0 somewhere in the batch."""
+def _by_unit(a):
     a = _as_f32(a)
     if a.shape.rank is not None and a.shape.rank < 2:
         a = tf.reshape(a, [-1, 1])
-    units = a.shape[-1]
-    return tf.reduce_any(tf.reshape(a > 0, [-1, units]), axis=0)
+    return tf.reshape(a, [-1, a.shape[-1]])
+
+
+def units_active(a):
+    """bool [units]: the unit's output was > 0 somewhere in the batch."""
+    return tf.reduce_any(_by_unit(a) > 0, axis=0)
+
+
+def units_peak(a):
+    """float [units]: each unit's largest output in the batch (one pass).
+
+    `units_peak(a) > 0` equals `units_active(a)` whenever the peaks are
+    finite (a NaN entry may or may not propagate into a peak; a finite peak
+    means it did not matter)."""
+    return tf.reduce_max(_by_unit(a), axis=0)
 
 
 def input_stats(inputs):
@@ -186,10 +237,13 @@ def activation_histogram(a):
 
 # -- the fast path ----------------------------------------------------------
 # The functions above mask non-finite entries everywhere, which costs several
-# extra kernels per tensor. The step computes the statistics below, with no
-# masking, and checks a small probe of sums: when every sum is finite, every
-# entry was finite and the fast values are exact; otherwise the careful
-# functions above recompute the row (see `_capture._row_values`).
+# extra kernels per tensor. The step computes the columns below instead: no
+# masking, as few passes over each tensor as the statistic needs, and the
+# per-layer arithmetic done once on [L] vectors rather than once per layer.
+# Each function also returns a probe vector: when every probe entry is
+# finite, every entry of the tensors was finite and the fast values are exact;
+# otherwise the careful functions above recompute the row (see
+# `_capture._row_values`).
 
 
 def _sum_sq(x):
@@ -197,76 +251,154 @@ def _sum_sq(x):
     return 2.0 * tf.nn.l2_loss(x)
 
 
-def fast_gradient_stats(grads):
-    """gradient_stats() for all-finite gradients; also returns the probe sum."""
+def _num_elements(x):
+    n = x.shape.num_elements()
+    return tf.constant(float(n), F32) if n is not None else _size(x)
+
+
+def _per_layer(values, segments, n_layers, reduce=tf.math.unsorted_segment_sum):
+    """[V] per-tensor values -> [n_layers] per-layer totals (segment n_layers is dropped)."""
+    return reduce(tf.stack(values), tf.constant(segments, tf.int32), n_layers + 1)[:n_layers]
+
+
+def _where_has(has, values):
+    """values where the layer has the tensors, NaN elsewhere (has: python bools)."""
+    if all(has):
+        return values
+    return tf.where(tf.constant(has), values, tf.fill(tf.shape(values), NAN))
+
+
+def fast_gradient_columns(per_layer_grads, unowned_grads):
+    """Gradient columns [L] of an all-finite step, the global norm, and the probe.
+
+    Per gradient tensor: one pass for the sum of squares; max |g| and the
+    count of non-zero entries (the sum of squares of sign(g)) on its sample.
+    """
+    n_layers = len(per_layer_grads)
+    grads, segments = [], []
+    for i, gs in enumerate(per_layer_grads):
+        grads.extend(gs)
+        segments.extend([i] * len(gs))
+    grads.extend(unowned_grads)
+    segments.extend([n_layers] * len(unowned_grads))
     if not grads:
-        return gradient_stats([])
-    sq, mx, zeros, n = [], [], [], []
+        nan = tf.fill([n_layers], NAN)
+        return dict(grad_norm=nan, grad_max_abs=nan, grad_zero_frac=nan, grad_nonfinite=nan), \
+            _nan(), tf.zeros([1], F32)
+    grads = [_as_f32(g) for g in grads]
+    sq, mx, nonzero, n = [], [], [], []
     for g in grads:
-        g = _as_f32(g)
         sq.append(_sum_sq(g))
-        mx.append(tf.reduce_max(tf.abs(g)) if g.shape.num_elements() != 0 else tf.constant(0.0, F32))
-        zeros.append(tf.reduce_sum(tf.cast(tf.equal(g, 0.0), F32)))
-        n.append(_size(g))
+        s, scale = sample(g)
+        mx.append(tf.reduce_max(tf.abs(s)) if g.shape.num_elements() != 0 else tf.constant(0.0, F32))
+        nonzero.append(_sum_sq(tf.sign(s)) * scale)
+        n.append(_num_elements(g))
+    layer_sq = _per_layer(sq, segments, n_layers)
+    layer_n = tf.maximum(_per_layer(n, segments, n_layers), 1.0)
+    has = [bool(gs) for gs in per_layer_grads]
+    columns = dict(
+        grad_norm=_where_has(has, tf.sqrt(layer_sq)),
+        grad_max_abs=_where_has(has, _per_layer(mx, segments, n_layers, tf.math.unsorted_segment_max)),
+        grad_zero_frac=_where_has(has, 1.0 - _per_layer(nonzero, segments, n_layers) / layer_n),
+        grad_nonfinite=_where_has(has, tf.zeros([n_layers], F32)),
+    )
     total_sq = tf.add_n(sq)
-    return dict(
-        grad_norm=tf.sqrt(total_sq),
-        grad_max_abs=tf.reduce_max(tf.stack(mx)),
-        grad_zero_frac=tf.add_n(zeros) / tf.maximum(tf.add_n(n), 1.0),
-        grad_nonfinite=tf.constant(0.0, F32),
-        _sq=total_sq,
+    return columns, tf.sqrt(total_sq), tf.reshape(total_sq, [1])
+
+
+def fast_weight_columns(before, after):
+    """weight_norm (before the step) and update_ratio columns [L], and the probe.
+
+    before[i]: the layer's weight_snapshot() entries; after[i]: the flat
+    samples of its weights after the step (one pass over each sample).
+    """
+    n_layers = len(before)
+    sq, update, segments = [], [], []
+    for i, (bs, as_) in enumerate(zip(before, after)):
+        for (q, b, scale), a in zip(bs, as_):
+            sq.append(q)
+            update.append(_sum_sq(_as_f32(a) - b) * scale)
+            segments.append(i)
+    if not sq:
+        nan = tf.fill([n_layers], NAN)
+        return dict(weight_norm=nan, update_ratio=nan), tf.zeros([1], F32)
+    sq_before = _per_layer(sq, segments, n_layers)
+    sq_update = _per_layer(update, segments, n_layers)
+    has = [bool(bs) for bs in before]
+    norm = tf.sqrt(sq_before)
+    ratio = tf.where(norm > 0, tf.sqrt(sq_update) / tf.maximum(norm, 1e-30), NAN)
+    columns = dict(weight_norm=_where_has(has, norm), update_ratio=_where_has(has, ratio))
+    return columns, tf.stack([tf.reduce_sum(sq_before), tf.reduce_sum(sq_update)])
+
+
+def fast_activation_columns(acts, bounds):
+    """act_* columns [L] of all-finite layer outputs (None: not captured), and the probe.
+
+    Per output: the per-feature mean and centred second moment over the
+    examples (three passes; the overall mean and std follow from them), and
+    the count of non-zero entries (two passes); one more pair of passes for
+    a bounded activation's saturation.
+    """
+    n_layers = len(acts)
+    parts = {k: [] for k in ("mean", "ex2", "example_std", "nonzero", "n", "saturated")}
+    probe = []
+    for a, b in zip(acts, bounds):
+        if a is None:
+            for values in parts.values():
+                values.append(tf.constant(NAN, F32))
+            continue
+        a = _as_f32(a)
+        if a.shape.rank == 0:
+            a = tf.reshape(a, [1])
+        batch = tf.shape(a)[0]
+        per_example = tf.reshape(a, [batch, -1])
+        # Means over the examples as [1, E] x [E, F] products: one fast
+        # kernel, where a reduction over the leading axis is several times
+        # slower on a CPU. The second moment is centred (a second pass over
+        # the small sample), so an output that is the same for every
+        # example reads (almost exactly) 0.
+        weights = tf.fill([1, batch], 1.0 / tf.cast(batch, F32))
+        m1 = tf.matmul(weights, per_example)
+        centred = tf.matmul(weights, tf.math.squared_difference(per_example, m1))
+        mean = tf.reduce_mean(m1)
+        ex2 = tf.reduce_mean(centred + tf.square(m1))
+        parts["mean"].append(mean)
+        parts["ex2"].append(ex2)
+        parts["example_std"].append(tf.where(batch >= 2, tf.reduce_mean(tf.sqrt(centred)), NAN))
+        parts["nonzero"].append(_sum_sq(tf.sign(a)))
+        n = tf.maximum(_num_elements(a), 1.0)
+        parts["n"].append(n)
+        if b is not None:
+            lo, hi = float(b[0]), float(b[1])
+            eps = fmt.SATURATION_EPS * (hi - lo)
+            at_bound = tf.logical_or(a <= lo + eps, a >= hi - eps)
+            parts["saturated"].append(tf.reduce_sum(tf.cast(at_bound, F32)) / n)
+        else:
+            parts["saturated"].append(tf.constant(NAN, F32))
+        probe.extend([mean, ex2])
+    v = {k: tf.stack(values) for k, values in parts.items()}
+    columns = dict(
+        act_mean=v["mean"],
+        act_std=tf.sqrt(tf.maximum(v["ex2"] - tf.square(v["mean"]), 0.0)),
+        act_example_std=v["example_std"],
+        act_zero_frac=1.0 - v["nonzero"] / v["n"],
+        act_saturated_frac=v["saturated"],
+        act_nonfinite=_where_has([a is not None for a in acts], tf.zeros([n_layers], F32)),
     )
+    return columns, (tf.stack(probe) if probe else tf.zeros([1], F32))
 
 
-def fast_weight_stats(before, after):
-    if not before:
-        return dict(weight_norm=_nan(), update_ratio=_nan(), _sq=tf.constant(0.0, F32))
-    sq_before, sq_after, sq_update = [], [], []
-    for b, a in zip(before, after):
-        b, a = _as_f32(b), _as_f32(a)
-        sq_before.append(_sum_sq(b))
-        sq_after.append(_sum_sq(a))
-        sq_update.append(_sum_sq(a - b))
-    norm_before = tf.sqrt(tf.add_n(sq_before))
-    update = tf.sqrt(tf.add_n(sq_update))
-    ratio = tf.where(norm_before > 0, update / tf.maximum(norm_before, 1e-30), _nan())
-    total_after = tf.add_n(sq_after)
-    return dict(weight_norm=tf.sqrt(total_after), update_ratio=ratio,
-                _sq=total_after + tf.add_n(sq_before))
-
-
-def fast_activation_stats(a, bounds):
-    """activation_stats() for an all-finite output; `_sq` is the probe."""
-    a = _as_f32(a)
-    if a.shape.rank == 0:
-        a = tf.reshape(a, [1])
-    n = tf.maximum(_size(a), 1.0)
-    s1 = tf.reduce_sum(a)
-    s2 = _sum_sq(a)
-    mean = s1 / n
-    batch = tf.shape(a)[0]
-    per_example = tf.reshape(a, [batch, -1])
-    # Centred second moment (two passes over the small sample): an output
-    # that is exactly the same for every example reads exactly 0.
-    m1 = tf.reduce_mean(per_example, axis=0)
-    centred = tf.reduce_mean(tf.square(per_example - m1), axis=0)
-    example_std = tf.where(batch >= 2, tf.reduce_mean(tf.sqrt(centred)), _nan())
-    if bounds is not None:
-        lo, hi = float(bounds[0]), float(bounds[1])
-        eps = fmt.SATURATION_EPS * (hi - lo)
-        at_bound = tf.logical_or(a <= lo + eps, a >= hi - eps)
-        saturated = tf.reduce_sum(tf.cast(at_bound, F32)) / n
-    else:
-        saturated = _nan()
-    return dict(
-        act_mean=mean,
-        act_std=tf.sqrt(tf.maximum(s2 / n - tf.square(mean), 0.0)),
-        act_example_std=example_std,
-        act_zero_frac=tf.reduce_sum(tf.cast(tf.equal(a, 0.0), F32)) / n,
-        act_saturated_frac=saturated,
-        act_nonfinite=tf.constant(0.0, F32),
-        _sq=s1 + s2,
-    )
+def dead_columns(actives, last_active, threshold):
+    """dead_frac and dead_frac_window columns [L] (None entries: not captured)."""
+    dead, window = [], []
+    for active, last in zip(actives, last_active):
+        if active is None:
+            dead.append(tf.constant(NAN, F32))
+            window.append(tf.constant(NAN, F32))
+            continue
+        dead.append(1.0 - tf.reduce_mean(tf.cast(active, F32)))
+        window.append(tf.reduce_mean(tf.cast(last < threshold, F32)))
+    return dict(dead_frac=tf.stack(dead), dead_frac_window=tf.stack(window))
 
 
 def fast_input_stats(inputs):

@@ -33,7 +33,7 @@ LAYER_STATS = (
     "grad_max_abs",  # max |g|
     "grad_zero_frac",  # fraction of gradient entries exactly 0
     "grad_nonfinite",  # count of NaN/Inf gradient entries
-    "weight_norm",  # L2 norm of the trainable weights after the step
+    "weight_norm",  # L2 norm of the trainable weights at the start of the step (W_before)
     "update_ratio",  # ||W_after - W_before|| / ||W_before||
     "act_mean",  # mean of the layer's output
     "act_std",  # std of the layer's output (all elements)

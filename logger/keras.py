@@ -215,7 +215,7 @@ class HealthCallback(keras.callbacks.Callback):
             program = self._program
             x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
             inputs = [t for t in tf.nest.flatten(x) if t is not None]
-            weights_before = [tf.identity(v.value) for v in program.monitored_variables()]
+            weights_before = program.weights_before()
             with _capture.recording() as rec:
                 logs = original_step(data)
             done = program.record(rec, inputs, weights_before, model.optimizer)

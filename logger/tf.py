@@ -94,11 +94,14 @@ class HealthMonitor:
             activation_examples=activation_examples, output_model=model,
         )
         self._variables = self._program.monitored_variables()
-        self._snapshot = [
-            _capture._variable(v.numpy(), tf.float32 if v.dtype == "float16" else v.dtype,
-                               "th_snapshot_%d" % i)
-            for i, v in enumerate(self._variables)
-        ]
+        # What the weight statistics need of the weights at the previous
+        # record(): each variable's sum of squares and its sample (see
+        # `training_health.stats.sample`), not a full copy.
+        self._snapshot = []
+        for i, (sq, part, scale) in enumerate(self._program.weights_before()):
+            self._snapshot.append((_capture._variable(sq.numpy(), tf.float32, "th_snapshot_sq_%d" % i),
+                                   _capture._variable(part.numpy(), tf.float32, "th_snapshot_%d" % i),
+                                   scale))
         self._pending = weakref.WeakKeyDictionary()
         self._pending_eager = None
         self._patches = _capture.Patches()
@@ -156,10 +159,13 @@ class HealthMonitor:
         rec.grads_and_vars = (grads, list(variables))
         rec.loss = loss
         flat_inputs = [t for t in tf.nest.flatten(inputs) if t is not None]
-        before = [s.read_value() for s in self._snapshot]
+        before = [(sq.read_value(), part.read_value(), scale) for sq, part, scale in self._snapshot]
         done = self._program.record(rec, flat_inputs, before, self.optimizer)
         with tf.control_dependencies([done]):
-            updates = [s.assign(tf.cast(v.value, s.dtype)) for s, v in zip(self._snapshot, self._variables)]
+            now = self._program.weights_before()
+            updates = []
+            for (sq, part, _), (new_sq, new_part, _) in zip(self._snapshot, now):
+                updates.extend([sq.assign(new_sq), part.assign(new_part)])
         return tf.group(*updates) if updates else done
 
     # -- host side -----------------------------------------------------------
