@@ -345,7 +345,7 @@ class DeviceProgram:
 
         if self.activation_examples:
             k = self.activation_examples
-            rec.activations = {i: _leading(a, k) for i, a in rec.activations.items()}
+            rec.activations = {i: ts.activation_sample(a, k) for i, a in rec.activations.items()}
             inputs = [_leading(x, k) for x in inputs]
 
         metric_parts, metric_updates = [], []

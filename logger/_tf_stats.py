@@ -4,6 +4,7 @@ Everything here runs inside the (possibly XLA-compiled) training step and
 returns float32 scalars or small vectors: no host transfer, no summary ops.
 """
 
+import numpy as np
 import tensorflow as tf
 
 from training_health import format as fmt
@@ -44,6 +45,23 @@ def sample(x):
     block = _ref.SAMPLE_BLOCK
     blocks = tf.reshape(flat[: (n // block) * block], [n // block, block])
     return tf.reshape(tf.gather(blocks, tf.constant(idx, tf.int32)), [-1]), n / float(_ref.SAMPLE_ELEMENTS)
+
+
+def activation_sample(a, examples):
+    """`training_health.stats.activation_sample` in the step (a slice and, for
+    a large output, one gather of the kept positions)."""
+    if examples is None or getattr(a, "shape", None) is None or a.shape.rank in (None, 0):
+        return a
+    a = a[:examples]
+    shape = a.shape.as_list()
+    if len(shape) < 3 or any(d is None for d in shape[1:]):
+        return a
+    positions = int(np.prod(shape[1:-1]))
+    idx = _ref.sample_position_indices(positions, shape[-1], examples)
+    if idx is None:
+        return a
+    flat = tf.reshape(a, [-1, positions, shape[-1]])
+    return tf.gather(flat, tf.constant(idx, tf.int32), axis=1)
 
 
 def _finite_parts(x):

@@ -49,6 +49,42 @@ def sample(a):
     return blocks[idx].reshape(-1), flat.size / float(SAMPLE_ELEMENTS)
 
 
+def sample_position_indices(positions, per_example, examples):
+    """Sorted indices of the kept positions of a layer output, or None (all kept).
+
+    A layer output [examples, positions..., units] with more than
+    SAMPLE_ELEMENTS values in the examples looked at keeps a fixed set of
+    positions (all units and examples at each), as many as fit in
+    SAMPLE_ELEMENTS values; `per_example` is the units per position.
+    """
+    keep = max(1, SAMPLE_ELEMENTS // max(1, examples * per_example))
+    if keep >= positions:
+        return None
+    rng = np.random.default_rng(positions * 100003 + keep)
+    return np.sort(rng.choice(positions, keep, replace=False))
+
+
+def activation_sample(a, examples=None):
+    """The values of a layer output `a` that the activation statistics cover.
+
+    The first `examples` examples (all with None) and, for an output of
+    rank >= 3 with more than SAMPLE_ELEMENTS values in them, a fixed set of
+    positions (`sample_position_indices`, sized with `examples`). Keeps
+    the layout [examples, ..., units].
+    """
+    a = np.asarray(a)
+    if examples is None:
+        return a
+    a = a[:examples]
+    if a.ndim < 3:
+        return a
+    positions = int(np.prod(a.shape[1:-1]))
+    idx = sample_position_indices(positions, a.shape[-1], examples)
+    if idx is None:
+        return a
+    return a.reshape(a.shape[0], positions, a.shape[-1])[:, idx, :]
+
+
 def _finite(a):
     a = np.asarray(a, dtype=np.float64)
     mask = np.isfinite(a)

@@ -166,3 +166,81 @@ def test_non_finite_values_are_counted_not_raised(tmp_path):
     assert np.isfinite(hidden["grad_norm"])  # norms cover the finite entries
     assert np.isnan(glob["loss"]) and np.sum(~np.isfinite(model.get_layer("hidden").get_weights()[0])) > 0
     assert sorted(steps) == [0, 1]
+
+
+def test_samples_are_fixed_blocks_and_positions():
+    # The reference sample itself: fixed, spread over the tensor, exact below the cap.
+    assert stats.sample(np.arange(stats.SAMPLE_ELEMENTS))[1] == 1.0
+    n = 2304 * 512
+    part, scale = stats.sample(np.arange(n))
+    assert part.size == stats.SAMPLE_ELEMENTS and scale == n / stats.SAMPLE_ELEMENTS
+    blocks = part.reshape(-1, stats.SAMPLE_BLOCK)
+    assert np.all(np.diff(blocks, axis=1) == 1)  # consecutive entries within a block
+    starts = blocks[:, 0]
+    assert np.all(starts % stats.SAMPLE_BLOCK == 0) and np.all(np.diff(starts) > 0)
+    assert starts[0] < n // 10 and starts[-1] > n - n // 10  # spread over the whole tensor
+    # Both halves of every 512-wide row are reached (no stride aliasing with the layout).
+    assert set((starts // stats.SAMPLE_BLOCK) % 2) == {0, 1}
+    assert np.array_equal(stats.sample_block_indices(n), stats.sample_block_indices(n))
+    a = np.random.default_rng(0).normal(size=(16, 32, 32, 8))
+    kept = stats.activation_sample(a, 8)
+    assert kept.shape[0] == 8 and kept.shape[-1] == 8 and kept.size <= stats.SAMPLE_ELEMENTS
+    assert stats.activation_sample(a[:, :4, :4], 8).shape == (8, 4, 4, 8)  # small: whole output
+
+
+@pytest.mark.slow
+def test_large_tensors_match_the_sampled_reference(tmp_path):
+    """A conv output and a kernel above SAMPLE_ELEMENTS: logged values equal
+    the numpy reference on the same sample (and norms stay exact)."""
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((16, 16, 3))
+    conv = keras.layers.Conv2D(64, 3, padding="same", activation="relu", name="conv")(inp)
+    flat = keras.layers.Flatten()(conv)
+    out = keras.layers.Dense(8, activation="softmax", name="head")(flat)
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy")
+    kernel, bias = model.get_layer("conv").get_weights()
+    bias[:8] = -100.0  # 8 of 64 channels never fire: 1/8 of the head's kernel gets zero gradients
+    model.get_layer("conv").set_weights([kernel, bias])
+    names = ("conv", "head")
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(BATCH, 16, 16, 3)).astype("float32")
+    y = rng.integers(0, 8, BATCH)
+    assert model.get_layer("head").kernel.shape.num_elements() > stats.SAMPLE_ELEMENTS
+    assert 8 * 16 * 16 * 64 > stats.SAMPLE_ELEMENTS
+
+    probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
+    with tf.GradientTape() as tape:
+        acts = probe(x, training=True)
+        loss = keras.losses.SparseCategoricalCrossentropy()(y, acts[-1])
+    grads = dict(zip([v.path for v in model.trainable_variables],
+                     tape.gradient(loss, model.trainable_variables)))
+    before = {n: [np.array(w) for w in model.get_layer(n).get_weights()] for n in names}
+    cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=0, detectors=None)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+    cb.close()
+    after = {n: model.get_layer(n).get_weights() for n in names}
+
+    logged, _, steps, meta = layer_table(str(tmp_path))
+    matrix, _ = steps[0]
+    for i, name in enumerate(names):
+        row = dict(zip(fmt.LAYER_STATS, matrix[i]))
+        layer_grads = [np.asarray(g) for p, g in grads.items() if p.split("/")[0] == name]
+        expected = dict(stats.gradient_stats(layer_grads))
+        expected.update(stats.weight_stats(before[name], after[name]))
+        sample = stats.activation_sample(np.asarray(acts[i]), 8)
+        expected.update(stats.activation_stats(sample, meta["layers"][i].bounds))
+        expected["dead_frac"] = stats.dead_fraction(sample)
+        for key, value in expected.items():
+            if np.isnan(value):
+                assert np.isnan(row[key]), (name, key)
+            else:
+                close(row[key], value, "%s/%s" % (name, key))
+    # Norms cover every entry, not the sample.
+    head = dict(zip(fmt.LAYER_STATS, matrix[1]))
+    full_norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for p, g in grads.items()
+                            if p.startswith("head")))
+    close(head["grad_norm"], full_norm, "head grad_norm over every entry")
+    # ReLU zeros in the conv output leave zero rows in the head's kernel
+    # gradient: the sampled count is compared on real zeros, not 0 vs 0.
+    assert 0.06 < head["grad_zero_frac"] < 0.2
