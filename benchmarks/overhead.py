@@ -2,20 +2,20 @@
 
 Trains one benchmark CNN (conv + dense layers, batch 64) three ways in ONE
 process, interleaving the variants round by round so that machine noise hits
-all of them alike:
+all of them alike, with `--instances` models per variant:
 
   plain      model.fit
   health     model.fit + HealthCallback (statistics every batch)
   keras_tb   model.fit + keras.callbacks.TensorBoard(histogram_freq=1, update_freq="batch")
 
 Each variant's time per step is measured from the start to the end of
-training inside each fit call (wall clock and process CPU time); prints the median over rounds of each,
-the ratios to plain, and the bytes the HealthCallback wrote per monitored
-layer per step. The last line (ratios of the median wall times) reads:
+training inside each fit call (wall clock and process CPU time); prints the
+median over rounds and instances of each, the ratios to plain, and the bytes
+the HealthCallback wrote per monitored layer per step. The last line (ratios of the median wall times) reads:
 
   health_callback_vs_plain=R1 keras_tensorboard_vs_plain=R2 bytes_per_layer_step=B
 
-Usage: python benchmarks/overhead.py [--rounds 9] [--steps 50] [--model cifar|small] [--jit]
+Usage: python benchmarks/overhead.py [--rounds 7] [--steps 50] [--instances 2] [--model cifar|small] [--jit]
 """
 
 import argparse
@@ -104,8 +104,9 @@ def dir_bytes(path):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=9)
+    parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=50, help="batches per timed fit call")
+    parser.add_argument("--instances", type=int, default=2, help="models per variant")
     parser.add_argument("--jit", action="store_true", help="compile the train step with XLA")
     parser.add_argument("--model", choices=("cifar", "small"), default="cifar",
                         help="benchmark CNN (default: cifar, the classic Keras CIFAR-10 example)")
@@ -117,36 +118,43 @@ def main(argv=None):
     x = np.random.rand(n, 32, 32, 3).astype("float32")
     y = np.random.randint(0, 10, n)
     tmp = tempfile.mkdtemp(prefix="th-bench-")
-    health_dir = os.path.join(tmp, "health")
-    health = HealthCallback(health_dir, histogram_every=100)
-    variants = {
-        "plain": (make_model(args.jit, args.model), []),
-        "health": (make_model(args.jit, args.model), [health]),
-        "keras_tb": (make_model(args.jit, args.model), [keras.callbacks.TensorBoard(
-            os.path.join(tmp, "keras_tb"), histogram_freq=1, update_freq="batch")]),
-    }
-    for model, callbacks in variants.values():  # warm-up: tracing and first-epoch costs
+    # Several models per variant: two identical models can differ by a few %
+    # for their whole life (memory placement), which would otherwise be
+    # read as the cost of a callback.
+    variants = {"plain": [], "health": [], "keras_tb": []}
+    health_callbacks = []
+    for i in range(args.instances):
+        health = HealthCallback(os.path.join(tmp, "health_%d" % i), histogram_every=100)
+        health_callbacks.append(health)
+        variants["plain"].append((make_model(args.jit, args.model), []))
+        variants["health"].append((make_model(args.jit, args.model), [health]))
+        variants["keras_tb"].append((make_model(args.jit, args.model), [keras.callbacks.TensorBoard(
+            os.path.join(tmp, "keras_tb_%d" % i), histogram_freq=1, update_freq="batch")]))
+    runs = [(name, model, callbacks) for i in range(args.instances)
+            for name, instances in variants.items() for model, callbacks in [instances[i]]]
+    for _, model, callbacks in runs:  # warm-up: tracing and first-epoch costs
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
-    health._writer.flush()
-    bytes_before = dir_bytes(health_dir)
-    steps_before = health._flusher.last_step
+    for health in health_callbacks:
+        health._writer.flush()
+    bytes_before = sum(dir_bytes(h.logdir) for h in health_callbacks)
+    steps_before = sum(h._flusher.last_step for h in health_callbacks)
 
     timer = FitTimer()
     times = {name: [] for name in variants}
     cpu = {name: [] for name in variants}  # process CPU time: less sensitive to other load
     for r in range(args.rounds):
-        order = list(variants) if r % 2 == 0 else list(reversed(variants))
-        for name in order:
-            model, callbacks = variants[name]
+        for name, model, callbacks in (runs if r % 2 == 0 else list(reversed(runs))):
             model.fit(x, y, batch_size=batch, epochs=1, verbose=0,
                       callbacks=[timer.first] + callbacks + [timer.last])
             wall_ms, cpu_ms = timer.per_step_ms(args.steps)
             times[name].append(wall_ms)
             cpu[name].append(cpu_ms)
-    health._writer.flush()
-    logged_steps = health._flusher.last_step - steps_before
-    n_layers = len(health._program.layers)
-    bytes_per_layer_step = (dir_bytes(health_dir) - bytes_before) / (n_layers * logged_steps)
+    for health in health_callbacks:
+        health._writer.flush()
+    logged_steps = sum(h._flusher.last_step for h in health_callbacks) - steps_before
+    n_layers = len(health_callbacks[0]._program.layers)
+    bytes_written = sum(dir_bytes(h.logdir) for h in health_callbacks) - bytes_before
+    bytes_per_layer_step = bytes_written / (n_layers * logged_steps)
 
     med = {name: statistics.median(v) for name, v in times.items()}
     med_cpu = {name: statistics.median(v) for name, v in cpu.items()}
@@ -156,7 +164,8 @@ def main(argv=None):
     print("CPU-time ratios: health_callback_vs_plain=%.2f keras_tensorboard_vs_plain=%.2f"
           % (med_cpu["health"] / med_cpu["plain"], med_cpu["keras_tb"] / med_cpu["plain"]))
     print("monitored layers: %d, steps logged in timed rounds: %d" % (n_layers, logged_steps))
-    health.close()
+    for health in health_callbacks:
+        health.close()
     print("health_callback_vs_plain=%.2f keras_tensorboard_vs_plain=%.2f bytes_per_layer_step=%.0f"
           % (med["health"] / med["plain"], med["keras_tb"] / med["plain"], bytes_per_layer_step))
 
