@@ -218,10 +218,20 @@ def _bin_fractions(idx, weights, n):
 
 
 def gradient_histogram(grads):
+    """`training_health.stats.gradient_histogram`: over each tensor's sample,
+    every sampled entry weighted by its tensor's scale."""
     if not grads:
         return tf.fill([fmt.HIST_ROW], NAN)
-    flat = tf.concat([tf.reshape(_as_f32(g), [-1]) for g in grads], axis=0)
-    n = _size(flat)
+    parts, weights, sizes = [], [], []
+    for g in grads:
+        g = _as_f32(g)
+        part, scale = sample(g)
+        parts.append(part)
+        weights.append(tf.fill(tf.shape(part), scale))
+        sizes.append(_num_elements(g))
+    flat = tf.concat(parts, axis=0)
+    weight = tf.concat(weights, axis=0)
+    n = tf.maximum(tf.add_n(sizes), 1.0)
     mask = tf.math.is_finite(flat)
     is_zero = tf.equal(flat, 0.0)
     counted = tf.logical_and(mask, tf.logical_not(is_zero))
@@ -230,10 +240,11 @@ def gradient_histogram(grads):
     log10 = tf.math.log(safe) / tf.math.log(10.0)
     idx = tf.floor((log10 - lo) / (hi - lo) * fmt.HIST_BINS)
     idx = tf.cast(tf.clip_by_value(idx, 0.0, fmt.HIST_BINS - 1.0), tf.int32)
-    fractions = _bin_fractions(idx, tf.cast(counted, F32), n)
+    zero = tf.zeros_like(weight)
+    fractions = _bin_fractions(idx, tf.where(counted, weight, zero), n)
     head = tf.stack([
-        tf.reduce_sum(tf.cast(is_zero, F32)) / tf.maximum(n, 1.0),
-        tf.reduce_sum(tf.cast(tf.logical_not(mask), F32)) / tf.maximum(n, 1.0),
+        tf.reduce_sum(tf.where(is_zero, weight, zero)) / n,
+        tf.reduce_sum(tf.where(mask, zero, weight)) / n,
     ])
     return tf.concat([head, fractions], axis=0)
 

@@ -201,16 +201,25 @@ def input_stats(inputs):
 
 
 def gradient_histogram(grads):
-    """[zero_frac, nonfinite_frac, fractions over HIST_BINS bins of log10|g|] (zeros excluded from bins)."""
-    flat = np.concatenate([np.asarray(g, dtype=np.float64).reshape(-1) for g in grads])
-    n = flat.size
-    mask = np.isfinite(flat)
-    nonzero = flat[mask & (flat != 0)]
+    """[zero_frac, nonfinite_frac, fractions over HIST_BINS bins of log10|g|] (zeros excluded from bins).
+
+    Over each tensor's `sample`, every sampled entry counting for `scale` entries.
+    """
     lo, hi = fmt.GRAD_LOG10_RANGE
-    idx = np.floor((np.log10(np.abs(nonzero)) - lo) / (hi - lo) * fmt.HIST_BINS)
-    idx = np.clip(idx, 0, fmt.HIST_BINS - 1).astype(int)
-    counts = np.bincount(idx, minlength=fmt.HIST_BINS)
-    return np.concatenate([[np.mean(flat == 0), np.mean(~mask)], counts / n])
+    n, zeros, nonfinite = 0, 0.0, 0.0
+    counts = np.zeros(fmt.HIST_BINS)
+    for g in grads:
+        flat = np.asarray(g, dtype=np.float64).reshape(-1)
+        n += flat.size
+        part, scale = sample(flat)
+        mask = np.isfinite(part)
+        zeros += np.sum(part == 0) * scale
+        nonfinite += np.sum(~mask) * scale
+        nonzero = part[mask & (part != 0)]
+        idx = np.floor((np.log10(np.abs(nonzero)) - lo) / (hi - lo) * fmt.HIST_BINS)
+        idx = np.clip(idx, 0, fmt.HIST_BINS - 1).astype(int)
+        counts += np.bincount(idx, minlength=fmt.HIST_BINS) * scale
+    return np.concatenate([[zeros / n, nonfinite / n], counts / n])
 
 
 def activation_histogram(a):

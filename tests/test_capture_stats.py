@@ -216,10 +216,11 @@ def test_large_tensors_match_the_sampled_reference(tmp_path):
     grads = dict(zip([v.path for v in model.trainable_variables],
                      tape.gradient(loss, model.trainable_variables)))
     before = {n: [np.array(w) for w in model.get_layer(n).get_weights()] for n in names}
-    cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=0, detectors=None)
+    cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=1, detectors=None)
     model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
     cb.close()
     after = {n: model.get_layer(n).get_weights() for n in names}
+    hist = read_run(str(tmp_path))[fmt.TAG_HISTOGRAMS][0][1]
 
     logged, _, steps, meta = layer_table(str(tmp_path))
     matrix, _ = steps[0]
@@ -231,6 +232,9 @@ def test_large_tensors_match_the_sampled_reference(tmp_path):
         sample = stats.activation_sample(np.asarray(acts[i]), 8)
         expected.update(stats.activation_stats(sample, meta["layers"][i].bounds))
         expected["dead_frac"] = stats.dead_fraction(sample)
+        close(hist[i, 0], stats.gradient_histogram(layer_grads), name + " grad hist")
+        close(hist[i, 1], stats.activation_histogram(sample), name + " act hist")
+        close(hist[i, 0].sum(), 1.0, name + " grad hist sums to 1")
         for key, value in expected.items():
             if np.isnan(value):
                 assert np.isnan(row[key]), (name, key)
