@@ -100,19 +100,20 @@ def gradient_stats(grads):
 def weight_snapshot(values):
     """What the weight statistics need of the weights before the step.
 
-    Returns one (sum of squares over the finite entries, flat sample,
-    scale) per tensor; the full tensors are read here only, so the
-    optimizer can update the variables in place afterwards.
+    Returns one (sum of squares over the finite entries of the sample,
+    scaled to the tensor; flat sample; scale) per tensor. Only the samples
+    are kept, so the optimizer can update the variables in place.
     """
-    values = [_as_f32(v) for v in values]
     if not values:
         return []
-    fast = [_sum_sq(v) for v in values]
+    parts = [sample(_as_f32(v)) for v in values]
+    fast = [_sum_sq(part) * scale for part, scale in parts]
     sq = tf.cond(tf.reduce_all(tf.math.is_finite(tf.stack(fast))), lambda: fast,
-                 lambda: [tf.reduce_sum(tf.square(_finite_parts(v)[0])) for v in values])
+                 lambda: [tf.reduce_sum(tf.square(_finite_parts(part)[0])) * scale
+                          for part, scale in parts])
     if not isinstance(sq, (list, tuple)):
         sq = [sq]
-    return [(q,) + sample(v) for q, v in zip(sq, values)]
+    return [(q, part, scale) for q, (part, scale) in zip(sq, parts)]
 
 
 def weight_stats(before, after):

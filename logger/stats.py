@@ -11,15 +11,16 @@ other on the same batch. Conventions shared by both:
   is <= 0 for every example and every other position of the batch.
 * Statistics that do not apply are NaN (no weights -> no gradient stats,
   unbounded activation -> no saturation fraction).
-* Norms and non-finite counts always cover every entry. The per-entry
+* Gradient norms and non-finite counts always cover every entry. The other
   statistics of a weight or gradient tensor with more than
-  `SAMPLE_ELEMENTS` entries (max |g|, the fraction of zeros, ||dW||) are
-  taken over a fixed sample of it: `SAMPLE_ELEMENTS // SAMPLE_BLOCK` blocks
+  `SAMPLE_ELEMENTS` entries (max |g|, the fraction of zeros, ||W||,
+  ||dW||) are taken over a fixed sample of it: `SAMPLE_ELEMENTS // SAMPLE_BLOCK` blocks
   of `SAMPLE_BLOCK` consecutive entries, at positions drawn once per tensor
   size (`sample`). Counts and sums over the sample are scaled up by
   n / sample size. On a CPU each extra pass over a large kernel costs about
   as much as the optimizer's own arithmetic on it; the sample keeps the
-  step's overhead small while estimating fractions to within about +-0.01.
+  step's overhead small while estimating fractions to within about +-0.01
+  and norms to within about 1%.
 """
 
 import numpy as np
@@ -124,10 +125,10 @@ def weight_stats(before, after):
         return dict(weight_norm=np.nan, update_ratio=np.nan)
     sq_before, sq_update = 0.0, 0.0
     for b, a in zip(before, after):
-        b, fb = _finite(b)
-        sq_before += np.sum(b[fb] ** 2)
-        (sb, scale), (sa, _) = sample(b), sample(np.asarray(a, dtype=np.float64))
-        both = np.isfinite(sb) & np.isfinite(sa)
+        (sb, scale), (sa, _) = sample(np.asarray(b, dtype=np.float64)), sample(np.asarray(a, dtype=np.float64))
+        fb = np.isfinite(sb)
+        sq_before += np.sum(sb[fb] ** 2) * scale
+        both = fb & np.isfinite(sa)
         sq_update += np.sum((sa[both] - sb[both]) ** 2) * scale
     norm_before = np.sqrt(sq_before)
     return dict(
