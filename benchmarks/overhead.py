@@ -130,8 +130,7 @@ def main(argv=None):
         variants["health"].append((make_model(args.jit, args.model), [health]))
         variants["keras_tb"].append((make_model(args.jit, args.model), [keras.callbacks.TensorBoard(
             os.path.join(tmp, "keras_tb_%d" % i), histogram_freq=1, update_freq="batch")]))
-    runs = [(name, model, callbacks) for i in range(args.instances)
-            for name, instances in variants.items() for model, callbacks in [instances[i]]]
+    runs = [(name, *instances[i]) for i in range(args.instances) for name, instances in variants.items()]
     for _, model, callbacks in runs:  # warm-up: tracing and first-epoch costs
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
     for health in health_callbacks:

@@ -205,13 +205,6 @@ def _gather(ctx, t):
     return out
 
 
-def _leading(t, k):
-    """The first k examples of a batch (all of it when smaller)."""
-    if getattr(t, "shape", None) is None or t.shape.rank in (None, 0):
-        return t
-    return t[:k]
-
-
 class DeviceProgram:
     """Device-side state and the per-step statistics op.
 
@@ -346,7 +339,7 @@ class DeviceProgram:
         if self.activation_examples:
             k = self.activation_examples
             rec.activations = {i: ts.activation_sample(a, k) for i, a in rec.activations.items()}
-            inputs = [_leading(x, k) for x in inputs]
+            inputs = [ts.leading(x, k) for x in inputs]
 
         metric_parts, metric_updates = [], []
         for name, metric in self.metrics:

@@ -47,12 +47,21 @@ def sample(x):
     return tf.reshape(tf.gather(blocks, tf.constant(idx, tf.int32)), [-1]), n / float(_ref.SAMPLE_ELEMENTS)
 
 
+def leading(t, k):
+    """The first k examples of a batch (all of it when smaller)."""
+    if getattr(t, "shape", None) is None or t.shape.rank in (None, 0):
+        return t
+    return t[:k]
+
+
 def activation_sample(a, examples):
     """`training_health.stats.activation_sample` in the step (a slice and, for
     a large output, one gather of the kept positions)."""
-    if examples is None or getattr(a, "shape", None) is None or a.shape.rank in (None, 0):
+    if examples is None:
         return a
-    a = a[:examples]
+    a = leading(a, examples)
+    if getattr(a, "shape", None) is None or a.shape.rank in (None, 0):
+        return a
     shape = a.shape.as_list()
     if len(shape) < 3 or any(d is None for d in shape[1:]):
         return a
@@ -111,8 +120,6 @@ def weight_snapshot(values):
     sq = tf.cond(tf.reduce_all(tf.math.is_finite(tf.stack(fast))), lambda: fast,
                  lambda: [tf.reduce_sum(tf.square(_finite_parts(part)[0])) * scale
                           for part, scale in parts])
-    if not isinstance(sq, (list, tuple)):
-        sq = [sq]
     return [(q, part, scale) for q, (part, scale) in zip(sq, parts)]
 
 
