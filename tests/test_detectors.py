@@ -5,6 +5,7 @@ healthy streams (including the false-alarm traps) silent, episodes and clears.
 starting from healthy values; other test modules import them.
 """
 
+import collections
 import math
 
 import numpy as np
@@ -22,6 +23,7 @@ from training_health.detectors import (
     VanishingGradientsDetector,
     default_detectors,
 )
+from training_health.detectors.base import StepWindow, trim_window
 from training_health.records import KINDS, LayerInfo, StepStats
 
 LAYERS = (
@@ -482,3 +484,29 @@ def test_start_from_step_delays_alerts():
     steps = stream(200, layer_fn=lambda s: {"hidden": {"act_saturated_frac": 0.95}})
     alerts = run(SaturationDetector(start_from_step=120), steps)
     assert [a.step for a in alerts] == [120]
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_step_window_keeps_what_trim_window_keeps(seed):
+    # StepWindow (arrays, for column-wise detectors) and trim_window (a
+    # deque) must agree on every step: same rows kept, same verdict.
+    rng = np.random.default_rng(seed)
+    window, min_observations = int(rng.integers(5, 40)), int(rng.integers(1, 8))
+    rows = StepWindow(2)
+    history = collections.deque()
+    step = 0
+    for _ in range(400):
+        step += int(rng.integers(1, 4))
+        row = rng.normal(size=2)
+        rows.append(step, row)
+        history.append((step, *row))
+        assert rows.trim(step, window, min_observations) == trim_window(
+            history, step, window, min_observations)
+        assert rows.first_step() == history[0][0]
+        np.testing.assert_array_equal(rows.values(), np.array([h[1:] for h in history]))
+    rows.drop_before(step - 3)
+    assert rows.first_step() >= step - 3 and len(rows) >= 1
+    rows.add_column(fill=7.0)
+    assert rows.values().shape[1] == 3 and np.all(rows.values()[:, 2] == 7.0)
+    rows.clear()
+    assert len(rows) == 0

@@ -139,6 +139,19 @@ def test_float64_input_is_stored_as_float32():
     assert event.step == 3
 
 
+@pytest.mark.parametrize("value", [
+    np.float32(3.5), 2.0, np.zeros((0,)), np.arange(84, dtype=np.float64).reshape(6, 14),
+    np.array([[1, 2]], np.int64), np.arange(24, dtype=np.float32).reshape(2, 4, 3)[:, ::2],
+    np.array([np.nan, np.inf, -0.0], np.float32), np.array([b"{}", b"[]"], dtype=object),
+])
+def test_tensor_value_is_what_tensorboard_would_write(value):
+    # the direct float32 path must give exactly the bytes of TensorBoard's own builder
+    array = np.asarray(value)
+    expected = tensor_util.make_tensor_proto(
+        array.astype(np.float32) if array.dtype.kind in "fiub" else array)
+    assert fmt.tensor_value(value).SerializeToString() == expected.SerializeToString()
+
+
 def _content(body):
     return json.dumps(body).encode("utf-8")
 

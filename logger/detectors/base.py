@@ -20,6 +20,8 @@ measured in steps (batches), not in observations.
 import dataclasses
 import math
 
+import numpy as np
+
 from training_health.records import Alert
 
 
@@ -217,6 +219,71 @@ def trim_window(history, step, window, min_observations):
         return False
     spacing = history[-1][0] - history[-2][0] if len(history) > 1 else 0
     return step - history[0][0] >= window - spacing
+
+
+class StepWindow:
+    """The rows of the latest steps as one float64 array (what `trim_window`
+    does for a deque, for detectors that compute over whole columns).
+
+    Rows are appended at the end and dropped from the front; both are
+    amortized O(1), and `values()` is a view, not a copy.
+
+    Args:
+        width: number of values per row.
+    """
+
+    def __init__(self, width):
+        self.width = int(width)
+        self.clear()
+
+    def clear(self):
+        self._steps = np.zeros(64, np.int64)
+        self._values = np.zeros((64, self.width), np.float64)
+        self._start = self._end = 0
+
+    def __len__(self):
+        return self._end - self._start
+
+    def append(self, step, row):
+        if self._end == len(self._steps):
+            n = len(self)
+            capacity = max(64, 2 * n)
+            steps = np.zeros(capacity, np.int64)
+            values = np.zeros((capacity, self.width), np.float64)
+            steps[:n] = self._steps[self._start:self._end]
+            values[:n] = self._values[self._start:self._end]
+            self._steps, self._values, self._start, self._end = steps, values, 0, n
+        self._steps[self._end] = step
+        self._values[self._end] = row
+        self._end += 1
+
+    def add_column(self, fill=float("nan")):
+        """Widens every row by one value (`fill` for the rows already held)."""
+        column = np.full((len(self._steps), 1), fill, np.float64)
+        self._values = np.concatenate([self._values, column], axis=1)
+        self.width += 1
+
+    def trim(self, step, window, min_observations):
+        """`trim_window` on these rows: True when what is left can be judged."""
+        steps = self._steps
+        while self._end - self._start > min_observations and steps[self._start + 1] <= step - window:
+            self._start += 1
+        n = len(self)
+        if n < min_observations:
+            return False
+        spacing = int(steps[self._end - 1] - steps[self._end - 2]) if n > 1 else 0
+        return step - int(steps[self._start]) >= window - spacing
+
+    def drop_before(self, step):
+        """Drops the rows of steps before `step`."""
+        self._start += int(np.searchsorted(self._steps[self._start:self._end], step))
+
+    def first_step(self):
+        return int(self._steps[self._start])
+
+    def values(self):
+        """[rows, width] view of the rows held, oldest first."""
+        return self._values[self._start:self._end]
 
 
 def finite(x):

@@ -1,28 +1,28 @@
 """stalled: loss and metrics not improving while the weights barely change."""
 
-import collections
-import math
-
 import numpy as np
 
 from training_health import hints
 from training_health.detectors.base import (
-    MODEL, Detector, Finding, check_float, check_int, finite, trim_window, weighted_rows)
+    MODEL, Detector, Finding, StepWindow, check_float, check_int, finite, weighted_rows)
 from training_health.format import GLOBAL_STATS
 
 
-def _halves_differ(values, min_delta):
-    """Whether the mean of the second half differs from the first half's.
+def _halves_differ(values, min_delta, improved_only=False):
+    """Per column of `values` [steps, columns]: whether the mean of the later
+    half of the steps differs from the earlier half's.
 
-    The difference must exceed `min_delta` and two standard errors of the
-    difference, so batch-to-batch noise does not count as change.
+    The difference must exceed `min_delta` (a number or one per column) and
+    two standard errors of the difference, so batch-to-batch noise does not
+    count as change. With `improved_only`, only a decrease counts.
     """
-    values = np.asarray(values, dtype=np.float64)
     half = len(values) // 2
     a, b = values[:half], values[half:]
-    diff = abs(a.mean() - b.mean())
-    se = math.sqrt(a.var() / max(len(a), 1) + b.var() / max(len(b), 1))
-    return diff > max(min_delta, 2.0 * se)
+    diff = a.mean(axis=0) - b.mean(axis=0)
+    if not improved_only:
+        diff = np.abs(diff)
+    se = np.sqrt(a.var(axis=0) / max(len(a), 1) + b.var(axis=0) / max(len(b), 1))
+    return diff > np.maximum(min_delta, 2.0 * se)
 
 
 class StalledDetector(Detector):
@@ -82,8 +82,20 @@ class StalledDetector(Detector):
         self._reset_state()
 
     def _reset_state(self):
-        self._history = collections.deque()
+        # Per logged step: loss, learning rate (NaN: unknown), then one
+        # column per compiled metric (NaN: not finite or not logged).
+        self._steps = StepWindow(2)
+        self._metric_names = []
+        self._last_metrics = {}
+        # Per logged step of the current layer set: update ratios, then
+        # zero-gradient flags, of the layers with weights.
+        self._names = None
+        self._layers = StepWindow(0)
         self._open_finding = None
+
+    def _clear(self):
+        self._steps.clear()
+        self._layers.clear()
 
     @staticmethod
     def _weights_entry(stats):
@@ -102,106 +114,106 @@ class StalledDetector(Detector):
         ratios[~np.isfinite(ratios)] = np.nan
         return names, ratios, zero
 
+    def _append(self, step, loss, lr, metrics, stats):
+        for name in metrics:
+            if name not in self._metric_names:
+                self._metric_names.append(name)
+                self._steps.add_column()
+        nan = float("nan")
+        self._steps.append(step, [loss, lr if finite(lr) else nan]
+                           + [metrics.get(name, nan) for name in self._metric_names])
+        self._last_metrics = metrics
+        names, ratios, zero = self._weights_entry(stats)
+        if names != self._names:
+            # a new set of layers: their tables start over (loss and metrics do not)
+            self._names = names
+            self._layers = StepWindow(2 * len(names))
+        self._layers.append(step, np.concatenate([ratios, zero]))
+
     def _evaluate(self, step, stats):
         g = stats.global_values
         loss = g.get("loss")
         if loss is None or not finite(loss):
-            self._history.clear()  # nan_inf speaks for non-finite losses
+            self._clear()  # nan_inf speaks for non-finite losses
             return {}
         metrics = {k: float(v) for k, v in g.items()
                    if k not in _NOT_METRICS and finite(v)}
-        lr = g.get("learning_rate")
-        names, ratios, zero = self._weights_entry(stats)
-        self._history.append((step, float(loss), metrics, ratios,
-                              float(lr) if finite(lr) else None, zero, names))
-        if not trim_window(self._history, step, self.window, self.min_window_observations):
+        self._append(step, float(loss), g.get("learning_rate"), metrics, stats)
+        if not self._steps.trim(step, self.window, self.min_window_observations):
             return {}
-        losses = [h[1] for h in self._history]
-        mean_loss = float(np.mean(losses))
+        self._layers.drop_before(self._steps.first_step())
+        rows = self._steps.values()
+        losses = rows[:, 0]
+        mean_loss = float(losses.mean())
         if mean_loss <= self.converged_loss:
             return {MODEL: None}
         track = self._tracks.get(MODEL)
         if track is not None and track.open:
             # an open stall lasts while the weights stand still: batch noise
             # in the loss or metrics must not close and reopen it
-            return {MODEL: None if self._stillness() is None else self._open_finding}
-        half = len(losses) // 2
-        improved = (np.mean(losses[:half]) - np.mean(losses[half:])
-                    > max(self.min_delta * abs(mean_loss), 2.0 * _se(losses, half)))
-        if improved:
+            return {MODEL: None if self._stillness(rows) is None else self._open_finding}
+        if _halves_differ(losses[:, None], self.min_delta * abs(mean_loss), improved_only=True)[0]:
             return {MODEL: None}
-        for name in self._history[-1][2]:
-            series = [h[2].get(name) for h in self._history]
-            if any(v is None for v in series):
-                continue
-            if _halves_differ(series, self.min_delta * max(abs(float(np.mean(series))), 1e-12)):
+        # every compiled metric logged on every step of the window
+        series = rows[:, 2:]
+        series = series[:, ~np.isnan(series).any(axis=0)]
+        if series.shape[1]:
+            min_delta = self.min_delta * np.maximum(np.abs(series.mean(axis=0)), 1e-12)
+            if _halves_differ(series, min_delta).any():
                 return {MODEL: None}
-        still = self._stillness()
+        still = self._stillness(rows)
         if still is None:
             return {MODEL: None}
         reason, certain = still
         metric_text = "".join(
-            ", %s %.4g" % (k, v) for k, v in list(self._history[-1][2].items())[:2])
+            ", %s %.4g" % (k, v) for k, v in list(self._last_metrics.items())[:2])
+        first = self._steps.first_step()
         self._open_finding = Finding(
             "critical" if certain else "warning",
             "loss %.4g has not improved over the last %d steps (from step %d)%s; %s"
-            % (losses[-1], step - self._history[0][0], self._history[0][0], metric_text, reason),
+            % (losses[-1], step - first, first, metric_text, reason),
             hints.hint_for(self.kind, stats),
         )
         return {MODEL: self._open_finding}
 
-    def _layer_table(self, column):
-        """[steps, layers] array of entry `column` over the window's steps that
-        monitor the same layers as the newest one, and those layers' names."""
-        names = self._history[-1][6]
-        rows = [h[column] for h in self._history if h[6] == names]
-        if not names or not rows:
-            return None, names
-        return np.stack(rows), names
-
-    def _cut_layers(self):
-        """Layers whose gradient was exactly 0 on at least `cut_fraction` of the window.
-
-        A layer behind dead ReLUs may get a gradient from a rare example now
-        and then (a spark in one batch of twenty) and still learn nothing.
-        """
-        zero, names = self._layer_table(5)
-        if zero is None:
-            return []
-        share = zero.mean(axis=0)
-        return [name for name, f in zip(names, share) if f >= self.cut_fraction]
-
-    def _stillness(self):
+    def _stillness(self, rows):
         """(why the weights count as standing still, certain?) or None if they move."""
-        lrs = [h[4] for h in self._history]
-        if lrs and all(lr == 0 for lr in lrs):
+        if np.all(rows[:, 1] == 0):
             return "the learning rate is 0", True
-        losses = [h[1] for h in self._history]
-        if max(losses) - min(losses) <= 1e-7 * max(abs(losses[0]), 1e-12):
+        losses = rows[:, 0]
+        if losses.max() - losses.min() <= 1e-7 * max(abs(losses[0]), 1e-12):
             return "the loss is exactly constant", True
-        cut = self._cut_layers()
+        n_layers = len(self._names)
+        table = self._layers.values()
+        if not n_layers or not len(table):
+            return None
+        ratios, zero = table[:, :n_layers], table[:, n_layers:]
+        # Layers whose gradient was exactly 0 on at least `cut_fraction` of
+        # the window: a layer behind dead ReLUs may get a gradient from a
+        # rare example now and then (a spark in one batch of twenty) and
+        # still learn nothing.
+        cut = [name for name, f in zip(self._names, zero.mean(axis=0)) if f >= self.cut_fraction]
         if cut:
             return ("no gradient reaches %s (exactly 0 on %d%%+ of the steps of the window)"
                     % (", ".join(cut[:3]), round(100 * self.cut_fraction)), True)
-        table, _ = self._layer_table(3)
-        if table is None or len(table) < self.min_window_observations // 2:
+        if len(table) < self.min_window_observations // 2:
             return None
-        measured = ~np.isnan(table)
+        measured = ~np.isnan(ratios)
         columns = measured.any(axis=0)
         if not columns.any():
             return None
         # a layer's median update ratio is below the bound when more than
         # half of its measured steps are (cheaper than a NaN-aware median)
         with np.errstate(invalid="ignore"):
-            below = np.sum((table < self.min_update_ratio) & measured, axis=0)
-            zero = np.sum((table == 0) & measured, axis=0)
+            below = np.sum((ratios < self.min_update_ratio) & measured, axis=0)
+            zero_update = np.sum((ratios == 0) & measured, axis=0)
         counts = measured.sum(axis=0)
         frozen_columns = columns & (2 * below > counts)
         n_layers = int(columns.sum())
         frozen = int(frozen_columns.sum())
         if frozen * 2 < n_layers:
             return None
-        if np.all(2 * zero[columns] > counts[columns]):
+        if np.all(2 * zero_update[columns] > counts[columns]):
             return ("the weights are not learning (no gradient or update in all %d layers)"
                     % n_layers, True)
         return ("%d of %d layers with weights are not learning (zero gradient or update "
@@ -211,8 +223,3 @@ class StalledDetector(Detector):
 
 _NOT_METRICS = frozenset(GLOBAL_STATS)
 
-
-def _se(values, half):
-    a = np.asarray(values[:half], dtype=np.float64)
-    b = np.asarray(values[half:], dtype=np.float64)
-    return math.sqrt(a.var() / max(len(a), 1) + b.var() / max(len(b), 1))
