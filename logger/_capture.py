@@ -402,11 +402,11 @@ class DeviceProgram:
             if self.every_n_batches == 1:
                 done = write_row()
             else:
-                done = tf.cond(tf.equal(step % self.every_n_batches, 0), write_row,
+                done = ts.cond(tf.equal(step % self.every_n_batches, 0), write_row,
                                lambda: self.count.read_value())
             ops = [done]
             if self.hist_slots:
-                ops.append(tf.cond(
+                ops.append(ts.cond(
                     tf.equal(step % self.histogram_every, 0),
                     lambda: self._write_histograms(rec, per_layer_grads, step),
                     lambda: self.hist_count.read_value(),
@@ -471,7 +471,7 @@ def _units_active(acts):
     keys = sorted(acts)
     peaks = [ts.units_peak(acts[i]) for i in keys]
     finite = tf.reduce_all(tf.math.is_finite(tf.concat(peaks, axis=0)))
-    active = tf.cond(finite, lambda: [p > 0 for p in peaks],
+    active = ts.cond(finite, lambda: [p > 0 for p in peaks],
                      lambda: [ts.units_active(acts[i]) for i in keys])
     return dict(zip(keys, active))
 
@@ -486,7 +486,7 @@ def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_
     args = (acts, actives, last_active, threshold, per_layer_grads, unowned_grads, before,
             after, inputs, loss, lr, metric_values, bounds)
     fast_row, probe = _fast_row(*args)
-    return tf.cond(tf.reduce_all(tf.math.is_finite(probe)), lambda: fast_row,
+    return ts.cond(tf.reduce_all(tf.math.is_finite(probe)), lambda: fast_row,
                    lambda: _careful_row(*args))
 
 
