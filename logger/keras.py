@@ -106,7 +106,7 @@ class HealthCallback(keras.callbacks.Callback):
             one small device-to-host copy. Defaults to 50.
         activation_examples: activation and input statistics (and dead
             units) are computed on the first this many examples of each
-            batch (and, of a feature map with more than 65,536 values in
+            batch (and, of a feature map with more than 16,384 values in
             them, on a fixed set of positions), which keeps their cost to a
             fraction of a step; None uses the whole batch. Gradient and
             weight statistics always cover the whole batch. Defaults to 8.
