@@ -383,7 +383,8 @@ class DeviceProgram:
             a = rec.activations[i]
             self.captured[i] = True
             self.units[i] = int(a.shape[-1]) if (a.shape.rank or 0) >= 2 and a.shape[-1] is not None else 1
-        active = _units_active({i: rec.activations[i] for i in captured})
+        # one compare-and-any per (sampled) output; exact with NaN entries
+        active = {i: ts.units_active(rec.activations[i]) for i in captured}
         activity_updates = []
         for i in captured:
             var = self._last_active_var(i, self.units[i])
@@ -461,19 +462,6 @@ class DeviceProgram:
         outputs = output_layers(self.output_model) if self.output_model is not None else set()
         return [layer_info(l, self.units[i], self.captured[i], id(l) in outputs)
                 for i, l in enumerate(self.layers)]
-
-
-def _units_active(acts):
-    """{layer index: bool [units]} from one pass per output (each unit's peak);
-    the careful comparison runs instead when a peak is not finite."""
-    if not acts:
-        return {}
-    keys = sorted(acts)
-    peaks = [ts.units_peak(acts[i]) for i in keys]
-    finite = tf.reduce_all(tf.math.is_finite(tf.concat(peaks, axis=0)))
-    active = ts.cond(finite, lambda: [p > 0 for p in peaks],
-                     lambda: [ts.units_active(acts[i]) for i in keys])
-    return dict(zip(keys, active))
 
 
 def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_grads, before,

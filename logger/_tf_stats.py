@@ -129,18 +129,14 @@ def gradient_stats(grads):
 def weight_snapshot(values):
     """What the weight statistics need of the weights before the step.
 
-    Returns one (sum of squares over the finite entries of the sample,
-    scaled to the tensor; flat sample; scale) per tensor. Only the samples
-    are kept, so the optimizer can update the variables in place.
+    Returns one (sum of squares of the sample, scaled to the tensor; flat
+    sample; scale) per tensor. Only the samples are kept, so the optimizer
+    can update the variables in place. A non-finite sum makes the step's
+    probe non-finite, and `weight_stats` then recomputes it over the finite
+    entries of the sample.
     """
-    if not values:
-        return []
     parts = [sample(_as_f32(v)) for v in values]
-    fast = [_sum_sq(part) * scale for part, scale in parts]
-    sq = cond(tf.reduce_all(tf.math.is_finite(tf.stack(fast))), lambda: fast,
-                 lambda: [tf.reduce_sum(tf.square(_finite_parts(part)[0])) * scale
-                          for part, scale in parts])
-    return [(q, part, scale) for q, (part, scale) in zip(sq, parts)]
+    return [(tf.nn.l2_loss(part) * (2.0 * scale), part, scale) for part, scale in parts]
 
 
 def weight_stats(before, after):
@@ -151,13 +147,14 @@ def weight_stats(before, after):
     """
     if not before:
         return dict(weight_norm=_nan(), update_ratio=_nan())
-    sq_update = []
+    sq_before, sq_update = [], []
     for (_, b, scale), a in zip(before, after):
         bf, bmask = _finite_parts(b)
         af, amask = _finite_parts(_as_f32(a))
         both = tf.logical_and(bmask, amask)
+        sq_before.append(tf.reduce_sum(tf.square(bf)) * scale)
         sq_update.append(tf.reduce_sum(tf.where(both, tf.square(af - bf), tf.zeros_like(af))) * scale)
-    norm_before = tf.sqrt(tf.add_n([q for q, _, _ in before]))
+    norm_before = tf.sqrt(tf.add_n(sq_before))
     update = tf.sqrt(tf.add_n(sq_update))
     ratio = tf.where(norm_before > 0, update / tf.maximum(norm_before, 1e-30), _nan())
     return dict(weight_norm=norm_before, update_ratio=ratio)
@@ -211,15 +208,6 @@ def _by_unit(a):
 def units_active(a):
     """bool [units]: the unit's output was > 0 somewhere in the batch."""
     return tf.reduce_any(_by_unit(a) > 0, axis=0)
-
-
-def units_peak(a):
-    """float [units]: each unit's largest output in the batch (one pass).
-
-    `units_peak(a) > 0` equals `units_active(a)` whenever the peaks are
-    finite (a NaN entry may or may not propagate into a peak; a finite peak
-    means it did not matter)."""
-    return tf.reduce_max(_by_unit(a), axis=0)
 
 
 def input_stats(inputs):
@@ -314,8 +302,18 @@ def _num_elements(x):
 
 
 def _per_layer(values, segments, n_layers, reduce=tf.math.unsorted_segment_sum):
-    """[V] per-tensor values -> [n_layers] per-layer totals (segment n_layers is dropped)."""
-    return reduce(tf.stack(values), tf.constant(segments, tf.int32), n_layers + 1)[:n_layers]
+    """[V] per-tensor values (a vector or a list of scalars) -> [n_layers]
+    per-layer totals (segment n_layers is dropped)."""
+    if isinstance(values, list):
+        values = tf.stack(values)
+    return reduce(values, tf.constant(segments, tf.int32), n_layers + 1)[:n_layers]
+
+
+def _sums_of_squares(tensors, scales=None):
+    """[V] vector of sum(t**2) (times scales[i]): one l2_loss kernel per
+    tensor, then one multiply for all of them."""
+    factors = [2.0 * s for s in scales] if scales is not None else [2.0] * len(tensors)
+    return tf.stack([tf.nn.l2_loss(t) for t in tensors]) * tf.constant(factors, F32)
 
 
 def _where_has(has, values):
@@ -343,13 +341,15 @@ def fast_gradient_columns(per_layer_grads, unowned_grads):
         return dict(grad_norm=nan, grad_max_abs=nan, grad_zero_frac=nan, grad_nonfinite=nan), \
             _nan(), tf.zeros([1], F32)
     grads = [_as_f32(g) for g in grads]
-    sq, mx, nonzero, n = [], [], [], []
+    signs, scales, mx, n = [], [], [], []
     for g in grads:
-        sq.append(_sum_sq(g))
         s, scale = sample(g)
         mx.append(tf.reduce_max(tf.abs(s)) if g.shape.num_elements() != 0 else tf.constant(0.0, F32))
-        nonzero.append(_sum_sq(tf.sign(s)) * scale)
+        signs.append(tf.sign(s))
+        scales.append(scale)
         n.append(_num_elements(g))
+    sq = _sums_of_squares(grads)
+    nonzero = _sums_of_squares(signs, scales)
     layer_sq = _per_layer(sq, segments, n_layers)
     layer_n = tf.maximum(_per_layer(n, segments, n_layers), 1.0)
     has = [bool(gs) for gs in per_layer_grads]
@@ -359,7 +359,7 @@ def fast_gradient_columns(per_layer_grads, unowned_grads):
         grad_zero_frac=_where_has(has, 1.0 - _per_layer(nonzero, segments, n_layers) / layer_n),
         grad_nonfinite=_where_has(has, tf.zeros([n_layers], F32)),
     )
-    total_sq = tf.add_n(sq)
+    total_sq = tf.reduce_sum(sq)
     return columns, tf.sqrt(total_sq), tf.reshape(total_sq, [1])
 
 
@@ -370,17 +370,18 @@ def fast_weight_columns(before, after):
     samples of its weights after the step (one pass over each sample).
     """
     n_layers = len(before)
-    sq, update, segments = [], [], []
+    sq, deltas, scales, segments = [], [], [], []
     for i, (bs, as_) in enumerate(zip(before, after)):
         for (q, b, scale), a in zip(bs, as_):
             sq.append(q)
-            update.append(_sum_sq(_as_f32(a) - b) * scale)
+            deltas.append(_as_f32(a) - b)
+            scales.append(scale)
             segments.append(i)
     if not sq:
         nan = tf.fill([n_layers], NAN)
         return dict(weight_norm=nan, update_ratio=nan), tf.zeros([1], F32)
     sq_before = _per_layer(sq, segments, n_layers)
-    sq_update = _per_layer(update, segments, n_layers)
+    sq_update = _per_layer(_sums_of_squares(deltas, scales), segments, n_layers)
     has = [bool(bs) for bs in before]
     norm = tf.sqrt(sq_before)
     ratio = tf.where(norm > 0, tf.sqrt(sq_update) / tf.maximum(norm, 1e-30), NAN)
@@ -422,7 +423,7 @@ def fast_activation_columns(acts, bounds):
         parts["mean"].append(mean)
         parts["ex2"].append(ex2)
         parts["example_std"].append(tf.where(batch >= 2, tf.reduce_mean(tf.sqrt(centred)), NAN))
-        parts["nonzero"].append(_sum_sq(tf.sign(a)))
+        parts["nonzero"].append(tf.nn.l2_loss(tf.sign(a)))  # half the count
         n = tf.maximum(_num_elements(a), 1.0)
         parts["n"].append(n)
         if b is not None:
@@ -438,7 +439,7 @@ def fast_activation_columns(acts, bounds):
         act_mean=v["mean"],
         act_std=tf.sqrt(tf.maximum(v["ex2"] - tf.square(v["mean"]), 0.0)),
         act_example_std=v["example_std"],
-        act_zero_frac=1.0 - v["nonzero"] / v["n"],
+        act_zero_frac=1.0 - 2.0 * v["nonzero"] / v["n"],
         act_saturated_frac=v["saturated"],
         act_nonfinite=_where_has([a is not None for a in acts], tf.zeros([n_layers], F32)),
     )
