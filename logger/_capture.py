@@ -246,7 +246,6 @@ class DeviceProgram:
                 self.hist = _variable(np.zeros(shape, np.float32), tf.float32, "th_hist")
                 self.hist_steps = _variable(np.zeros([self.hist_slots], np.int64), tf.int64, "th_hist_steps")
                 self.hist_count = _variable(0, tf.int64, "th_hist_count")
-        self._saved = None  # (sum of squares, sample, scale) variables of the weights
         self._last_active = {}  # layer index -> int64 [units] variable
         self._metric_prev = {}  # metric name -> (total, count) float32 variables
 
@@ -265,42 +264,10 @@ class DeviceProgram:
     def monitored_variables(self):
         return [v for layer in self.layers for v in layer.trainable_weights]
 
-    def save_weights(self):
-        """Stores what the weight statistics need of the monitored variables'
-        current values (their samples, see `training_health.stats.sample`),
-        eagerly. `record()` keeps the store current after every step; call
-        this when training starts (the weights may have been changed since).
-        """
-        snapshot = ts.weight_snapshot([v.value for v in self.monitored_variables()])
-        if self._saved is None:
-            self._saved = [(_variable(sq.numpy(), tf.float32, "th_saved_sq_%d" % i),
-                            _variable(part.numpy(), tf.float32, "th_saved_%d" % i), scale)
-                           for i, (sq, part, scale) in enumerate(snapshot)]
-            return
-        for (sq_var, part_var, _), (sq, part, _) in zip(self._saved, snapshot):
-            sq_var.assign(sq)
-            part_var.assign(part)
-
     def weights_before(self):
-        """`record()`'s `weights_before`: the stored samples of the weights as
-        the previous step left them (read them before the update).
-
-        Keeping the samples from the end of the previous step, rather than
-        reading every variable at the start of this one, keeps the step from
-        holding the weights' buffers across the optimizer's in-place update.
-        """
-        if self._saved is None:
-            with tf.init_scope():  # first trace: store the weights as they are
-                self.save_weights()
-        return [(sq.read_value(), part.read_value(), scale) for sq, part, scale in self._saved]
-
-    def _save_weights_after(self, after):
-        """Ops storing the samples `after` (of the weights after this step's update)."""
-        ops = []
-        for (sq_var, part_var, scale), part in zip(self._saved or [], after):
-            ops.append(sq_var.assign(tf.nn.l2_loss(part) * (2.0 * scale)))
-            ops.append(part_var.assign(part))
-        return ops
+        """`record()`'s `weights_before`: what the weight statistics need of the
+        monitored variables' current values (call it before the update)."""
+        return ts.weight_snapshot([v.value for v in self.monitored_variables()])
 
     def reset_metric_snapshots(self):
         """Call right after the model's metrics were reset (each epoch)."""
@@ -423,13 +390,9 @@ class DeviceProgram:
             var = self._last_active_var(i, self.units[i])
             activity_updates.append(var.assign(tf.where(active[i], step, var.read_value())))
 
-        # samples of the weights after the update: this step's statistics,
-        # and the next step's weights_before
-        weights_after = [ts.sample(ts._as_f32(v.value))[0] for v in self.monitored_variables()]
-
         def write_row():
             vec = self._row(rec, inputs, unowned_grads, per_layer_grads, weights_before,
-                            weights_after, metric_values, optimizer, step, active)
+                            metric_values, optimizer, step, active)
             slot = self.count % self.rows
             w1 = self.buffer.scatter_nd_update([[slot]], vec[None, :])
             w2 = self.row_steps.scatter_nd_update([[slot]], step[None])
@@ -449,12 +412,11 @@ class DeviceProgram:
                     lambda: self._write_histograms(rec, per_layer_grads, step),
                     lambda: self.hist_count.read_value(),
                 ))
-            ops.extend(self._save_weights_after(weights_after))
             with tf.control_dependencies(ops + metric_updates):
                 return self.step.assign_add(1)
 
     def _row(self, rec, inputs, unowned_grads, per_layer_grads, weights_before,
-             weights_after, metric_values, optimizer, step, active):
+             metric_values, optimizer, step, active):
         """Reads what the statistics need and computes the row vector."""
         nan = tf.constant(float("nan"), tf.float32)
         loss = ts._as_f32(rec.loss) if rec.loss is not None else nan
@@ -465,11 +427,12 @@ class DeviceProgram:
                 lr = tf.cast(tf.convert_to_tensor(optimizer.learning_rate), tf.float32)
             except (TypeError, ValueError, AttributeError):
                 lr = nan
-        before, after, offset = [], [], 0
+        weights_after = [[ts.sample(ts._as_f32(v.value))[0] for v in layer.trainable_weights]
+                         for layer in self.layers]
+        before, offset = [], 0
         for layer in self.layers:
             n = len(layer.trainable_weights)
             before.append(weights_before[offset: offset + n])
-            after.append(weights_after[offset: offset + n])
             offset += n
         acts = [rec.activations.get(i) for i in range(len(self.layers))]
         last_active = [self._last_active[i].read_value() if acts[i] is not None else None
@@ -479,7 +442,7 @@ class DeviceProgram:
         bounds = [layer_info(layer).bounds for layer in self.layers]
         return _row_values(
             acts, actives, last_active, threshold, list(per_layer_grads), unowned_grads,
-            before, after, inputs, loss, lr, list(metric_values), bounds)
+            before, weights_after, inputs, loss, lr, list(metric_values), bounds)
 
     def _write_histograms(self, rec, per_layer_grads, step):
         rows = []

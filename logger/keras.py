@@ -169,10 +169,6 @@ class HealthCallback(keras.callbacks.Callback):
             self._train_function = None
         if self._program is None and _is_built(model):
             self._build(model)
-        if self._program is not None:
-            # the weights may have been changed since the last step (loaded,
-            # set by hand): the first step compares with what they are now
-            self._program.save_weights()
         self._batches = 0
         self._last_batch = -1
         self._keras_train_function = model.train_function

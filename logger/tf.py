@@ -93,9 +93,15 @@ class HealthMonitor:
             every_n_batches, histogram_every, dead_window, buffer_rows, start,
             activation_examples=activation_examples, output_model=model,
         )
-        # The weights as they are now: the first record()'s "before"; each
-        # record() then keeps the stored samples current.
-        self._program.save_weights()
+        self._variables = self._program.monitored_variables()
+        # What the weight statistics need of the weights at the previous
+        # record(): each variable's sum of squares and its sample (see
+        # `training_health.stats.sample`), not a full copy.
+        self._snapshot = []
+        for i, (sq, part, scale) in enumerate(self._program.weights_before()):
+            self._snapshot.append((_capture._variable(sq.numpy(), tf.float32, "th_snapshot_sq_%d" % i),
+                                   _capture._variable(part.numpy(), tf.float32, "th_snapshot_%d" % i),
+                                   scale))
         self._pending = weakref.WeakKeyDictionary()
         self._pending_eager = None
         self._patches = _capture.Patches()
@@ -153,7 +159,14 @@ class HealthMonitor:
         rec.grads_and_vars = (grads, list(variables))
         rec.loss = loss
         flat_inputs = [t for t in tf.nest.flatten(inputs) if t is not None]
-        return self._program.record(rec, flat_inputs, self._program.weights_before(), self.optimizer)
+        before = [(sq.read_value(), part.read_value(), scale) for sq, part, scale in self._snapshot]
+        done = self._program.record(rec, flat_inputs, before, self.optimizer)
+        with tf.control_dependencies([done]):
+            now = self._program.weights_before()
+            updates = []
+            for (sq, part, _), (new_sq, new_part, _) in zip(self._snapshot, now):
+                updates.extend([sq.assign(new_sq), part.assign(new_part)])
+        return tf.group(*updates) if updates else done
 
     # -- host side -----------------------------------------------------------
     def _make_writer(self, layer_infos, metric_names):
