@@ -120,6 +120,27 @@ def test_every_statistic_matches_numpy_reference(tmp_path):
 
 
 @pytest.mark.slow
+def test_weights_set_between_fits_are_the_next_steps_starting_point(tmp_path):
+    # W_before is the weights as the step finds them, also right after the
+    # user changed them between two fits.
+    model = make_model()
+    cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=0, detectors=None)
+    (x0, y0), (x1, y1) = batches(2)
+    model.fit(x0, y0, batch_size=BATCH, verbose=0, callbacks=[cb])
+    hidden = model.get_layer("hidden")
+    changed = [w * 3.0 for w in hidden.get_weights()]
+    hidden.set_weights(changed)
+    model.fit(x1, y1, batch_size=BATCH, verbose=0, callbacks=[cb])
+    after = hidden.get_weights()
+    cb.close()
+    _, _, steps, _ = layer_table(str(tmp_path))
+    row = dict(zip(fmt.LAYER_STATS, steps[1][0][LAYERS.index("hidden")]))
+    expected = stats.weight_stats(changed, after)
+    close(row["weight_norm"], expected["weight_norm"], "weight_norm after set_weights")
+    close(row["update_ratio"], expected["update_ratio"], "update_ratio after set_weights")
+
+
+@pytest.mark.slow
 def test_histograms_match_reference(tmp_path):
     model, refs = run_steps(tmp_path, 1, activation_examples=None)
     hist = read_run(str(tmp_path))[fmt.TAG_HISTOGRAMS]
