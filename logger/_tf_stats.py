@@ -34,7 +34,10 @@ def cond(pred, true_fn, false_fn):
     if before is not None:
         for op in graph.get_operations()[before:]:
             if op.type in ("If", "StatelessIf"):
-                op._set_attr("_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False))
+                try:
+                    op._set_attr("_lower_using_switch_merge", attr_value_pb2.AttrValue(b=False))
+                except AttributeError:  # a TensorFlow without this hook: the lowered cond is correct too
+                    break
     return out
 
 

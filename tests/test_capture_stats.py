@@ -269,3 +269,20 @@ def test_large_tensors_match_the_sampled_reference(tmp_path):
     # ReLU zeros in the conv output leave zero rows in the head's kernel
     # gradient: the sampled count is compared on real zeros, not 0 vs 0.
     assert 0.06 < head["grad_zero_frac"] < 0.2
+
+
+def test_step_conds_run_only_the_branch_taken():
+    # The masking row and the histograms sit behind conds that must stay
+    # If ops (not lowered to Switch/Merge, whose dead branch the executor
+    # would walk every step); both branches still give the right values.
+    from training_health import _tf_stats as ts
+
+    @tf.function
+    def f(x):
+        return ts.cond(x > 0, lambda: x * 2.0, lambda: x - 1.0)
+
+    assert float(f(tf.constant(3.0))) == 6.0 and float(f(tf.constant(-3.0))) == -4.0
+    graph = f.get_concrete_function(tf.TensorSpec([], tf.float32)).graph
+    ifs = [op for op in graph.get_operations() if op.type in ("If", "StatelessIf")]
+    assert len(ifs) == 1
+    assert ifs[0].get_attr("_lower_using_switch_merge") is False
