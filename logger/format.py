@@ -167,9 +167,10 @@ def decode_alerts(array):
 def tensor_value(array):
     """A TensorProto for a value: float arrays become float32, text stays text."""
     array = np.asarray(array)
-    if array.dtype.kind not in "fiub" or array.ndim == 0:
-        return tensor_util.make_tensor_proto(
-            array.astype(np.float32) if array.dtype.kind in "fiub" else array)
+    if array.dtype.kind not in "fiub":
+        return tensor_util.make_tensor_proto(array)
+    if array.ndim == 0:
+        return tensor_util.make_tensor_proto(array.astype(np.float32))
     # What make_tensor_proto writes for a float32 array (raw little-endian
     # bytes in tensor_content), built directly: the logger writes two of
     # these per step and the general function costs ~10x more.

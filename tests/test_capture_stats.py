@@ -75,6 +75,15 @@ def close(actual, expected, name):
     np.testing.assert_allclose(actual, expected, rtol=2e-4, atol=1e-6, err_msg=name)
 
 
+def close_row(row, expected, label):
+    """Each expected statistic: NaN where the reference is NaN, else close."""
+    for key, value in expected.items():
+        if np.isnan(value):
+            assert np.isnan(row[key]), (label, key, row[key])
+        else:
+            close(row[key], value, "%s/%s" % (label, key))
+
+
 @pytest.mark.slow
 def test_every_statistic_matches_numpy_reference(tmp_path):
     model, refs = run_steps(tmp_path, 3, dead_window=2, activation_examples=None)
@@ -106,11 +115,7 @@ def test_every_statistic_matches_numpy_reference(tmp_path):
             expected["dead_frac"] = stats.dead_fraction(ref["acts"][i])
             window = [r["acts"][i] for r in refs[max(0, step - 1): step + 1]]
             expected["dead_frac_window"] = stats.dead_fraction_window(window)
-            for key in fmt.LAYER_STATS:
-                if np.isnan(expected[key]):
-                    assert np.isnan(row[key]), (name, key, row[key])
-                else:
-                    close(row[key], expected[key], "%s/%s step %d" % (name, key, step))
+            close_row(row, {k: expected[k] for k in fmt.LAYER_STATS}, "%s step %d" % (name, step))
 
     # The dead unit and the saturated sigmoid are really there, not zeros vs zeros.
     first = dict(zip(fmt.LAYER_STATS, steps[0][0][0]))
@@ -256,11 +261,7 @@ def test_large_tensors_match_the_sampled_reference(tmp_path):
         close(hist[i, 0], stats.gradient_histogram(layer_grads), name + " grad hist")
         close(hist[i, 1], stats.activation_histogram(sample), name + " act hist")
         close(hist[i, 0].sum(), 1.0, name + " grad hist sums to 1")
-        for key, value in expected.items():
-            if np.isnan(value):
-                assert np.isnan(row[key]), (name, key)
-            else:
-                close(row[key], value, "%s/%s" % (name, key))
+        close_row(row, expected, name)
     # Norms cover every entry, not the sample.
     head = dict(zip(fmt.LAYER_STATS, matrix[1]))
     full_norm = np.sqrt(sum(np.sum(np.asarray(g, np.float64) ** 2) for p, g in grads.items()
