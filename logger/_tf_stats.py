@@ -8,6 +8,11 @@ import numpy as np
 import tensorflow as tf
 from tensorflow.core.framework import attr_value_pb2
 
+try:  # whether the graph being traced is compiled by XLA (jit_compile=True)
+    from tensorflow.python.ops.control_flow_util import GraphOrParentsInXlaContext as _in_xla
+except ImportError:  # pragma: no cover - a TensorFlow without it: assume no XLA
+    _in_xla = None
+
 from training_health import format as fmt
 from training_health import stats as _ref
 
@@ -39,6 +44,19 @@ def cond(pred, true_fn, false_fn):
                 except AttributeError:  # a TensorFlow without this hook: the lowered cond is correct too
                     break
     return out
+
+
+def compiled_by_xla():
+    """Whether the step being traced is compiled by XLA (`jit_compile=True`).
+
+    XLA fuses the masking of non-finite entries into the pass each statistic
+    makes anyway, so a compiled step computes the masking statistics
+    directly; an op-by-op step computes the cheaper unmasked ones and masks
+    only when something was non-finite (see `_capture._row_values`).
+    """
+    if _in_xla is None or tf.executing_eagerly():
+        return False
+    return bool(_in_xla(tf.compat.v1.get_default_graph()))
 
 
 def _as_f32(x):

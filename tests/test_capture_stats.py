@@ -16,14 +16,15 @@ BATCH = 16
 LAYERS = ("hidden", "sig", "out")
 
 
-def make_model():
+def make_model(jit_compile=False):
     keras.utils.set_random_seed(1)
     inp = keras.Input((6,), name="x")
     h = keras.layers.Dense(5, activation="relu", name="hidden")(inp)
     s = keras.layers.Dense(4, activation="sigmoid", name="sig")(h)
     out = keras.layers.Dense(3, activation="softmax", name="out")(s)
     model = keras.Model(inp, out)
-    model.compile(keras.optimizers.SGD(0.5), "categorical_crossentropy", metrics=["accuracy"])
+    model.compile(keras.optimizers.SGD(0.5), "categorical_crossentropy", metrics=["accuracy"],
+                  jit_compile=jit_compile)
     hidden = model.get_layer("hidden")
     kernel, bias = hidden.get_weights()
     kernel[:, 0] = 0.01  # unit 0 never fires: a dead unit
@@ -58,8 +59,8 @@ def reference_step(model, x, y):
     return [np.asarray(a) for a in acts], float(loss), by_layer, before
 
 
-def run_steps(tmp_path, n_steps, **kwargs):
-    model = make_model()
+def run_steps(tmp_path, n_steps, jit_compile=False, **kwargs):
+    model = make_model(jit_compile)
     cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=1, detectors=None, **kwargs)
     refs = []
     for x, y in batches(n_steps):
@@ -85,8 +86,12 @@ def close_row(row, expected, label):
 
 
 @pytest.mark.slow
-def test_every_statistic_matches_numpy_reference(tmp_path):
-    model, refs = run_steps(tmp_path, 3, dead_window=2, activation_examples=None)
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["op-by-op", "xla"])
+def test_every_statistic_matches_numpy_reference(tmp_path, jit_compile):
+    # Under XLA the step computes the masking statistics directly; op by
+    # op, the unmasked ones (every entry here is finite).
+    model, refs = run_steps(tmp_path, 3, jit_compile, dead_window=2, activation_examples=None)
+    assert model.jit_compile is jit_compile
     names, global_names, steps, meta = layer_table(str(tmp_path))
     assert names == list(LAYERS)
     assert sorted(steps) == [0, 1, 2]
@@ -175,8 +180,9 @@ def test_activation_sample_uses_leading_examples(tmp_path):
 
 
 @pytest.mark.slow
-def test_non_finite_values_are_counted_not_raised(tmp_path):
-    model = make_model()
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["op-by-op", "xla"])
+def test_non_finite_values_are_counted_not_raised(tmp_path, jit_compile):
+    model = make_model(jit_compile)
     x, y = next(batches(1))
     x[0, 0] = np.nan
     x[1, 2] = np.inf
@@ -287,3 +293,20 @@ def test_step_conds_run_only_the_branch_taken():
     ifs = [op for op in graph.get_operations() if op.type in ("If", "StatelessIf")]
     assert len(ifs) == 1
     assert ifs[0].get_attr("_lower_using_switch_merge") is False
+
+
+def test_compiled_by_xla_tells_the_compiled_step_apart():
+    from training_health import _tf_stats as ts
+
+    seen = {}
+
+    def probe(name):
+        def f(x):
+            seen[name] = ts.compiled_by_xla()
+            return x + 1.0
+        return f
+
+    tf.function(probe("xla"), jit_compile=True)(tf.constant(1.0))
+    tf.function(probe("graph"))(tf.constant(1.0))
+    probe("eager")(tf.constant(1.0))
+    assert seen == {"xla": True, "graph": False, "eager": False}
