@@ -150,35 +150,16 @@ def gradient_stats(grads):
 def weight_snapshot(values):
     """What the weight statistics need of the weights before the step.
 
-    Returns one (sum of squares of the sample, scaled to the tensor; flat
-    sample; scale) per tensor. Only the samples are kept, so the optimizer
-    can update the variables in place. A non-finite sum makes the step's
-    probe non-finite, and `weight_stats` then recomputes it over the finite
-    entries of the sample.
+    Returns one (sum of squares of the sample's finite entries, scaled to
+    the tensor; flat sample; scale) per tensor. Only the samples are kept,
+    so the optimizer can update the variables in place.
     """
-    parts = [sample(_as_f32(v)) for v in values]
-    return [(tf.nn.l2_loss(part) * (2.0 * scale), part, scale) for part, scale in parts]
-
-
-def weight_stats(before, after):
-    """before: weight_snapshot() entries; after: flat samples of the weights after the step.
-
-    weight_norm: ||W|| at the start of the step; update_ratio:
-    ||W_after - W_before|| / ||W_before|| (over entries finite before and after).
-    """
-    if not before:
-        return dict(weight_norm=_nan(), update_ratio=_nan())
-    sq_before, sq_update = [], []
-    for (_, b, scale), a in zip(before, after):
-        bf, bmask = _finite_parts(b)
-        af, amask = _finite_parts(_as_f32(a))
-        both = tf.logical_and(bmask, amask)
-        sq_before.append(tf.reduce_sum(tf.square(bf)) * scale)
-        sq_update.append(tf.reduce_sum(tf.where(both, tf.square(af - bf), tf.zeros_like(af))) * scale)
-    norm_before = tf.sqrt(tf.add_n(sq_before))
-    update = tf.sqrt(tf.add_n(sq_update))
-    ratio = tf.where(norm_before > 0, update / tf.maximum(norm_before, 1e-30), _nan())
-    return dict(weight_norm=norm_before, update_ratio=ratio)
+    out = []
+    for v in values:
+        part, scale = sample(_as_f32(v))
+        finite_part = tf.where(tf.math.is_finite(part), part, 0.0)
+        out.append((tf.nn.l2_loss(finite_part) * (2.0 * scale), part, scale))
+    return out
 
 
 def activation_stats(a, bounds):
@@ -384,30 +365,33 @@ def fast_gradient_columns(per_layer_grads, unowned_grads):
     return columns, tf.sqrt(total_sq), tf.reshape(total_sq, [1])
 
 
-def fast_weight_columns(before, after):
-    """weight_norm (before the step) and update_ratio columns [L], and the probe.
+def weight_columns(before, after):
+    """weight_norm (before the step) and update_ratio columns [L].
 
     before[i]: the layer's weight_snapshot() entries; after[i]: the flat
-    samples of its weights after the step (one pass over each sample).
+    samples of its weights after the step. The norm covers the entries
+    finite before the step, the update the entries finite before and after
+    (where W_after - W_before is finite): masked here directly, the samples
+    are small and these columns are computed after the optimizer's update,
+    at the end of the step, where a conditional would wait.
     """
     n_layers = len(before)
     sq, deltas, scales, segments = [], [], [], []
     for i, (bs, as_) in enumerate(zip(before, after)):
         for (q, b, scale), a in zip(bs, as_):
+            delta = _as_f32(a) - b
             sq.append(q)
-            deltas.append(_as_f32(a) - b)
+            deltas.append(tf.where(tf.math.is_finite(delta), delta, 0.0))
             scales.append(scale)
             segments.append(i)
     if not sq:
         nan = tf.fill([n_layers], NAN)
-        return dict(weight_norm=nan, update_ratio=nan), tf.zeros([1], F32)
-    sq_before = _per_layer(sq, segments, n_layers)
+        return dict(weight_norm=nan, update_ratio=nan)
     sq_update = _per_layer(_sums_of_squares(deltas, scales), segments, n_layers)
     has = [bool(bs) for bs in before]
-    norm = tf.sqrt(sq_before)
+    norm = tf.sqrt(_per_layer(sq, segments, n_layers))
     ratio = tf.where(norm > 0, tf.sqrt(sq_update) / tf.maximum(norm, 1e-30), NAN)
-    columns = dict(weight_norm=_where_has(has, norm), update_ratio=_where_has(has, ratio))
-    return columns, tf.stack([tf.reduce_sum(sq_before), tf.reduce_sum(sq_update)])
+    return dict(weight_norm=_where_has(has, norm), update_ratio=_where_has(has, ratio))
 
 
 def fast_activation_columns(acts, bounds):

@@ -186,8 +186,9 @@ def test_non_finite_values_are_counted_not_raised(tmp_path, jit_compile):
     x, y = next(batches(1))
     x[0, 0] = np.nan
     x[1, 2] = np.inf
+    weights = WeightsAround("hidden")
     cb = HealthCallback(str(tmp_path), flush_every=1, detectors=None, activation_examples=None)
-    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[cb])
+    model.fit(x, y, batch_size=BATCH, epochs=2, verbose=0, callbacks=[cb, weights])
     cb.close()
     _, _, steps, _ = layer_table(str(tmp_path))
     matrix, glob = steps[0]
@@ -198,6 +199,28 @@ def test_non_finite_values_are_counted_not_raised(tmp_path, jit_compile):
     assert np.isfinite(hidden["grad_norm"])  # norms cover the finite entries
     assert np.isnan(glob["loss"]) and np.sum(~np.isfinite(model.get_layer("hidden").get_weights()[0])) > 0
     assert sorted(steps) == [0, 1]
+    # The weights turn non-finite in step 0 and start step 1 so: the norm and
+    # the update cover the entries finite before (and after) the step.
+    assert np.all(np.isfinite(weights.before[0][0])) and not np.all(np.isfinite(weights.after[0][0]))
+    for step in (0, 1):
+        row = dict(zip(fmt.LAYER_STATS, steps[step][0][0]))
+        expected = stats.weight_stats(weights.before[step], weights.after[step])
+        close_row(row, expected, "hidden weights, step %d" % step)
+    assert np.isfinite(dict(zip(fmt.LAYER_STATS, steps[0][0][0]))["update_ratio"])
+
+
+class WeightsAround(keras.callbacks.Callback):
+    """One layer's weights before and after each training batch."""
+
+    def __init__(self, layer):
+        super().__init__()
+        self.layer, self.before, self.after = layer, [], []
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self.before.append(self.model.get_layer(self.layer).get_weights())
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.after.append(self.model.get_layer(self.layer).get_weights())
 
 
 def test_samples_are_fixed_blocks_and_positions():
