@@ -223,6 +223,19 @@ class WeightsAround(keras.callbacks.Callback):
         self.after.append(self.model.get_layer(self.layer).get_weights())
 
 
+@pytest.mark.parametrize("shape", [(100,), (128, 128), (2304, 512), (3, 3, 64, 65), (40001,)])
+def test_step_sample_is_the_reference_sample(shape):
+    # Whole tensors up to the cap; beyond, the same blocks as the reference,
+    # whether or not the size is a multiple of the block.
+    from training_health import _tf_stats as ts
+
+    x = np.random.default_rng(3).normal(size=shape).astype("float32")
+    expected, expected_scale = stats.sample(x)
+    part, scale = tf.function(ts.sample)(tf.constant(x))
+    np.testing.assert_array_equal(part.numpy(), expected)
+    assert float(scale) == expected_scale
+
+
 def test_samples_are_fixed_blocks_and_positions():
     # The reference sample itself: fixed, spread over the tensor, exact below the cap.
     assert stats.sample(np.arange(stats.SAMPLE_ELEMENTS))[1] == 1.0
