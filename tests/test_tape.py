@@ -22,7 +22,7 @@ def setup(seed=0):
     return model, keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy()
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "tf.function"])
+@pytest.mark.parametrize("compiled", [False, True, "xla"], ids=["eager", "tf.function", "xla"])
 def test_tape_loop_matches_reference(tmp_path, compiled):
     model, opt, loss_fn = setup()
     monitor = HealthMonitor(str(tmp_path), model, opt, detectors=None, activation_examples=None)
@@ -35,7 +35,10 @@ def test_tape_loop_matches_reference(tmp_path, compiled):
         monitor.record(x, loss, grads)
         return loss
 
-    step_fn = tf.function(train_step) if compiled else train_step
+    if compiled == "xla":
+        step_fn = tf.function(train_step, jit_compile=True)
+    else:
+        step_fn = tf.function(train_step) if compiled else train_step
     rng = np.random.default_rng(0)
     probe = keras.Model(model.inputs, [model.get_layer("h").output])
     refs = []
