@@ -205,28 +205,13 @@ class Detector:
         )
 
 
-def trim_window(history, step, window, min_observations):
-    """Drops the oldest entries of `history` (a deque of tuples starting with
-    the step) that are not needed for a window of `window` steps ending at
-    `step` holding at least `min_observations` entries.
-
-    Returns True when what is left spans the window and has enough entries,
-    i.e. when a windowed condition can be judged.
-    """
-    while (len(history) > min_observations and history[1][0] <= step - window):
-        history.popleft()
-    if len(history) < min_observations:
-        return False
-    spacing = history[-1][0] - history[-2][0] if len(history) > 1 else 0
-    return step - history[0][0] >= window - spacing
-
-
 class StepWindow:
-    """The rows of the latest steps as one float64 array (what `trim_window`
-    does for a deque, for detectors that compute over whole columns).
+    """The rows of the latest steps of a windowed condition, as one float64
+    array (detectors compute over whole columns).
 
-    Rows are appended at the end and dropped from the front; both are
-    amortized O(1), and `values()` is a view, not a copy.
+    Rows are appended at the end and dropped from the front (`trim`,
+    `drop_before`); both are amortized O(1), and `values()` is a view, not
+    a copy.
 
     Args:
         width: number of values per row.
@@ -264,7 +249,13 @@ class StepWindow:
         self.width += 1
 
     def trim(self, step, window, min_observations):
-        """`trim_window` on these rows: True when what is left can be judged."""
+        """Drops the oldest rows that are not needed for a window of `window`
+        steps ending at `step` holding at least `min_observations` rows.
+
+        Returns True when what is left spans the window (to within the
+        spacing of the last two rows) and has enough rows, i.e. when a
+        windowed condition can be judged.
+        """
         steps = self._steps
         while self._end - self._start > min_observations and steps[self._start + 1] <= step - window:
             self._start += 1

@@ -1,13 +1,12 @@
 """oscillating_loss: the loss bounces up and down without progress."""
 
-import collections
 import statistics
 
 import numpy as np
 
 from training_health import hints
 from training_health.detectors.base import (
-    MODEL, Detector, Finding, check_float, check_int, finite, trim_window)
+    MODEL, Detector, Finding, StepWindow, check_float, check_int, finite)
 
 
 class OscillatingLossDetector(Detector):
@@ -69,7 +68,7 @@ class OscillatingLossDetector(Detector):
         self._reset_state()
 
     def _reset_state(self):
-        self._history = collections.deque()
+        self._history = StepWindow(2)  # loss, median update ratio (NaN: none)
         self._reference_values = []
         self._reference = None
         self._reference_end = None
@@ -86,16 +85,19 @@ class OscillatingLossDetector(Detector):
             if n >= self.reference_steps or (step - first >= self.reference_steps - 1 and n >= 5):
                 self._reference = float(np.median([v for _, v in self._reference_values]))
                 self._reference_end = step
-        self._history.append((step, loss, _median_update_ratio(stats)))
-        ready = trim_window(self._history, step, self.window, self.min_window_observations)
+        ratio = _median_update_ratio(stats)
+        self._history.append(step, (loss, float("nan") if ratio is None else ratio))
+        ready = self._history.trim(step, self.window, self.min_window_observations)
         if self._reference is None or not ready:
             return {}
-        if self._history[0][0] <= self._reference_end:
+        if self._history.first_step() <= self._reference_end:
             return {}  # the window must not overlap the reference
-        values = np.array([h[1] for h in self._history])
+        rows = self._history.values()
+        values = rows[:, 0]
         # statistics.median on these short lists: np.median costs ~5x more
         # and releases the GIL on every call, which a training loop feels
-        ratios = [h[2] for h in self._history if h[2] is not None]
+        ratios = rows[:, 1]
+        ratios = ratios[~np.isnan(ratios)].tolist()
         update = statistics.median(ratios) if ratios else None
         if update is not None and update < self.min_update_ratio:
             return {MODEL: None}

@@ -1,10 +1,8 @@
 """saturation: bounded activations pinned at their limits, or a constant output."""
 
-import collections
-
 from training_health import hints
 from training_health.detectors.base import (
-    Detector, Finding, check_float, finite, output_rows, trim_window)
+    Detector, Finding, StepWindow, check_float, finite, output_rows)
 
 HIDDEN_BOUNDED = ("sigmoid", "tanh", "hard_sigmoid", "hard_tanh", "hard_silu")
 OUTPUT_BOUNDED = ("sigmoid", "softmax", "tanh", "hard_sigmoid", "hard_tanh")
@@ -58,7 +56,7 @@ class SaturationDetector(Detector):
         self._reset_state()
 
     def _reset_state(self):
-        self._spreads = {}  # output layer name -> deque of (step, spread / scale)
+        self._spreads = {}  # output layer name -> StepWindow of spread / scale
 
     def _constant_answer(self, step, stats, row_index, spread):
         """A Finding when the output has not varied across examples over the window.
@@ -81,11 +79,13 @@ class SaturationDetector(Detector):
             scale = 1.0
         else:
             scale = abs(mean) if finite(mean) and mean != 0 else 1.0
-        history = self._spreads.setdefault(info.name, collections.deque())
-        history.append((step, spread / scale))
-        if not trim_window(history, step, self.patience, self.min_observations):
+        history = self._spreads.get(info.name)
+        if history is None:
+            history = self._spreads[info.name] = StepWindow(1)
+        history.append(step, (spread / scale,))
+        if not history.trim(step, self.patience, self.min_observations):
             return None
-        values = [v for _, v in history]
+        values = history.values()[:, 0].tolist()
         exact = sum(v <= self.constant_std for v in values)
         if exact * 2 < len(values) or max(values) > 1e-3:
             return None
@@ -93,7 +93,7 @@ class SaturationDetector(Detector):
             "critical",
             "output layer %s (%s) gives the same output for every example over the last "
             "%d steps (std across the batch at most %.1e of its range, mean output %.4g)"
-            % (info.name, info.activation or "linear", step - history[0][0], max(values),
+            % (info.name, info.activation or "linear", step - history.first_step(), max(values),
                mean),
             hints.hint_for(self.kind, stats, info.name),
             immediate=True,
