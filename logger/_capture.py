@@ -491,7 +491,7 @@ def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_
     return tf.concat([head, tf.reshape(table, [-1])], axis=0)
 
 
-_NO_INPUTS = ("input_mean", "input_std", "input_min", "input_max", "input_nonfinite")
+_NO_INPUTS = tuple(k for k in fmt.GLOBAL_STATS if k.startswith("input_"))
 
 
 def _head(global_values, metric_values):

@@ -119,7 +119,7 @@ def activation_sample(a, examples):
 def _finite_parts(x):
     """(x with non-finite entries set to 0, finite mask)."""
     mask = tf.math.is_finite(x)
-    return tf.where(mask, x, tf.zeros_like(x)), mask
+    return tf.where(mask, x, 0.0), mask
 
 
 def gradient_stats(grads):
@@ -159,22 +159,22 @@ def weight_snapshot(values):
     out = []
     for v in values:
         part, scale = sample(_as_f32(v))
-        finite_part = tf.where(tf.math.is_finite(part), part, 0.0)
-        out.append((tf.nn.l2_loss(finite_part) * (2.0 * scale), part, scale))
+        out.append((tf.nn.l2_loss(_finite_parts(part)[0]) * (2.0 * scale), part, scale))
     return out
 
 
 def weight_stats(before, after):
     """One layer's weight_norm and update_ratio (scalars), masked as in
-    `weight_columns`. before: its weight_snapshot() entries; after: the flat
-    samples of its weights after the step."""
+    `weight_columns`. before: its weight_snapshot() entries (whose sums of
+    squares are the norm's); after: the flat samples of its weights after
+    the step."""
     if not before:
         return dict(weight_norm=_nan(), update_ratio=_nan())
     sq_before, sq_update = [], []
-    for (_, b, scale), a in zip(before, after):
-        delta = _as_f32(a) - b
-        sq_before.append(tf.reduce_sum(tf.square(tf.where(tf.math.is_finite(b), b, 0.0))) * scale)
-        sq_update.append(tf.reduce_sum(tf.square(tf.where(tf.math.is_finite(delta), delta, 0.0))) * scale)
+    for (q, b, scale), a in zip(before, after):
+        delta, _ = _finite_parts(_as_f32(a) - b)
+        sq_before.append(q)
+        sq_update.append(tf.reduce_sum(tf.square(delta)) * scale)
     norm = tf.sqrt(tf.add_n(sq_before))
     ratio = tf.where(norm > 0, tf.sqrt(tf.add_n(sq_update)) / tf.maximum(norm, 1e-30), _nan())
     return dict(weight_norm=norm, update_ratio=ratio)
@@ -405,9 +405,8 @@ def weight_columns(before, after):
     sq, deltas, scales, segments = [], [], [], []
     for i, (bs, as_) in enumerate(zip(before, after)):
         for (q, b, scale), a in zip(bs, as_):
-            delta = _as_f32(a) - b
             sq.append(q)
-            deltas.append(tf.where(tf.math.is_finite(delta), delta, 0.0))
+            deltas.append(_finite_parts(_as_f32(a) - b)[0])
             scales.append(scale)
             segments.append(i)
     if not sq:
