@@ -81,6 +81,30 @@ class Recording:
         self.activations = {}  # layer index -> first output tensor
         self.grads_and_vars = None  # (grads, variables) given to the optimizer
         self.loss = None
+        # id(tf variable) -> the in-place updates the step made to it (tensors
+        # to add up), or None where one of them was not an addition that
+        # this graph can use (see `Patches.wrap_variable_updates`).
+        self.updates = {}
+
+    def note_update(self, key, value, sign):
+        """One in-place update of a monitored variable: `sign * value` was
+        added to it (sign None: it was changed some other way)."""
+        if key in self.updates and self.updates[key] is None:
+            return
+        if sign is not None and not isinstance(value, tf.IndexedSlices):
+            value = tf.convert_to_tensor(value)
+            if getattr(value, "graph", None) is self.graph:  # not inside a cond or loop body
+                value = ts._as_f32(value)
+                self.updates.setdefault(key, []).append(value if sign > 0 else -value)
+                return
+        self.updates[key] = None
+
+    def update_of(self, key):
+        """The sum of the step's updates of a variable, or None when they are unknown."""
+        parts = self.updates.get(key)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else tf.add_n(parts)
 
 
 def current_recording():
@@ -136,6 +160,36 @@ class Patches:
                 return out
 
             self._set(layer, "call", call)
+
+    # Methods of a TensorFlow variable that change it in place.
+    _ADDITIONS = {"assign_add": 1.0, "assign_sub": -1.0}
+    _OTHER_UPDATES = ("assign", "scatter_add", "scatter_sub", "scatter_update", "scatter_max",
+                      "scatter_min", "scatter_mul", "scatter_div", "batch_scatter_update",
+                      "scatter_nd_add", "scatter_nd_sub", "scatter_nd_update", "scatter_nd_max",
+                      "scatter_nd_min")
+
+    def wrap_variable_updates(self, variables):
+        """Hands each in-place update of these TensorFlow variables, made
+        while a recording is open, to the recording: the step's update of
+        the weights is then known without copying the weights before it.
+        Variables of another kind (a distributed variable) are left alone:
+        their statistics use the copy."""
+        for v in variables:
+            if not isinstance(v, _PlainVariable):
+                continue
+            for name in self._ADDITIONS.keys() | set(self._OTHER_UPDATES):
+                original = getattr(v, name, None)
+                if original is None:
+                    continue
+
+                def update(*args, __original=original, __sign=self._ADDITIONS.get(name), __key=id(v), **kwargs):
+                    rec = current_recording()
+                    if rec is not None:
+                        value = args[0] if args else kwargs.get("delta", kwargs.get("value"))
+                        rec.note_update(__key, value, __sign if value is not None else None)
+                    return __original(*args, **kwargs)
+
+                self._set(v, name, update)
 
     def wrap_optimizer(self, optimizer):
         original = optimizer.apply
@@ -237,6 +291,7 @@ class DeviceProgram:
         self.units = [0] * len(self.layers)  # known after tracing
         self.captured = [False] * len(self.layers)
         self.traced = False
+        self.captured_updates = 0  # weight tensors whose update the traced step captured
         with tf.init_scope():
             self.step = _variable(int(start_step), tf.int64, "th_step")
             self.start = _variable(int(start_step), tf.int64, "th_start")
@@ -264,10 +319,18 @@ class DeviceProgram:
     def monitored_variables(self):
         return [v for layer in self.layers for v in layer.trainable_weights]
 
+    def tf_variables(self):
+        """The TensorFlow variables behind `monitored_variables()` (call it
+        outside a layer's call: mixed precision casts `.value` there)."""
+        return [v.value for v in self.monitored_variables()]
+
     def weights_before(self):
-        """`record()`'s `weights_before`: what the weight statistics need of the
-        monitored variables' current values (call it before the update)."""
-        return ts.weight_snapshot([v.value for v in self.monitored_variables()])
+        """`record()`'s `weights_before`: the samples of the monitored
+        variables' current values (call it before the update). The step uses
+        a variable's sample only where its update was not captured (see
+        `Patches.wrap_variable_updates`); an unused one is pruned from the
+        graph, so it costs nothing."""
+        return ts.weight_snapshot(self.tf_variables())
 
     def reset_metric_snapshots(self):
         """Call right after the model's metrics were reset (each epoch)."""
@@ -427,13 +490,23 @@ class DeviceProgram:
                 lr = tf.cast(tf.convert_to_tensor(optimizer.learning_rate), tf.float32)
             except (TypeError, ValueError, AttributeError):
                 lr = nan
-        weights_after = [[ts.sample(ts._as_f32(v.value))[0] for v in layer.trainable_weights]
-                         for layer in self.layers]
-        before, offset = [], 0
+        weights, k, captured = [], 0, 0
         for layer in self.layers:
-            n = len(layer.trainable_weights)
-            before.append(weights_before[offset: offset + n])
-            offset += n
+            pairs = []
+            for v in layer.trainable_weights:
+                tf_var = v.value
+                after, scale = ts.sample(ts._as_f32(tf_var))
+                update = rec.update_of(id(tf_var))
+                if update is not None:  # W_before = W_after - dW, on the sample
+                    d = ts.sample(update)[0]
+                    pairs.append((after - d, d, scale))
+                    captured += 1
+                else:
+                    b = weights_before[k][0]
+                    pairs.append((b, after - b, scale))
+                k += 1
+            weights.append(pairs)
+        self.captured_updates = captured
         acts = [rec.activations.get(i) for i in range(len(self.layers))]
         last_active = [self._last_active[i].read_value() if acts[i] is not None else None
                        for i in range(len(self.layers))]
@@ -442,7 +515,7 @@ class DeviceProgram:
         bounds = [layer_info(layer).bounds for layer in self.layers]
         return _row_values(
             acts, actives, last_active, threshold, list(per_layer_grads), unowned_grads,
-            before, weights_after, inputs, loss, lr, list(metric_values), bounds)
+            weights, inputs, loss, lr, list(metric_values), bounds)
 
     def _write_histograms(self, rec, per_layer_grads, step):
         rows = []
@@ -464,13 +537,13 @@ class DeviceProgram:
                 for i, l in enumerate(self.layers)]
 
 
-def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_grads, before,
-                after, inputs, loss, lr, metric_values, bounds):
+def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_grads, weights,
+                inputs, loss, lr, metric_values, bounds):
     """The row vector [GLOBAL_STATS, metrics, L x LAYER_STATS] from plain tensors.
 
-    The weight columns (`ts.weight_columns`, masked, on small samples) are
-    the only part that waits for the optimizer's update. The rest does not:
-    op by op, it is computed first without masking non-finite values
+    The weight columns (`ts.weight_columns`, on small samples) are the only
+    part that waits for the optimizer's update. The rest does not: op by
+    op, it is computed first without masking non-finite values
     (`_fast_columns`) and, if any probe sum is non-finite, recomputed with
     the careful, masking functions (`_careful_columns`); that conditional
     runs while the optimizer updates the weights, not after. Under XLA the
@@ -486,7 +559,7 @@ def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_
         head, columns, probe = _fast_columns(*args)
         head, columns = ts.cond(tf.reduce_all(tf.math.is_finite(probe)), lambda: (head, columns),
                                 lambda: _careful_columns(*args))
-    columns = dict(columns, **ts.weight_columns(before, after))
+    columns = dict(columns, **ts.weight_columns(weights))
     table = tf.stack([columns[k] for k in fmt.LAYER_STATS], axis=1)
     return tf.concat([head, tf.reshape(table, [-1])], axis=0)
 

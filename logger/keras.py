@@ -200,6 +200,7 @@ class HealthCallback(keras.callbacks.Callback):
         self._patches = patches
         if self._program is not None:
             patches.wrap_layer_calls(self._program.layers)
+            patches.wrap_variable_updates(self._program.tf_variables())
         if model.optimizer is not None:
             patches.wrap_optimizer(model.optimizer)
         patches.wrap_compute_loss(model)
@@ -212,6 +213,7 @@ class HealthCallback(keras.callbacks.Callback):
                 with tf.init_scope():
                     model._symbolic_build(data_batch=data)
                     self._build(model)
+                    patches.wrap_variable_updates(self._program.tf_variables())
                 patches.wrap_layer_calls(self._program.layers)
             program = self._program
             x, _, _ = keras.utils.unpack_x_y_sample_weight(data)

@@ -95,12 +95,11 @@ class HealthMonitor:
         )
         self._variables = self._program.monitored_variables()
         # What the weight statistics need of the weights at the previous
-        # record(): each variable's sum of squares and its sample (see
-        # `training_health.stats.sample`), not a full copy.
+        # record(): each variable's sample (see `training_health.stats.sample`),
+        # not a full copy.
         self._snapshot = []
-        for i, (sq, part, scale) in enumerate(self._program.weights_before()):
-            self._snapshot.append((_capture._variable(sq.numpy(), tf.float32, "th_snapshot_sq_%d" % i),
-                                   _capture._variable(part.numpy(), tf.float32, "th_snapshot_%d" % i),
+        for i, (part, scale) in enumerate(self._program.weights_before()):
+            self._snapshot.append((_capture._variable(part.numpy(), tf.float32, "th_snapshot_%d" % i),
                                    scale))
         self._pending = weakref.WeakKeyDictionary()
         self._pending_eager = None
@@ -159,13 +158,13 @@ class HealthMonitor:
         rec.grads_and_vars = (grads, list(variables))
         rec.loss = loss
         flat_inputs = [t for t in tf.nest.flatten(inputs) if t is not None]
-        before = [(sq.read_value(), part.read_value(), scale) for sq, part, scale in self._snapshot]
+        before = [(part.read_value(), scale) for part, scale in self._snapshot]
         done = self._program.record(rec, flat_inputs, before, self.optimizer)
         with tf.control_dependencies([done]):
             now = self._program.weights_before()
             updates = []
-            for (sq, part, _), (new_sq, new_part, _) in zip(self._snapshot, now):
-                updates.extend([sq.assign(new_sq), part.assign(new_part)])
+            for (part, _), (new_part, _) in zip(self._snapshot, now):
+                updates.append(part.assign(new_part))
         return tf.group(*updates) if updates else done
 
     # -- host side -----------------------------------------------------------

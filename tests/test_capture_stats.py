@@ -200,13 +200,103 @@ def test_non_finite_values_are_counted_not_raised(tmp_path, jit_compile):
     assert np.isnan(glob["loss"]) and np.sum(~np.isfinite(model.get_layer("hidden").get_weights()[0])) > 0
     assert sorted(steps) == [0, 1]
     # The weights turn non-finite in step 0 and start step 1 so: the norm and
-    # the update cover the entries finite before (and after) the step.
+    # the update cover the entries finite before and after the step (NaN
+    # where none is: op by op every entry of this layer turns NaN; under XLA
+    # some stay finite). test_weight_columns_mask_non_finite_entries checks
+    # a partial case in every mode.
     assert np.all(np.isfinite(weights.before[0][0])) and not np.all(np.isfinite(weights.after[0][0]))
     for step in (0, 1):
         row = dict(zip(fmt.LAYER_STATS, steps[step][0][0]))
         expected = stats.weight_stats(weights.before[step], weights.after[step])
         close_row(row, expected, "hidden weights, step %d" % step)
-    assert np.isfinite(dict(zip(fmt.LAYER_STATS, steps[0][0][0]))["update_ratio"])
+
+
+def _weight_case(rng):
+    """Three layers' weights before and after a step: some entries of the
+    first turn non-finite (one was already), all of the second, none of the third."""
+    before = [[rng.normal(size=(4, 5)), rng.normal(size=5)],
+              [rng.normal(size=(5, 2)), rng.normal(size=2)],
+              [rng.normal(size=(300, 300))]]
+    before = [[w.astype("float32") for w in layer] for layer in before]
+    after = [[(w + 0.01 * rng.normal(size=w.shape)).astype("float32") for w in layer] for layer in before]
+    before[0][0][1, 1] = np.nan
+    after[0][0][1, 1] = np.nan
+    after[0][0][2, 3] = np.inf
+    after[0][1][4] = np.nan
+    after[1] = [np.full_like(w, np.nan) for w in after[1]]
+    return before, after
+
+
+@pytest.mark.parametrize("mode", ["eager", "tf.function", "xla"])
+@pytest.mark.parametrize("source", ["update", "copy"])
+def test_weight_columns_mask_non_finite_entries(mode, source):
+    # The step's weight columns from a captured update (W_before = W_after -
+    # dW) or from a copy of the weights before the step (dW = W_after -
+    # W_before), op by op (unmasked sums, masked only when one is not
+    # finite) and under XLA (masked, layer by layer): the reference's values.
+    from training_health import _tf_stats as ts
+
+    before, after = _weight_case(np.random.default_rng(5))
+
+    def columns(before, after):
+        layers = []
+        for bs, as_ in zip(before, after):
+            pairs = []
+            for b, a in zip(bs, as_):
+                (a, scale), b = ts.sample(a), ts.sample(b)[0]
+                if source == "update":
+                    d = a - b  # what the optimizer added, as the step sees it
+                    pairs.append((a - d, d, scale))
+                else:
+                    pairs.append((b, a - b, scale))
+            layers.append(pairs)
+        return ts.weight_columns(layers)
+
+    if mode != "eager":
+        columns = tf.function(columns, jit_compile=mode == "xla")
+    got = columns([[tf.constant(w) for w in layer] for layer in before],
+                  [[tf.constant(w) for w in layer] for layer in after])
+    for i, (b, a) in enumerate(zip(before, after)):
+        expected = stats.weight_stats(b, a)
+        row = {k: float(got[k][i]) for k in ("weight_norm", "update_ratio")}
+        close_row(row, expected, "layer %d" % i)
+    assert np.isfinite(float(got["update_ratio"][0])) and np.isnan(float(got["weight_norm"][1]))
+    assert float(got["update_ratio"][2]) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["adamw", "sgd-nesterov", "constraint"])
+def test_weight_statistics_with_other_updates(tmp_path, case):
+    # The step takes dW from the variables' in-place additions (the
+    # optimizer's update, AdamW's decay) and falls back to a copy of the
+    # weights before the step for a variable changed any other way (a
+    # kernel constraint is applied with `assign`). Same values either way.
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((6,))
+    constraint = keras.constraints.MaxNorm(0.5) if case == "constraint" else None
+    h = keras.layers.Dense(5, activation="relu", name="hidden", kernel_constraint=constraint)(inp)
+    out = keras.layers.Dense(3, activation="softmax", name="out")(h)
+    model = keras.Model(inp, out)
+    optimizer = {"adamw": keras.optimizers.AdamW(0.05, weight_decay=0.5),
+                 "sgd-nesterov": keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+                 "constraint": keras.optimizers.SGD(0.1)}[case]
+    model.compile(optimizer, "categorical_crossentropy")
+    weights = {name: WeightsAround(name) for name in ("hidden", "out")}
+    cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=0, detectors=None)
+    (x, y), = batches(1)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0,
+              callbacks=[cb] + list(weights.values()))
+    cb.close()
+    assert cb._program.captured_updates == (3 if case == "constraint" else 4)
+    names, _, steps, _ = layer_table(str(tmp_path))
+    assert sorted(steps) == [0, 1, 2, 3]
+    for step in steps:
+        for i, name in enumerate(names):
+            row = dict(zip(fmt.LAYER_STATS, steps[step][0][i]))
+            expected = stats.weight_stats(weights[name].before[step], weights[name].after[step])
+            close_row(row, {k: expected[k] for k in ("weight_norm", "update_ratio")},
+                      "%s %s step %d" % (case, name, step))
+            assert row["update_ratio"] > 1e-4
 
 
 class WeightsAround(keras.callbacks.Callback):
