@@ -81,30 +81,7 @@ class Recording:
         self.activations = {}  # layer index -> first output tensor
         self.grads_and_vars = None  # (grads, variables) given to the optimizer
         self.loss = None
-        # id(tf variable) -> the in-place updates the step made to it (tensors
-        # to add up), or None where one of them was not an addition that
-        # this graph can use (see `Patches.wrap_variable_updates`).
-        self.updates = {}
-
-    def note_update(self, key, value, sign):
-        """One in-place update of a monitored variable: `sign * value` was
-        added to it (sign None: it was changed some other way)."""
-        if key in self.updates and self.updates[key] is None:
-            return
-        if sign is not None and not isinstance(value, tf.IndexedSlices):
-            value = tf.convert_to_tensor(value)
-            if getattr(value, "graph", None) is self.graph:  # not inside a cond or loop body
-                value = ts._as_f32(value)
-                self.updates.setdefault(key, []).append(value if sign > 0 else -value)
-                return
-        self.updates[key] = None
-
-    def update_of(self, key):
-        """The sum of the step's updates of a variable, or None when they are unknown."""
-        parts = self.updates.get(key)
-        if not parts:
-            return None
-        return parts[0] if len(parts) == 1 else tf.add_n(parts)
+        self.previous_weight_columns = None  # see DeviceProgram.begin_step
 
 
 def current_recording():
@@ -160,36 +137,6 @@ class Patches:
                 return out
 
             self._set(layer, "call", call)
-
-    # Methods of a TensorFlow variable that change it in place.
-    _ADDITIONS = {"assign_add": 1.0, "assign_sub": -1.0}
-    _OTHER_UPDATES = ("assign", "scatter_add", "scatter_sub", "scatter_update", "scatter_max",
-                      "scatter_min", "scatter_mul", "scatter_div", "batch_scatter_update",
-                      "scatter_nd_add", "scatter_nd_sub", "scatter_nd_update", "scatter_nd_max",
-                      "scatter_nd_min")
-
-    def wrap_variable_updates(self, variables):
-        """Hands each in-place update of these TensorFlow variables, made
-        while a recording is open, to the recording: the step's update of
-        the weights is then known without copying the weights before it.
-        Variables of another kind (a distributed variable) are left alone:
-        their statistics use the copy."""
-        for v in variables:
-            if not isinstance(v, _PlainVariable):
-                continue
-            for name in self._ADDITIONS.keys() | set(self._OTHER_UPDATES):
-                original = getattr(v, name, None)
-                if original is None:
-                    continue
-
-                def update(*args, __original=original, __sign=self._ADDITIONS.get(name), __key=id(v), **kwargs):
-                    rec = current_recording()
-                    if rec is not None:
-                        value = args[0] if args else kwargs.get("delta", kwargs.get("value"))
-                        rec.note_update(__key, value, __sign if value is not None else None)
-                    return __original(*args, **kwargs)
-
-                self._set(v, name, update)
 
     def wrap_optimizer(self, optimizer):
         original = optimizer.apply
@@ -251,6 +198,18 @@ def _metric_state(metric):
     return None
 
 
+_WEIGHT_COLUMNS = ("weight_norm", "update_ratio")
+
+
+def _replica():
+    """(this replica's index, number of replicas) in the step being traced."""
+    ctx = tf.distribute.get_replica_context()
+    replicas = ctx.num_replicas_in_sync if ctx is not None else 1
+    if replicas == 1:
+        return 0, 1
+    return int(tf.get_static_value(ctx.replica_id_in_sync_group)), replicas
+
+
 def _gather(ctx, t):
     """All replicas' shares of a batch tensor, static shape kept."""
     out = ctx.all_gather(t, 0)
@@ -291,7 +250,12 @@ class DeviceProgram:
         self.units = [0] * len(self.layers)  # known after tracing
         self.captured = [False] * len(self.layers)
         self.traced = False
-        self.captured_updates = 0  # weight tensors whose update the traced step captured
+        # Deferred weight columns (see `begin_step`): each monitored tensor's
+        # sample at the start of the last step, and whether the last row
+        # written still waits for its weight columns.
+        self._prev_samples = None
+        self.weights_pending = None
+        self._complete_fn = None
         with tf.init_scope():
             self.step = _variable(int(start_step), tf.int64, "th_step")
             self.start = _variable(int(start_step), tf.int64, "th_start")
@@ -312,7 +276,8 @@ class DeviceProgram:
         self.global_names = tuple(fmt.GLOBAL_STATS) + tuple(n for n, _ in self.metrics)
         self.width = len(self.global_names) + len(self.layers) * len(fmt.LAYER_STATS)
         with tf.init_scope():
-            self.buffer = _variable(np.zeros([self.rows, self.width], np.float32), tf.float32, "th_rows")
+            # One spare row at the end: see `_complete_previous_row`.
+            self.buffer = _variable(np.zeros([self.rows + 1, self.width], np.float32), tf.float32, "th_rows")
             self.row_steps = _variable(np.zeros([self.rows], np.int64), tf.int64, "th_row_steps")
 
     # -- helpers used by the wrappers ------------------------------------
@@ -326,11 +291,76 @@ class DeviceProgram:
 
     def weights_before(self):
         """`record()`'s `weights_before`: the samples of the monitored
-        variables' current values (call it before the update). The step uses
-        a variable's sample only where its update was not captured (see
-        `Patches.wrap_variable_updates`); an unused one is pruned from the
-        graph, so it costs nothing."""
+        variables' current values (call it before the update)."""
         return ts.weight_snapshot(self.tf_variables())
+
+    # -- deferred weight columns (the Keras step) ---------------------------
+    # A step's weight columns need the weights before and after its update.
+    # Computed at the end of the step, they sit between the optimizer's last
+    # update and the end of the step, where every op adds to the step's
+    # time (+0.7 ms/step wall on the benchmark CNN, 7 rounds x 2 models).
+    # Instead the next step computes them at its start, from its own
+    # starting weights, while the forward pass runs; after the last step,
+    # `complete_last_row()` does it from the host.
+    @tf.autograph.experimental.do_not_convert
+    def begin_step(self, rec):
+        """Call at the start of the training step, before the forward pass:
+        computes the weight columns of the row the previous step wrote
+        (`record(rec, inputs, None, ...)` writes them) and keeps this step's
+        starting weights for the next."""
+        if _replica()[0] != 0:
+            return
+        now = self.weights_before()
+        self._ensure_weight_state(now)
+        rec.previous_weight_columns = self._weight_cells(now)
+        for var, (part, _) in zip(self._prev_samples, now):
+            var.assign(part)
+
+    def complete_last_row(self):
+        """Completes the last row's weight columns from the current weights
+        (eagerly, between steps): at the end of an epoch, of `fit`, at close."""
+        if self.weights_pending is None or not int(self.weights_pending.numpy()):
+            return
+        if self._complete_fn is None:
+            self._complete_fn = tf.function(
+                lambda: self._complete_previous_row(self._weight_cells(self.weights_before())),
+                autograph=False)
+        self._complete_fn()
+
+    def _ensure_weight_state(self, now):
+        if self._prev_samples is not None:
+            return
+        with tf.init_scope():
+            self._prev_samples = [_variable(np.zeros(part.shape.as_list(), np.float32), tf.float32,
+                                            "th_weights_%d" % i) for i, (part, _) in enumerate(now)]
+            self.weights_pending = _variable(0, tf.int64, "th_weights_pending")
+
+    def _weight_cells(self, now):
+        """[2L] weight_norm and update_ratio of each layer for the previous
+        step, from its starting samples and `now`, the samples after it."""
+        layers, k = [], 0
+        for layer in self.layers:
+            pairs = []
+            for _ in layer.trainable_weights:
+                before = self._prev_samples[k].read_value()
+                pairs.append((before, now[k][0] - before, now[k][1]))
+                k += 1
+            layers.append(pairs)
+        columns = ts.weight_columns(layers)
+        return tf.reshape(tf.stack([columns[name] for name in _WEIGHT_COLUMNS], axis=1), [-1])
+
+    def _complete_previous_row(self, values):
+        """Writes `_weight_cells` into the last row written, if it is pending."""
+        n_global, n_stats = len(self.global_names), len(fmt.LAYER_STATS)
+        cells = [n_global + i * n_stats + fmt.LAYER_STATS.index(name)
+                 for i in range(len(self.layers)) for name in _WEIGHT_COLUMNS]
+        # Only a pending row: a completed one keeps its values (the spare
+        # row past the ring takes them instead; no conditional, no read).
+        slot = tf.where(self.weights_pending.read_value() > 0,
+                        (self.count.read_value() - 1) % self.rows, tf.constant(self.rows, tf.int64))
+        index = tf.stack([tf.fill([len(cells)], slot), tf.constant(cells, tf.int64)], axis=1)
+        with tf.control_dependencies([self.buffer.scatter_nd_update(index, values)]):
+            return self.weights_pending.assign(0)
 
     def reset_metric_snapshots(self):
         """Call right after the model's metrics were reset (each epoch)."""
@@ -376,15 +406,17 @@ class DeviceProgram:
     # -- the per-step op --------------------------------------------------
     @tf.autograph.experimental.do_not_convert  # plain TF ops; no need to rewrite the source
     def record(self, rec, inputs, weights_before, optimizer):
-        """Adds the statistics of one step to the graph; returns the op that writes them."""
+        """Adds the statistics of one step to the graph; returns the op that writes them.
+
+        weights_before: `weights_before()` taken before the update; or None
+        when the step called `begin_step()` first (the weight columns are
+        then completed by the next step or by `complete_last_row()`).
+        """
         self._ensure_buffers()
         step = self.step.read_value()
         self.traced = True
+        replica, replicas = _replica()
         ctx = tf.distribute.get_replica_context()
-        replicas = ctx.num_replicas_in_sync if ctx is not None else 1
-        replica = 0
-        if replicas > 1:
-            replica = int(tf.get_static_value(ctx.replica_id_in_sync_group))
 
         grads, variables = rec.grads_and_vars if rec.grads_and_vars is not None else ([], [])
         scale = None
@@ -404,11 +436,11 @@ class DeviceProgram:
             rec.activations = {i: ts.activation_sample(a, k) for i, a in rec.activations.items()}
             inputs = [ts.leading(x, k) for x in inputs]
 
-        metric_parts, metric_updates = [], []
+        metric_parts, state_updates = [], []
         for name, metric in self.metrics:
             d_total, d_count, updates = self._metric_delta(name, metric, replica, replicas)
             metric_parts.append((d_total, d_count))
-            metric_updates.extend(updates)
+            state_updates.extend(updates)
 
         if replicas > 1:
             # Statistics of the whole step, not of one replica's share:
@@ -434,10 +466,12 @@ class DeviceProgram:
             else:
                 unowned_grads.append(g)
 
+        if weights_before is None and replica == 0:
+            state_updates.append(self._complete_previous_row(rec.previous_weight_columns))
         if replica != 0:
             # Exactly one writer: the other replicas only took part in the
             # collectives above and keep their own metric snapshots.
-            with tf.control_dependencies(metric_updates):
+            with tf.control_dependencies(state_updates):
                 return tf.no_op()
 
         # Units activity is tracked every batch (the dead-unit window needs it).
@@ -457,9 +491,11 @@ class DeviceProgram:
             vec = self._row(rec, inputs, unowned_grads, per_layer_grads, weights_before,
                             metric_values, optimizer, step, active)
             slot = self.count % self.rows
-            w1 = self.buffer.scatter_nd_update([[slot]], vec[None, :])
-            w2 = self.row_steps.scatter_nd_update([[slot]], step[None])
-            with tf.control_dependencies([w1, w2]):
+            writes = [self.buffer.scatter_nd_update([[slot]], vec[None, :]),
+                      self.row_steps.scatter_nd_update([[slot]], step[None])]
+            if weights_before is None:  # the next step completes the weight columns
+                writes.append(self.weights_pending.assign(1))
+            with tf.control_dependencies(writes):
                 return self.count.assign_add(1)
 
         with tf.control_dependencies(activity_updates):
@@ -475,7 +511,7 @@ class DeviceProgram:
                     lambda: self._write_histograms(rec, per_layer_grads, step),
                     lambda: self.hist_count.read_value(),
                 ))
-            with tf.control_dependencies(ops + metric_updates):
+            with tf.control_dependencies(ops + state_updates):
                 return self.step.assign_add(1)
 
     def _row(self, rec, inputs, unowned_grads, per_layer_grads, weights_before,
@@ -490,23 +526,17 @@ class DeviceProgram:
                 lr = tf.cast(tf.convert_to_tensor(optimizer.learning_rate), tf.float32)
             except (TypeError, ValueError, AttributeError):
                 lr = nan
-        weights, k, captured = [], 0, 0
-        for layer in self.layers:
-            pairs = []
-            for v in layer.trainable_weights:
-                tf_var = v.value
-                after, scale = ts.sample(ts._as_f32(tf_var))
-                update = rec.update_of(id(tf_var))
-                if update is not None:  # W_before = W_after - dW, on the sample
-                    d = ts.sample(update)[0]
-                    pairs.append((after - d, d, scale))
-                    captured += 1
-                else:
-                    b = weights_before[k][0]
-                    pairs.append((b, after - b, scale))
-                k += 1
-            weights.append(pairs)
-        self.captured_updates = captured
+        weights = None  # deferred: NaN until `begin_step` / `complete_last_row`
+        if weights_before is not None:
+            weights, k = [], 0
+            for layer in self.layers:
+                pairs = []
+                for v in layer.trainable_weights:
+                    after, scale = ts.sample(ts._as_f32(v.value))
+                    before = weights_before[k][0]
+                    pairs.append((before, after - before, scale))
+                    k += 1
+                weights.append(pairs)
         acts = [rec.activations.get(i) for i in range(len(self.layers))]
         last_active = [self._last_active[i].read_value() if acts[i] is not None else None
                        for i in range(len(self.layers))]
@@ -559,7 +589,10 @@ def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_
         head, columns, probe = _fast_columns(*args)
         head, columns = ts.cond(tf.reduce_all(tf.math.is_finite(probe)), lambda: (head, columns),
                                 lambda: _careful_columns(*args))
-    columns = dict(columns, **ts.weight_columns(weights))
+    if weights is not None:
+        columns.update(ts.weight_columns(weights))
+    else:
+        columns.update((k, tf.fill([len(acts)], ts.NAN)) for k in _WEIGHT_COLUMNS)
     table = tf.stack([columns[k] for k in fmt.LAYER_STATS], axis=1)
     return tf.concat([head, tf.reshape(table, [-1])], axis=0)
 
@@ -684,6 +717,8 @@ class HostFlusher:
         if p.buffer is None:
             return  # nothing traced yet
         count = int(p.count.numpy())
+        if p.weights_pending is not None and int(p.weights_pending.numpy()):
+            count -= 1  # the last row waits for its weight columns (see DeviceProgram.begin_step)
         if count == self._read and (not p.hist_slots or int(p.hist_count.numpy()) == self._hist_read):
             return
         buffer = p.buffer.numpy()

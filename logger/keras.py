@@ -200,7 +200,6 @@ class HealthCallback(keras.callbacks.Callback):
         self._patches = patches
         if self._program is not None:
             patches.wrap_layer_calls(self._program.layers)
-            patches.wrap_variable_updates(self._program.tf_variables())
         if model.optimizer is not None:
             patches.wrap_optimizer(model.optimizer)
         patches.wrap_compute_loss(model)
@@ -213,15 +212,14 @@ class HealthCallback(keras.callbacks.Callback):
                 with tf.init_scope():
                     model._symbolic_build(data_batch=data)
                     self._build(model)
-                    patches.wrap_variable_updates(self._program.tf_variables())
                 patches.wrap_layer_calls(self._program.layers)
             program = self._program
             x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
             inputs = [t for t in tf.nest.flatten(x) if t is not None]
-            weights_before = program.weights_before()
             with _capture.recording() as rec:
+                program.begin_step(rec)
                 logs = original_step(data)
-            done = program.record(rec, inputs, weights_before, model.optimizer)
+            done = program.record(rec, inputs, None, model.optimizer)
             with tf.control_dependencies([done]):
                 return tf.nest.map_structure(tf.identity, logs)
 
@@ -269,6 +267,8 @@ class HealthCallback(keras.callbacks.Callback):
         if self._flusher is None:
             return
         try:
+            if blocking:  # end of an epoch, of fit, or close: no step follows soon
+                self._program.complete_last_row()
             self._flusher.flush(blocking=blocking)
         except Exception:  # logging must never end training: report with the traceback
             if not self._warned_internal:

@@ -228,12 +228,9 @@ def _weight_case(rng):
 
 
 @pytest.mark.parametrize("mode", ["eager", "tf.function", "xla"])
-@pytest.mark.parametrize("source", ["update", "copy"])
-def test_weight_columns_mask_non_finite_entries(mode, source):
-    # The step's weight columns from a captured update (W_before = W_after -
-    # dW) or from a copy of the weights before the step (dW = W_after -
-    # W_before), op by op (unmasked sums, masked only when one is not
-    # finite) and under XLA (masked, layer by layer): the reference's values.
+def test_weight_columns_mask_non_finite_entries(mode):
+    # Op by op (unmasked sums, masked only when one is not finite) and
+    # under XLA (masked, layer by layer): the reference's values.
     from training_health import _tf_stats as ts
 
     before, after = _weight_case(np.random.default_rng(5))
@@ -244,11 +241,7 @@ def test_weight_columns_mask_non_finite_entries(mode, source):
             pairs = []
             for b, a in zip(bs, as_):
                 (a, scale), b = ts.sample(a), ts.sample(b)[0]
-                if source == "update":
-                    d = a - b  # what the optimizer added, as the step sees it
-                    pairs.append((a - d, d, scale))
-                else:
-                    pairs.append((b, a - b, scale))
+                pairs.append((b, a - b, scale))
             layers.append(pairs)
         return ts.weight_columns(layers)
 
@@ -265,12 +258,13 @@ def test_weight_columns_mask_non_finite_entries(mode, source):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", ["adamw", "sgd-nesterov", "constraint"])
-def test_weight_statistics_with_other_updates(tmp_path, case):
-    # The step takes dW from the variables' in-place additions (the
-    # optimizer's update, AdamW's decay) and falls back to a copy of the
-    # weights before the step for a variable changed any other way (a
-    # kernel constraint is applied with `assign`). Same values either way.
+@pytest.mark.parametrize("case", ["adamw", "sgd-nesterov-every-2", "constraint"])
+def test_weight_columns_completed_by_the_next_step(tmp_path, case):
+    # A step's weight columns are computed at the start of the next step
+    # (the last step's at the end of the epoch): with every batch or every
+    # 2nd logged, across epochs, and whatever changes the weights in the
+    # step (AdamW's decay, momentum, a kernel constraint), they are the
+    # reference's for that step, and the host never reads a row before they are.
     keras.utils.set_random_seed(2)
     inp = keras.Input((6,))
     constraint = keras.constraints.MaxNorm(0.5) if case == "constraint" else None
@@ -278,18 +272,20 @@ def test_weight_statistics_with_other_updates(tmp_path, case):
     out = keras.layers.Dense(3, activation="softmax", name="out")(h)
     model = keras.Model(inp, out)
     optimizer = {"adamw": keras.optimizers.AdamW(0.05, weight_decay=0.5),
-                 "sgd-nesterov": keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+                 "sgd-nesterov-every-2": keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
                  "constraint": keras.optimizers.SGD(0.1)}[case]
     model.compile(optimizer, "categorical_crossentropy")
     weights = {name: WeightsAround(name) for name in ("hidden", "out")}
-    cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=0, detectors=None)
+    every = 2 if case.endswith("every-2") else 1
+    cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=0, detectors=None,
+                        every_n_batches=every)
     (x, y), = batches(1)
-    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0,
+    model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0,
               callbacks=[cb] + list(weights.values()))
+    assert cb._flusher.last_step == 8 - every  # everything read at the end of fit
     cb.close()
-    assert cb._program.captured_updates == (3 if case == "constraint" else 4)
     names, _, steps, _ = layer_table(str(tmp_path))
-    assert sorted(steps) == [0, 1, 2, 3]
+    assert sorted(steps) == list(range(0, 8, every))
     for step in steps:
         for i, name in enumerate(names):
             row = dict(zip(fmt.LAYER_STATS, steps[step][0][i]))
@@ -297,6 +293,25 @@ def test_weight_statistics_with_other_updates(tmp_path, case):
             close_row(row, {k: expected[k] for k in ("weight_norm", "update_ratio")},
                       "%s %s step %d" % (case, name, step))
             assert row["update_ratio"] > 1e-4
+
+
+def test_a_row_is_not_read_before_its_weight_columns(tmp_path):
+    # Between two steps of an epoch the last row still waits for its weight
+    # columns: the host leaves it in the buffer until the next step (or the
+    # end of the epoch) completes it.
+    model = make_model()
+    cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=0, detectors=None)
+    seen = []
+
+    class Probe(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            seen.append((batch, cb._flusher.last_step, int(cb._program.weights_pending.numpy())))
+
+    (x, y), = batches(1)
+    model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[cb, Probe()])
+    assert seen == [(0, None, 1), (1, 0, 1), (2, 1, 1), (3, 2, 1)]
+    assert cb._flusher.last_step == 3 and int(cb._program.weights_pending.numpy()) == 0
+    cb.close()
 
 
 class WeightsAround(keras.callbacks.Callback):
