@@ -265,7 +265,7 @@ class DeviceProgram:
                 self.hist = _variable(np.zeros(shape, np.float32), tf.float32, "th_hist")
                 self.hist_steps = _variable(np.zeros([self.hist_slots], np.int64), tf.int64, "th_hist_steps")
                 self.hist_count = _variable(0, tf.int64, "th_hist_count")
-        self._last_active = {}  # layer index -> int64 [units] variable
+        self._last_active = {}  # ((layer index, units), ...) -> int64 [all their units] variable
         self._metric_prev = {}  # metric name -> (total, count) float32 variables
 
     def _ensure_buffers(self):
@@ -393,15 +393,31 @@ class DeviceProgram:
                    prev[1].scatter_nd_update([[replica]], count[None])]
         return d_total, d_count, updates
 
-    def _last_active_var(self, index, units):
-        var = self._last_active.get(index)
+    def _unit_activity(self, captured, active, step):
+        """(dead_frac and dead_frac_window columns [L], the op that records
+        which units fired). active[j]: bool [units] of layer captured[j].
+
+        The step at which each unit last fired is one int64 vector over the
+        units of every captured layer, so the bookkeeping is a handful of
+        ops for the whole model rather than a few per layer.
+        """
+        n_layers = len(self.layers)
+        if not captured:
+            nan = tf.fill([n_layers], ts.NAN)
+            return dict(dead_frac=nan, dead_frac_window=nan), tf.no_op()
+        layout = tuple((i, self.units[i]) for i in captured)
+        var = self._last_active.get(layout)
         if var is None:
             with tf.init_scope():
-                start = int(self.start.numpy())
-                var = _variable(np.full([units], start - 1, np.int64), tf.int64,
-                                "th_last_active_%d" % index)
-            self._last_active[index] = var
-        return var
+                total = sum(units for _, units in layout)
+                var = _variable(np.full([total], int(self.start.numpy()) - 1, np.int64), tf.int64,
+                                "th_last_active")
+            self._last_active[layout] = var
+        fired = tf.concat(active, axis=0) if len(active) > 1 else active[0]
+        last = tf.where(fired, step, var.read_value())
+        threshold = tf.maximum(step - self.dead_window + 1, self.start.read_value())
+        columns = ts.dead_columns(fired, last, threshold, layout, n_layers)
+        return columns, var.assign(last)
 
     # -- the per-step op --------------------------------------------------
     @tf.autograph.experimental.do_not_convert  # plain TF ops; no need to rewrite the source
@@ -481,15 +497,12 @@ class DeviceProgram:
             self.captured[i] = True
             self.units[i] = int(a.shape[-1]) if (a.shape.rank or 0) >= 2 and a.shape[-1] is not None else 1
         # one compare-and-any per (sampled) output; exact with NaN entries
-        active = {i: ts.units_active(rec.activations[i]) for i in captured}
-        activity_updates = []
-        for i in captured:
-            var = self._last_active_var(i, self.units[i])
-            activity_updates.append(var.assign(tf.where(active[i], step, var.read_value())))
+        active = [ts.units_active(rec.activations[i]) for i in captured]
+        dead, activity_update = self._unit_activity(captured, active, step)
 
         def write_row():
             vec = self._row(rec, inputs, unowned_grads, per_layer_grads, weights_before,
-                            metric_values, optimizer, step, active)
+                            metric_values, optimizer, dead)
             slot = self.count % self.rows
             writes = [self.buffer.scatter_nd_update([[slot]], vec[None, :]),
                       self.row_steps.scatter_nd_update([[slot]], step[None])]
@@ -498,7 +511,7 @@ class DeviceProgram:
             with tf.control_dependencies(writes):
                 return self.count.assign_add(1)
 
-        with tf.control_dependencies(activity_updates):
+        with tf.control_dependencies([activity_update]):
             if self.every_n_batches == 1:
                 done = write_row()
             else:
@@ -515,7 +528,7 @@ class DeviceProgram:
                 return self.step.assign_add(1)
 
     def _row(self, rec, inputs, unowned_grads, per_layer_grads, weights_before,
-             metric_values, optimizer, step, active):
+             metric_values, optimizer, dead):
         """Reads what the statistics need and computes the row vector."""
         nan = tf.constant(float("nan"), tf.float32)
         loss = ts._as_f32(rec.loss) if rec.loss is not None else nan
@@ -538,14 +551,9 @@ class DeviceProgram:
                     k += 1
                 weights.append(pairs)
         acts = [rec.activations.get(i) for i in range(len(self.layers))]
-        last_active = [self._last_active[i].read_value() if acts[i] is not None else None
-                       for i in range(len(self.layers))]
-        actives = [active.get(i) for i in range(len(self.layers))]
-        threshold = tf.maximum(step - self.dead_window + 1, self.start.read_value())
         bounds = [layer_info(layer).bounds for layer in self.layers]
-        return _row_values(
-            acts, actives, last_active, threshold, list(per_layer_grads), unowned_grads,
-            weights, inputs, loss, lr, list(metric_values), bounds)
+        return _row_values(acts, list(per_layer_grads), unowned_grads, weights, dead, inputs,
+                           loss, lr, list(metric_values), bounds)
 
     def _write_histograms(self, rec, per_layer_grads, step):
         rows = []
@@ -567,8 +575,8 @@ class DeviceProgram:
                 for i, l in enumerate(self.layers)]
 
 
-def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_grads, weights,
-                inputs, loss, lr, metric_values, bounds):
+def _row_values(acts, per_layer_grads, unowned_grads, weights, dead, inputs, loss, lr,
+                metric_values, bounds):
     """The row vector [GLOBAL_STATS, metrics, L x LAYER_STATS] from plain tensors.
 
     The weight columns (`ts.weight_columns`, on small samples) are the only
@@ -581,14 +589,14 @@ def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_
     while a conditional in the compiled step measured 1.16x the plain
     step's wall time on a CPU (XLA's step with the careful row alone: 1.00x).
     """
-    args = (acts, actives, last_active, threshold, per_layer_grads, unowned_grads, inputs,
-            loss, lr, metric_values, bounds)
+    args = (acts, per_layer_grads, unowned_grads, inputs, loss, lr, metric_values, bounds)
     if ts.compiled_by_xla():
         head, columns = _careful_columns(*args)
     else:
         head, columns, probe = _fast_columns(*args)
         head, columns = ts.cond(tf.reduce_all(tf.math.is_finite(probe)), lambda: (head, columns),
                                 lambda: _careful_columns(*args))
+    columns = dict(columns, **dead)
     if weights is not None:
         columns.update(ts.weight_columns(weights))
     else:
@@ -606,13 +614,12 @@ def _head(global_values, metric_values):
                      for v in [global_values[name] for name in fmt.GLOBAL_STATS] + list(metric_values)])
 
 
-def _fast_columns(acts, actives, last_active, threshold, per_layer_grads, unowned_grads,
-                  inputs, loss, lr, metric_values, bounds):
-    """(head, columns, probe): every column but the weights' as [L] vectors, nothing masked."""
+def _fast_columns(acts, per_layer_grads, unowned_grads, inputs, loss, lr, metric_values, bounds):
+    """(head, columns, probe): the gradient and activation columns as [L] vectors, nothing masked."""
     nan = tf.constant(float("nan"), tf.float32)
     grad_cols, grad_norm, grad_probe = ts.fast_gradient_columns(per_layer_grads, unowned_grads)
     act_cols, act_probe = ts.fast_activation_columns(acts, bounds)
-    columns = dict(grad_cols, **act_cols, **ts.dead_columns(actives, last_active, threshold))
+    columns = dict(grad_cols, **act_cols)
     probe = [grad_probe, act_probe]
     if inputs:
         inp = ts.fast_input_stats(list(inputs))
@@ -624,8 +631,7 @@ def _fast_columns(acts, actives, last_active, threshold, per_layer_grads, unowne
     return _head(global_values, metric_values), columns, tf.concat(probe, axis=0)
 
 
-def _careful_columns(acts, actives, last_active, threshold, per_layer_grads, unowned_grads,
-                     inputs, loss, lr, metric_values, bounds):
+def _careful_columns(acts, per_layer_grads, unowned_grads, inputs, loss, lr, metric_values, bounds):
     """(head, columns) with every statistic over the finite entries only (masking functions)."""
     nan = tf.constant(float("nan"), tf.float32)
     # Per-layer gradient statistics first; the global ones add them up (and
@@ -651,7 +657,6 @@ def _careful_columns(acts, actives, last_active, threshold, per_layer_grads, uno
         per_layer.append(dict(gs, **act))
     names = [k for k in fmt.LAYER_STATS if k.startswith(("grad_", "act_"))]
     columns = {k: tf.stack([tf.cast(stats[k], tf.float32) for stats in per_layer]) for k in names}
-    columns.update(ts.dead_columns(actives, last_active, threshold))
     return _head(global_values, metric_values), columns
 
 
