@@ -29,11 +29,11 @@ import struct
 
 import numpy as np
 from tensorboard.compat.proto import event_pb2
-from tensorboard.compat.tensorflow_stub.pywrap_tensorflow import masked_crc32c
 from tensorboard.util import tensor_util
 
 from training_health import format as fmt
 from training_health import remote
+from training_health.crc32c import masked_crc32c
 from training_health.records import Alert, StepStats
 
 log = logging.getLogger("training_health")

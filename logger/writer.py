@@ -27,8 +27,8 @@ import warnings
 import weakref
 
 from tensorboard.compat.proto import event_pb2
-from tensorboard.summary.writer.record_writer import RecordWriter
 
+from training_health.crc32c import record
 from training_health.remote import is_url, local_path
 
 log = logging.getLogger("training_health")
@@ -63,24 +63,6 @@ def _register_exit_hooks():
 
 
 _register_exit_hooks()
-
-
-class _Buffer:
-    """A file-like object RecordWriter can write into."""
-
-    def __init__(self):
-        self.parts = []
-
-    def write(self, data):
-        self.parts.append(data)
-
-    def flush(self):
-        pass
-
-    def take(self):
-        data = b"".join(self.parts)
-        self.parts = []
-        return data
 
 
 def is_remote(logdir):
@@ -350,8 +332,7 @@ class EventWriter:
             return True
         if self._roll_due():
             self._sink = None
-        buf = _Buffer()
-        records = RecordWriter(buf)
+        records = []
         try:
             if self._sink is None:
                 filename = self._new_filename()
@@ -361,10 +342,9 @@ class EventWriter:
                 self.files.append(filename)
             if not self._header_written:
                 header = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
-                records.write(header.SerializeToString())
-            for event in events:
-                records.write(event.SerializeToString())
-            self._sink.append(buf.take())
+                records.append(record(header.SerializeToString()))
+            records.extend(record(event.SerializeToString()) for event in events)
+            self._sink.append(b"".join(records))
         except OSError as e:  # remote sinks raise OSError subclasses too
             self._sink_clean = False
             self._report(e)
