@@ -12,8 +12,10 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
         "`pip install training-health[tf]` (or `pip install tensorflow`). (%s)" % e
     ) from e
 
+import collections
 import logging
 import re
+import threading
 
 from training_health import _capture
 from training_health._layers import select_layers
@@ -103,7 +105,8 @@ class HealthCallback(keras.callbacks.Callback):
             to count as dead in `dead_frac_window`. Defaults to 50.
         flush_every: read the device buffer every this many batches (and at
             each epoch end). Lower means fresher data and alerts; each read is
-            one small device-to-host copy. Defaults to 50.
+            one small device-to-host copy. The rows are checked and written
+            on a background thread while training goes on. Defaults to 50.
         activation_examples: activation and input statistics (and dead
             units) are computed on the first this many examples of each
             batch (and, of a feature map with more than 16,384 values in
@@ -115,8 +118,8 @@ class HealthCallback(keras.callbacks.Callback):
         stop_on: alert kinds that stop training (like `TerminateOnNaN`),
             e.g. `["nan_inf"]`. Defaults to `()`.
         on_alert: callable taking each raised `Alert` (for a webhook or a
-            pager). Exceptions it raises are logged, not propagated.
-            Defaults to None.
+            pager), called on the training thread at the next batch end.
+            Exceptions it raises are logged, not propagated. Defaults to None.
     """
 
     # Batch hooks only count batches and occasionally read a small buffer:
@@ -153,6 +156,8 @@ class HealthCallback(keras.callbacks.Callback):
         self._warned_internal = False
         self._train_function = None
         self._keras_train_function = None
+        self._reader = None  # the thread that reads the buffer between epochs
+        self._queued = collections.deque()  # alerts found there, for the training thread
         _capture.close_at_exit(self)
 
     # -- lifecycle -----------------------------------------------------------
@@ -249,14 +254,22 @@ class HealthCallback(keras.callbacks.Callback):
         self._last_batch = batch
         if self._batches >= self.flush_every:
             self._batches = 0
-            self._flush(blocking=False)
+            # Reading, checking and writing the rows runs on the reader
+            # thread while the next steps train (the device reads release the
+            # interpreter lock); the training thread only dispatches alerts.
+            if self._reader is None:
+                self._reader = _Reader(lambda: self._flush(blocking=False))
+            self._reader.wake()
+        self._dispatch_queued()
 
     def on_epoch_end(self, epoch, logs=None):
         self._flush(blocking=True)
+        self._dispatch_queued()
 
     def on_train_end(self, logs=None):
         try:
             self._flush(blocking=True)
+            self._dispatch_queued()
             if self._writer is not None:
                 self._writer.flush()
         finally:
@@ -285,7 +298,14 @@ class HealthCallback(keras.callbacks.Callback):
                     "are still logged", skipped)
 
     def _handle_alerts(self, alerts):
-        _capture.dispatch_alerts(alerts, self.alerts, self.on_alert, self.stop_on, self._stop)
+        # Called where the rows are read (possibly the reader thread): the
+        # training thread logs them, calls `on_alert` and stops training.
+        self._queued.append(alerts)
+
+    def _dispatch_queued(self):
+        while self._queued:
+            alerts = self._queued.popleft()
+            _capture.dispatch_alerts(alerts, self.alerts, self.on_alert, self.stop_on, self._stop)
 
     def _stop(self):
         self.model.stop_training = True
@@ -294,6 +314,37 @@ class HealthCallback(keras.callbacks.Callback):
         """Writes every step still in the device buffer and closes the event
         files. Also done at interpreter exit, so a run interrupted by an
         exception or Ctrl-C keeps what it computed."""
+        if self._reader is not None:
+            self._reader.stop()
+            self._reader = None
         self._flush(blocking=True)
+        self._dispatch_queued()
         if self._writer is not None:
             self._writer.close()
+
+
+class _Reader:
+    """A daemon thread that calls `read()` each time it is woken."""
+
+    def __init__(self, read):
+        self._read = read
+        self._wake = threading.Event()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._run, name="training-health-reader", daemon=True)
+        self._thread.start()
+
+    def wake(self):
+        self._wake.set()
+
+    def stop(self, timeout=30.0):
+        self._stopping = True
+        self._wake.set()
+        self._thread.join(timeout)
+
+    def _run(self):
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            if self._stopping:
+                return
+            self._read()

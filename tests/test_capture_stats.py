@@ -305,6 +305,7 @@ def test_a_row_is_not_read_before_its_weight_columns(tmp_path):
 
     class Probe(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
+            cb._flusher.flush()  # read what is there now (the callback's own reads run on a thread)
             seen.append((batch, cb._flusher.last_step, int(cb._program.weights_pending.numpy())))
 
     (x, y), = batches(1)

@@ -1,6 +1,7 @@
 """Alerts raised online by HealthCallback: written to the run, logged once, hooks and stop_on."""
 
 import logging
+import threading
 
 import numpy as np
 import pytest
@@ -28,12 +29,22 @@ def frozen_fit(logdir, epochs=3, **kwargs):
 
 
 def test_frozen_cnn_alerts_written_logged_once_and_hooked(tmp_path, caplog):
-    seen = []
+    seen, threads = [], set()
+
+    def hook(alert):
+        seen.append(alert)
+        threads.add(threading.current_thread())
+
     with caplog.at_level(logging.WARNING, logger="training_health"):
-        cb, history = frozen_fit(str(tmp_path), on_alert=seen.append)
+        cb, history = frozen_fit(str(tmp_path), on_alert=hook)
     kinds = {a.kind for a in cb.alerts}
     assert "stalled" in kinds and "dead_units" in kinds
     assert seen == cb.alerts
+    # The rows are read and checked on the logger's reader thread, but the
+    # hook (like stop_on) runs on the training thread.
+    assert threads == {threading.main_thread()}
+    assert cb._reader is None  # stopped by close()
+    assert not any(t.name == "training-health-reader" for t in threading.enumerate())
     stall = next(a for a in cb.alerts if a.kind == "stalled")
     assert "255" in stall.hint or "254" in stall.hint  # the raw-pixel input range is named
     # One log line per raised alert, not one per batch.
