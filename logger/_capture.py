@@ -82,6 +82,30 @@ class Recording:
         self.grads_and_vars = None  # (grads, variables) given to the optimizer
         self.loss = None
         self.previous_weight_columns = None  # see DeviceProgram.begin_step
+        # id(tf variable) -> the in-place updates the step made to it (tensors
+        # to add up), or None where one of them was not an addition that
+        # this graph can use (see `Patches.wrap_variable_updates`).
+        self.updates = {}
+
+    def note_update(self, key, value, sign):
+        """One in-place update of a monitored variable: `sign * value` was
+        added to it (sign None: it was changed some other way)."""
+        if key in self.updates and self.updates[key] is None:
+            return
+        if sign is not None and not isinstance(value, tf.IndexedSlices):
+            value = tf.convert_to_tensor(value)
+            if getattr(value, "graph", None) is self.graph:  # not inside a cond or loop body
+                value = ts._as_f32(value)
+                self.updates.setdefault(key, []).append(value if sign > 0 else -value)
+                return
+        self.updates[key] = None
+
+    def update_of(self, key):
+        """The sum of the step's updates of a variable, or None when they are unknown."""
+        parts = self.updates.get(key)
+        if not parts:
+            return None
+        return parts[0] if len(parts) == 1 else tf.add_n(parts)
 
 
 def current_recording():
@@ -137,6 +161,36 @@ class Patches:
                 return out
 
             self._set(layer, "call", call)
+
+    # Methods of a TensorFlow variable that change it in place.
+    _ADDITIONS = {"assign_add": 1.0, "assign_sub": -1.0}
+    _OTHER_UPDATES = ("assign", "scatter_add", "scatter_sub", "scatter_update", "scatter_max",
+                      "scatter_min", "scatter_mul", "scatter_div", "batch_scatter_update",
+                      "scatter_nd_add", "scatter_nd_sub", "scatter_nd_update", "scatter_nd_max",
+                      "scatter_nd_min")
+
+    def wrap_variable_updates(self, variables):
+        """Hands each in-place update of these TensorFlow variables, made
+        while a recording is open, to the recording: the step's update of
+        the weights is then known without copying the weights before it.
+        Variables of another kind (a distributed variable) are left alone:
+        their statistics use the copy."""
+        for v in variables:
+            if not isinstance(v, _PlainVariable):
+                continue
+            for name in self._ADDITIONS.keys() | set(self._OTHER_UPDATES):
+                original = getattr(v, name, None)
+                if original is None:
+                    continue
+
+                def update(*args, __original=original, __sign=self._ADDITIONS.get(name), __key=id(v), **kwargs):
+                    rec = current_recording()
+                    if rec is not None:
+                        value = args[0] if args else kwargs.get("delta", kwargs.get("value"))
+                        rec.note_update(__key, value, __sign if value is not None else None)
+                    return __original(*args, **kwargs)
+
+                self._set(v, name, update)
 
     def wrap_optimizer(self, optimizer):
         original = optimizer.apply
@@ -265,7 +319,7 @@ class DeviceProgram:
                 self.hist = _variable(np.zeros(shape, np.float32), tf.float32, "th_hist")
                 self.hist_steps = _variable(np.zeros([self.hist_slots], np.int64), tf.int64, "th_hist_steps")
                 self.hist_count = _variable(0, tf.int64, "th_hist_count")
-        self._last_active = {}  # ((layer index, units), ...) -> int64 [all their units] variable
+        self._last_active = {}  # layer index -> int64 [units] variable
         self._metric_prev = {}  # metric name -> (total, count) float32 variables
 
     def _ensure_buffers(self):
@@ -393,31 +447,15 @@ class DeviceProgram:
                    prev[1].scatter_nd_update([[replica]], count[None])]
         return d_total, d_count, updates
 
-    def _unit_activity(self, captured, active, step):
-        """(dead_frac and dead_frac_window columns [L], the op that records
-        which units fired). active[j]: bool [units] of layer captured[j].
-
-        The step at which each unit last fired is one int64 vector over the
-        units of every captured layer, so the bookkeeping is a handful of
-        ops for the whole model rather than a few per layer.
-        """
-        n_layers = len(self.layers)
-        if not captured:
-            nan = tf.fill([n_layers], ts.NAN)
-            return dict(dead_frac=nan, dead_frac_window=nan), tf.no_op()
-        layout = tuple((i, self.units[i]) for i in captured)
-        var = self._last_active.get(layout)
+    def _last_active_var(self, index, units):
+        var = self._last_active.get(index)
         if var is None:
             with tf.init_scope():
-                total = sum(units for _, units in layout)
-                var = _variable(np.full([total], int(self.start.numpy()) - 1, np.int64), tf.int64,
-                                "th_last_active")
-            self._last_active[layout] = var
-        fired = tf.concat(active, axis=0) if len(active) > 1 else active[0]
-        last = tf.where(fired, step, var.read_value())
-        threshold = tf.maximum(step - self.dead_window + 1, self.start.read_value())
-        columns = ts.dead_columns(fired, last, threshold, layout, n_layers)
-        return columns, var.assign(last)
+                start = int(self.start.numpy())
+                var = _variable(np.full([units], start - 1, np.int64), tf.int64,
+                                "th_last_active_%d" % index)
+            self._last_active[index] = var
+        return var
 
     # -- the per-step op --------------------------------------------------
     @tf.autograph.experimental.do_not_convert  # plain TF ops; no need to rewrite the source
@@ -497,12 +535,15 @@ class DeviceProgram:
             self.captured[i] = True
             self.units[i] = int(a.shape[-1]) if (a.shape.rank or 0) >= 2 and a.shape[-1] is not None else 1
         # one compare-and-any per (sampled) output; exact with NaN entries
-        active = [ts.units_active(rec.activations[i]) for i in captured]
-        dead, activity_update = self._unit_activity(captured, active, step)
+        active = {i: ts.units_active(rec.activations[i]) for i in captured}
+        activity_updates = []
+        for i in captured:
+            var = self._last_active_var(i, self.units[i])
+            activity_updates.append(var.assign(tf.where(active[i], step, var.read_value())))
 
         def write_row():
             vec = self._row(rec, inputs, unowned_grads, per_layer_grads, weights_before,
-                            metric_values, optimizer, dead)
+                            metric_values, optimizer, step, active)
             slot = self.count % self.rows
             writes = [self.buffer.scatter_nd_update([[slot]], vec[None, :]),
                       self.row_steps.scatter_nd_update([[slot]], step[None])]
@@ -511,7 +552,7 @@ class DeviceProgram:
             with tf.control_dependencies(writes):
                 return self.count.assign_add(1)
 
-        with tf.control_dependencies([activity_update]):
+        with tf.control_dependencies(activity_updates):
             if self.every_n_batches == 1:
                 done = write_row()
             else:
@@ -528,7 +569,7 @@ class DeviceProgram:
                 return self.step.assign_add(1)
 
     def _row(self, rec, inputs, unowned_grads, per_layer_grads, weights_before,
-             metric_values, optimizer, dead):
+             metric_values, optimizer, step, active):
         """Reads what the statistics need and computes the row vector."""
         nan = tf.constant(float("nan"), tf.float32)
         loss = ts._as_f32(rec.loss) if rec.loss is not None else nan
@@ -545,15 +586,26 @@ class DeviceProgram:
             for layer in self.layers:
                 pairs = []
                 for v in layer.trainable_weights:
-                    after, scale = ts.sample(ts._as_f32(v.value))
-                    before = weights_before[k][0]
-                    pairs.append((before, after - before, scale))
+                    tf_var = v.value
+                    after, scale = ts.sample(ts._as_f32(tf_var))
+                    update = rec.update_of(id(tf_var))
+                    if update is not None:  # W_before = W_after - dW, on the sample
+                        d = ts.sample(update)[0]
+                        pairs.append((after - d, d, scale))
+                    else:  # the copy (unused copies are pruned from the graph)
+                        before = weights_before[k][0]
+                        pairs.append((before, after - before, scale))
                     k += 1
                 weights.append(pairs)
         acts = [rec.activations.get(i) for i in range(len(self.layers))]
+        last_active = [self._last_active[i].read_value() if acts[i] is not None else None
+                       for i in range(len(self.layers))]
+        actives = [active.get(i) for i in range(len(self.layers))]
+        threshold = tf.maximum(step - self.dead_window + 1, self.start.read_value())
         bounds = [layer_info(layer).bounds for layer in self.layers]
-        return _row_values(acts, list(per_layer_grads), unowned_grads, weights, dead, inputs,
-                           loss, lr, list(metric_values), bounds)
+        return _row_values(
+            acts, actives, last_active, threshold, list(per_layer_grads), unowned_grads,
+            weights, inputs, loss, lr, list(metric_values), bounds)
 
     def _write_histograms(self, rec, per_layer_grads, step):
         rows = []
@@ -575,8 +627,8 @@ class DeviceProgram:
                 for i, l in enumerate(self.layers)]
 
 
-def _row_values(acts, per_layer_grads, unowned_grads, weights, dead, inputs, loss, lr,
-                metric_values, bounds):
+def _row_values(acts, actives, last_active, threshold, per_layer_grads, unowned_grads, weights,
+                inputs, loss, lr, metric_values, bounds):
     """The row vector [GLOBAL_STATS, metrics, L x LAYER_STATS] from plain tensors.
 
     The weight columns (`ts.weight_columns`, on small samples) are the only
@@ -589,14 +641,14 @@ def _row_values(acts, per_layer_grads, unowned_grads, weights, dead, inputs, los
     while a conditional in the compiled step measured 1.16x the plain
     step's wall time on a CPU (XLA's step with the careful row alone: 1.00x).
     """
-    args = (acts, per_layer_grads, unowned_grads, inputs, loss, lr, metric_values, bounds)
+    args = (acts, actives, last_active, threshold, per_layer_grads, unowned_grads, inputs,
+            loss, lr, metric_values, bounds)
     if ts.compiled_by_xla():
         head, columns = _careful_columns(*args)
     else:
         head, columns, probe = _fast_columns(*args)
         head, columns = ts.cond(tf.reduce_all(tf.math.is_finite(probe)), lambda: (head, columns),
                                 lambda: _careful_columns(*args))
-    columns = dict(columns, **dead)
     if weights is not None:
         columns.update(ts.weight_columns(weights))
     else:
@@ -614,12 +666,13 @@ def _head(global_values, metric_values):
                      for v in [global_values[name] for name in fmt.GLOBAL_STATS] + list(metric_values)])
 
 
-def _fast_columns(acts, per_layer_grads, unowned_grads, inputs, loss, lr, metric_values, bounds):
-    """(head, columns, probe): the gradient and activation columns as [L] vectors, nothing masked."""
+def _fast_columns(acts, actives, last_active, threshold, per_layer_grads, unowned_grads,
+                  inputs, loss, lr, metric_values, bounds):
+    """(head, columns, probe): every column but the weights' as [L] vectors, nothing masked."""
     nan = tf.constant(float("nan"), tf.float32)
     grad_cols, grad_norm, grad_probe = ts.fast_gradient_columns(per_layer_grads, unowned_grads)
     act_cols, act_probe = ts.fast_activation_columns(acts, bounds)
-    columns = dict(grad_cols, **act_cols)
+    columns = dict(grad_cols, **act_cols, **ts.dead_columns(actives, last_active, threshold))
     probe = [grad_probe, act_probe]
     if inputs:
         inp = ts.fast_input_stats(list(inputs))
@@ -631,7 +684,8 @@ def _fast_columns(acts, per_layer_grads, unowned_grads, inputs, loss, lr, metric
     return _head(global_values, metric_values), columns, tf.concat(probe, axis=0)
 
 
-def _careful_columns(acts, per_layer_grads, unowned_grads, inputs, loss, lr, metric_values, bounds):
+def _careful_columns(acts, actives, last_active, threshold, per_layer_grads, unowned_grads,
+                     inputs, loss, lr, metric_values, bounds):
     """(head, columns) with every statistic over the finite entries only (masking functions)."""
     nan = tf.constant(float("nan"), tf.float32)
     # Per-layer gradient statistics first; the global ones add them up (and
@@ -657,6 +711,7 @@ def _careful_columns(acts, per_layer_grads, unowned_grads, inputs, loss, lr, met
         per_layer.append(dict(gs, **act))
     names = [k for k in fmt.LAYER_STATS if k.startswith(("grad_", "act_"))]
     columns = {k: tf.stack([tf.cast(stats[k], tf.float32) for stats in per_layer]) for k in names}
+    columns.update(ts.dead_columns(actives, last_active, threshold))
     return _head(global_values, metric_values), columns
 
 

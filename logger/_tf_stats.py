@@ -483,21 +483,17 @@ def fast_activation_columns(acts, bounds):
     return columns, (tf.stack(probe) if probe else tf.zeros([1], F32))
 
 
-def dead_columns(fired, last_active, threshold, layout, n_layers):
-    """dead_frac and dead_frac_window columns [L] (NaN: layer not captured).
-
-    fired: bool, last_active: int64 (the step each unit last fired, this
-    step included), both over the units of the captured layers in `layout`
-    order; layout: ((layer index, units), ...).
-    """
-    segments, inverse = [], [NAN] * n_layers
-    for i, units in layout:
-        segments.extend([i] * units)
-        inverse[i] = 1.0 / units
-    inverse = tf.constant(inverse, F32)  # NaN for a layer not captured (0 * NaN = NaN)
-    silent = _per_layer(tf.cast(tf.logical_not(fired), F32), segments, n_layers)
-    stale = _per_layer(tf.cast(last_active < threshold, F32), segments, n_layers)
-    return dict(dead_frac=silent * inverse, dead_frac_window=stale * inverse)
+def dead_columns(actives, last_active, threshold):
+    """dead_frac and dead_frac_window columns [L] (None entries: not captured)."""
+    dead, window = [], []
+    for active, last in zip(actives, last_active):
+        if active is None:
+            dead.append(tf.constant(NAN, F32))
+            window.append(tf.constant(NAN, F32))
+            continue
+        dead.append(1.0 - tf.reduce_mean(tf.cast(active, F32)))
+        window.append(tf.reduce_mean(tf.cast(last < threshold, F32)))
+    return dict(dead_frac=tf.stack(dead), dead_frac_window=tf.stack(window))
 
 
 def fast_input_stats(inputs):

@@ -258,13 +258,16 @@ def test_weight_columns_mask_non_finite_entries(mode):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["op-by-op", "xla"])
 @pytest.mark.parametrize("case", ["adamw", "sgd-nesterov-every-2", "constraint"])
-def test_weight_columns_completed_by_the_next_step(tmp_path, case):
-    # A step's weight columns are computed at the start of the next step
-    # (the last step's at the end of the epoch): with every batch or every
-    # 2nd logged, across epochs, and whatever changes the weights in the
-    # step (AdamW's decay, momentum, a kernel constraint), they are the
-    # reference's for that step, and the host never reads a row before they are.
+def test_weight_columns_across_steps_and_optimizers(tmp_path, case, jit_compile):
+    # Op by op a step's weight columns are computed at the start of the next
+    # step (the last step's at the end of the epoch); under XLA at the end
+    # of the step, from the variables' in-place additions (a kernel
+    # constraint's assign: from a copy). With every batch or every 2nd
+    # logged, across epochs, and whatever changes the weights in the step
+    # (AdamW's decay, momentum, a constraint), they are the reference's for
+    # that step, and the host never reads a row before they are.
     keras.utils.set_random_seed(2)
     inp = keras.Input((6,))
     constraint = keras.constraints.MaxNorm(0.5) if case == "constraint" else None
@@ -274,7 +277,7 @@ def test_weight_columns_completed_by_the_next_step(tmp_path, case):
     optimizer = {"adamw": keras.optimizers.AdamW(0.05, weight_decay=0.5),
                  "sgd-nesterov-every-2": keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
                  "constraint": keras.optimizers.SGD(0.1)}[case]
-    model.compile(optimizer, "categorical_crossentropy")
+    model.compile(optimizer, "categorical_crossentropy", jit_compile=jit_compile)
     weights = {name: WeightsAround(name) for name in ("hidden", "out")}
     every = 2 if case.endswith("every-2") else 1
     cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=0, detectors=None,
