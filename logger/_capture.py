@@ -343,6 +343,15 @@ class DeviceProgram:
         outside a layer's call: mixed precision casts `.value` there)."""
         return [v.value for v in self.monitored_variables()]
 
+    def _by_layer(self, flat):
+        """A list over the monitored tensors, split into one list per layer."""
+        out, k = [], 0
+        for layer in self.layers:
+            n = len(layer.trainable_weights)
+            out.append(flat[k:k + n])
+            k += n
+        return out
+
     def weights_before(self):
         """`record()`'s `weights_before`: the samples of the monitored
         variables' current values (call it before the update)."""
@@ -392,15 +401,11 @@ class DeviceProgram:
     def _weight_cells(self, now):
         """[2L] weight_norm and update_ratio of each layer for the previous
         step, from its starting samples and `now`, the samples after it."""
-        layers, k = [], 0
-        for layer in self.layers:
-            pairs = []
-            for _ in layer.trainable_weights:
-                before = self._prev_samples[k].read_value()
-                pairs.append((before, now[k][0] - before, now[k][1]))
-                k += 1
-            layers.append(pairs)
-        columns = ts.weight_columns(layers)
+        pairs = []
+        for var, (part, scale) in zip(self._prev_samples, now):
+            before = var.read_value()
+            pairs.append((before, part - before, scale))
+        columns = ts.weight_columns(self._by_layer(pairs))
         return tf.reshape(tf.stack([columns[name] for name in _WEIGHT_COLUMNS], axis=1), [-1])
 
     def _complete_previous_row(self, values):
@@ -582,21 +587,16 @@ class DeviceProgram:
                 lr = nan
         weights = None  # deferred: NaN until `begin_step` / `complete_last_row`
         if weights_before is not None:
-            weights, k = [], 0
-            for layer in self.layers:
-                pairs = []
-                for v in layer.trainable_weights:
-                    tf_var = v.value
-                    after, scale = ts.sample(ts._as_f32(tf_var))
-                    update = rec.update_of(id(tf_var))
-                    if update is not None:  # W_before = W_after - dW, on the sample
-                        d = ts.sample(update)[0]
-                        pairs.append((after - d, d, scale))
-                    else:  # the copy (unused copies are pruned from the graph)
-                        before = weights_before[k][0]
-                        pairs.append((before, after - before, scale))
-                    k += 1
-                weights.append(pairs)
+            pairs = []
+            for tf_var, (before, _) in zip(self.tf_variables(), weights_before):
+                after, scale = ts.sample(ts._as_f32(tf_var))
+                update = rec.update_of(id(tf_var))
+                if update is not None:  # W_before = W_after - dW, on the sample
+                    d = ts.sample(update)[0]
+                    pairs.append((after - d, d, scale))
+                else:  # the copy (unused copies are pruned from the graph)
+                    pairs.append((before, after - before, scale))
+            weights = self._by_layer(pairs)
         acts = [rec.activations.get(i) for i in range(len(self.layers))]
         last_active = [self._last_active[i].read_value() if acts[i] is not None else None
                        for i in range(len(self.layers))]
