@@ -24,7 +24,7 @@ import tensorflow as tf
 
 from training_health import _tf_stats as ts
 from training_health import format as fmt
-from training_health._layers import layer_info, output_layers
+from training_health._layers import firing_bias, layer_info, output_layers
 from training_health.records import StepStats
 from training_health import writer as _writer  # noqa: F401  (registers its exit hook first)
 
@@ -301,6 +301,13 @@ class DeviceProgram:
         for i, layer in enumerate(self.layers):
             for v in layer.trainable_weights:
                 self._var_layer.setdefault(id(v), i)
+        # Bias (by id) -> layer whose unit activity its gradient proves
+        # (see `_layers.firing_bias`).
+        self._firing_bias = {}
+        for i, layer in enumerate(self.layers):
+            bias = firing_bias(layer)
+            if bias is not None:
+                self._firing_bias.setdefault(id(bias), i)
         self.units = [0] * len(self.layers)  # known after tracing
         self.captured = [False] * len(self.layers)
         self.traced = False
@@ -482,13 +489,14 @@ class DeviceProgram:
         if optimizer is not None and hasattr(optimizer, "inner_optimizer") and hasattr(optimizer, "dynamic_scale"):
             # Mixed precision: the optimizer received scaled gradients.
             scale = tf.cast(tf.convert_to_tensor(optimizer.dynamic_scale), tf.float32)
-        all_grads, owners = [], []
+        all_grads, owners, fired_by = [], [], []
         for g, v in zip(grads, variables):
             if g is None:
                 continue
             g = ts._as_f32(g)
             all_grads.append(g / scale if scale is not None else g)
             owners.append(self._var_layer.get(id(v)))
+            fired_by.append(self._firing_bias.get(id(v)))
 
         if self.activation_examples:
             k = self.activation_examples
@@ -519,6 +527,7 @@ class DeviceProgram:
 
         per_layer_grads = [[] for _ in self.layers]
         unowned_grads = []  # variables of layers that are not monitored
+        bias_grads = {i: g for g, i in zip(all_grads, fired_by) if i is not None}
         for g, owner in zip(all_grads, owners):
             if owner is not None:
                 per_layer_grads[owner].append(g)
@@ -539,8 +548,10 @@ class DeviceProgram:
             a = rec.activations[i]
             self.captured[i] = True
             self.units[i] = int(a.shape[-1]) if (a.shape.rank or 0) >= 2 and a.shape[-1] is not None else 1
-        # one compare-and-any per (sampled) output; exact with NaN entries
-        active = {i: ts.units_active(rec.activations[i]) for i in captured}
+        # one compare-and-any per (sampled) output; exact with NaN entries.
+        # A ReLU unit whose bias got gradient fired somewhere in the batch,
+        # also where the sample did not look (see `_layers.firing_bias`).
+        active = {i: ts.units_active(rec.activations[i], bias_grads.get(i)) for i in captured}
         activity_updates = []
         for i in captured:
             var = self._last_active_var(i, self.units[i])

@@ -113,3 +113,38 @@ def layer_info(layer, units=0, has_activation=False, is_output=False):
         has_activation=bool(has_activation),
         is_output=bool(is_output),
     )
+
+
+# Layers whose call ends with `activation(f(inputs) + bias)`, bias one value
+# per unit of the last axis (channels_last).
+_BIAS_THEN_ACTIVATION = ("Dense", "Conv1D", "Conv2D", "Conv3D",
+                         "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
+
+
+def firing_bias(layer):
+    """The bias whose gradient shows which of the layer's ReLU units fired, or None.
+
+    For a Dense or convolution layer (its own `call`, channels last) whose
+    output is relu(z + b) or relu6(z + b), d loss / d b[u] sums the loss
+    gradient over the outputs of unit u where the ReLU passes gradient, i.e.
+    where the unit fired; it is exactly 0 when the unit output 0 for every
+    example and position of the batch. A non-zero (finite) entry therefore
+    proves the unit fired, whichever examples and positions the activation
+    sample looked at. A bias regularizer adds a term of its own to the
+    gradient: such a bias is not used.
+    """
+    activation = getattr(layer, "activation", None)
+    if activation is not keras.activations.relu and activation is not keras.activations.relu6:
+        return None
+    calls = [getattr(keras.layers, name).call for name in _BIAS_THEN_ACTIVATION]
+    if not any(type(layer).call is call for call in calls):
+        return None
+    if getattr(layer, "data_format", "channels_last") != "channels_last":
+        return None
+    bias = getattr(layer, "bias", None)
+    if bias is None or not getattr(bias, "trainable", False) or getattr(layer, "bias_regularizer", None) is not None:
+        return None
+    units = getattr(layer, "units", None) or getattr(layer, "filters", None)
+    if units is None or tuple(bias.shape) != (units,):
+        return None
+    return bias

@@ -239,9 +239,14 @@ def _by_unit(a):
     return tf.reshape(a, [-1, a.shape[-1]])
 
 
-def units_active(a):
-    """bool [units]: the unit's output was > 0 somewhere in the batch."""
-    return tf.reduce_any(_by_unit(a) > 0, axis=0)
+def units_active(a, bias_grad=None):
+    """bool [units]: the unit's output was > 0 somewhere in the batch (in a,
+    or, with the gradient of a `firing_bias`, where that is non-zero)."""
+    active = tf.reduce_any(_by_unit(a) > 0, axis=0)
+    if bias_grad is not None and bias_grad.shape == active.shape:
+        fired = tf.logical_and(tf.not_equal(bias_grad, 0.0), tf.math.is_finite(bias_grad))
+        active = tf.logical_or(active, fired)
+    return active
 
 
 def input_stats(inputs):

@@ -113,7 +113,9 @@ class HealthCallback(keras.callbacks.Callback):
             batch (and, of a feature map with more than 16,384 values in
             them, on a fixed set of positions), which keeps their cost to a
             fraction of a step; None uses the whole batch. Gradient and
-            weight statistics always cover the whole batch. Defaults to 8.
+            weight statistics always cover the whole batch, and so do the
+            dead units of a Dense or convolution layer with a ReLU and a
+            bias (a unit whose bias got gradient fired). Defaults to 8.
         detectors: a `training_health.detectors.DetectorSuite`, or None to
             turn online alerts off. Defaults to the default suite.
         stop_on: alert kinds that stop training (like `TerminateOnNaN`),

@@ -173,10 +173,72 @@ def test_activation_sample_uses_leading_examples(tmp_path):
         for key, value in stats.activation_stats(refs[0]["acts"][i][:4], meta["layers"][i].bounds).items():
             if not np.isnan(value):
                 close(row[key], value, name + "/" + key)
-        close(row["dead_frac"], stats.dead_fraction(refs[0]["acts"][i][:4]), name + " dead")
+        # hidden (relu + bias): units whose bias got gradient fired somewhere in the batch
+        bias_grad = refs[0]["grads"][name][1] if name == "hidden" else None
+        close(row["dead_frac"], stats.dead_fraction(refs[0]["acts"][i][:4], bias_grad), name + " dead")
     close(glob["input_mean"], stats.input_stats([refs[0]["x"][:4]])["input_mean"], "input mean")
     # Gradient statistics still cover the whole batch.
     close(matrix[0][0], stats.gradient_stats(refs[0]["grads"]["hidden"])["grad_norm"], "grad norm")
+
+
+def test_firing_bias_only_where_its_gradient_proves_firing():
+    from training_health._layers import firing_bias
+
+    def built(layer, shape):
+        layer.build(shape)
+        return layer
+
+    dense = built(keras.layers.Dense(4, activation="relu"), (None, 3))
+    assert firing_bias(dense) is dense.bias
+    conv = built(keras.layers.Conv2D(4, 3, activation="relu6"), (None, 8, 8, 3))
+    assert firing_bias(conv) is conv.bias
+    conv1d = built(keras.layers.Conv1D(4, 3, activation="relu", padding="causal"), (None, 8, 3))
+    assert firing_bias(conv1d) is conv1d.bias
+
+    class Shifted(keras.layers.Dense):  # its own call: the output need not be relu(z + b)
+        def call(self, x):
+            return super().call(x) + 1.0
+
+    not_used = [
+        built(keras.layers.Dense(4, activation="sigmoid"), (None, 3)),
+        built(keras.layers.Dense(4, activation="leaky_relu"), (None, 3)),
+        built(keras.layers.Dense(4), (None, 3)),
+        built(keras.layers.Dense(4, activation="relu", use_bias=False), (None, 3)),
+        built(keras.layers.Dense(4, activation="relu", bias_regularizer="l2"), (None, 3)),
+        built(keras.layers.Conv2D(4, 3, activation="relu", data_format="channels_first"), (None, 3, 8, 8)),
+        built(Shifted(4, activation="relu"), (None, 3)),
+        built(keras.layers.ReLU(), (None, 3)),
+    ]
+    assert [firing_bias(layer) for layer in not_used] == [None] * len(not_used)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jit_compile", [False, True], ids=["op-by-op", "xla"])
+def test_relu_units_firing_outside_the_sample_are_not_dead(tmp_path, jit_compile):
+    # Unit 1 of `hidden` fires only on examples 4.. of the batch, which the
+    # activation sample (the first 4) does not see; its bias gradient does.
+    model = make_model(jit_compile)
+    hidden = model.get_layer("hidden")
+    kernel, bias = hidden.get_weights()
+    kernel[:, 1] = [1.0, 0, 0, 0, 0, 0]
+    bias[1] = -5.0
+    hidden.set_weights([kernel, bias])
+    (x, y), = batches(1)
+    x[:4, 0] = -3.0
+    x[4:, 0] = np.linspace(6.0, 9.0, BATCH - 4)
+    acts, _, grads, _ = reference_step(model, x, y)
+    whole, sampled = stats.dead_fraction(acts[0]), stats.dead_fraction(acts[0][:4])
+    assert sampled > whole  # the sample alone would call unit 1 dead
+    cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=0, detectors=None,
+                        activation_examples=4, dead_window=1)
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+    cb.close()
+    _, _, steps, _ = layer_table(str(tmp_path))
+    row = dict(zip(fmt.LAYER_STATS, steps[0][0][0]))
+    close(row["dead_frac"], whole, "dead_frac with the bias gradient")
+    close(row["dead_frac"], stats.dead_fraction(acts[0][:4], grads["hidden"][1]), "reference")
+    close(row["dead_frac_window"], whole, "dead_frac_window with the bias gradient")
+    assert whole > 0.19  # unit 0 (bias -100) never fires and still counts as dead
 
 
 @pytest.mark.slow
@@ -408,7 +470,8 @@ def test_large_tensors_match_the_sampled_reference(tmp_path):
         expected.update(stats.weight_stats(before[name], after[name]))
         sample = stats.activation_sample(np.asarray(acts[i]), 8)
         expected.update(stats.activation_stats(sample, meta["layers"][i].bounds))
-        expected["dead_frac"] = stats.dead_fraction(sample)
+        bias_grad = np.asarray(grads["conv/bias"]) if name == "conv" else None
+        expected["dead_frac"] = stats.dead_fraction(sample, bias_grad)
         close(hist[i, 0], stats.gradient_histogram(layer_grads), name + " grad hist")
         close(hist[i, 1], stats.activation_histogram(sample), name + " act hist")
         close(hist[i, 0].sum(), 1.0, name + " grad hist sums to 1")
