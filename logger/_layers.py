@@ -121,23 +121,19 @@ _BIAS_THEN_ACTIVATION = ("Dense", "Conv1D", "Conv2D", "Conv3D",
                          "Conv1DTranspose", "Conv2DTranspose", "Conv3DTranspose")
 
 
-def firing_bias(layer):
-    """The bias whose gradient shows which of the layer's ReLU units fired, or None.
+def _is_relu(fn):
+    return fn is keras.activations.relu or fn is keras.activations.relu6
 
-    For a Dense or convolution layer (its own `call`, channels last) whose
-    output is relu(z + b) or relu6(z + b), d loss / d b[u] sums the loss
-    gradient over the outputs of unit u where the ReLU passes gradient, i.e.
-    where the unit fired; it is exactly 0 when the unit output 0 for every
-    example and position of the batch. A non-zero (finite) entry therefore
-    proves the unit fired, whichever examples and positions the activation
-    sample looked at. A bias regularizer adds a term of its own to the
-    gradient: such a bias is not used.
-    """
-    activation = getattr(layer, "activation", None)
-    if activation is not keras.activations.relu and activation is not keras.activations.relu6:
-        return None
-    calls = [getattr(keras.layers, name).call for name in _BIAS_THEN_ACTIVATION]
-    if not any(type(layer).call is call for call in calls):
+
+def _own_call(layer, class_names):
+    return any(type(layer).call is getattr(keras.layers, name).call for name in class_names)
+
+
+def _added_bias(layer, activation_ok):
+    """The bias a Dense/convolution layer adds last before its activation
+    (which must pass `activation_ok`), when its gradient is the plain sum of
+    the gradient reaching the units; else None."""
+    if not activation_ok(getattr(layer, "activation", None)) or not _own_call(layer, _BIAS_THEN_ACTIVATION):
         return None
     if getattr(layer, "data_format", "channels_last") != "channels_last":
         return None
@@ -145,6 +141,67 @@ def firing_bias(layer):
     if bias is None or not getattr(bias, "trainable", False) or getattr(layer, "bias_regularizer", None) is not None:
         return None
     units = getattr(layer, "units", None) or getattr(layer, "filters", None)
-    if units is None or tuple(bias.shape) != (units,):
+    return bias if units is not None and tuple(bias.shape) == (units,) else None
+
+
+def _added_beta(layer):
+    """The offset a BatchNormalization over the last axis adds last, or None."""
+    if not _own_call(layer, ("BatchNormalization",)) or not getattr(layer, "center", False):
         return None
-    return bias
+    beta = getattr(layer, "beta", None)
+    if beta is None or not getattr(beta, "trainable", False) or getattr(layer, "beta_regularizer", None) is not None:
+        return None
+    nodes = getattr(layer, "_inbound_nodes", [])
+    tensors = nodes[0].input_tensors if len(nodes) == 1 else []
+    rank = len(tensors[0].shape) if len(tensors) == 1 else None
+    return beta if rank is not None and layer.axis in (-1, rank - 1) else None
+
+
+def _standalone_relu(layer):
+    if _own_call(layer, ("ReLU",)):
+        return (getattr(layer, "max_value", None) in (None, 6) and not getattr(layer, "negative_slope", 0)
+                and not getattr(layer, "threshold", 0))
+    return _own_call(layer, ("Activation",)) and _is_relu(getattr(layer, "activation", None))
+
+
+def _sole_producer(layer):
+    """The layer whose output is this layer's only input and feeds nothing
+    else, in a functional or Sequential model; else None."""
+    nodes = getattr(layer, "_inbound_nodes", [])
+    if len(nodes) != 1 or len(nodes[0].input_tensors) != 1:
+        return None
+    history = getattr(nodes[0].input_tensors[0], "_keras_history", None)
+    producer = getattr(history, "operation", None)
+    if producer is None or len(getattr(producer, "_inbound_nodes", [])) != 1:
+        return None
+    if len(getattr(producer, "_outbound_nodes", [])) != 1:
+        return None
+    return producer
+
+
+def firing_bias(layer):
+    """The bias whose gradient shows which of the layer's ReLU units fired, or None.
+
+    When a ReLU layer's output is relu(z + b) (or relu6), d loss / d b[u]
+    sums the loss gradient over the outputs of unit u where the ReLU passes
+    gradient, i.e. where the unit fired; it is exactly 0 when the unit output
+    0 for every example and position of the batch. A non-zero (finite) entry
+    therefore proves the unit fired, whichever examples and positions the
+    activation sample looked at. b is the bias of a Dense or convolution
+    layer with a ReLU activation (Keras's own `call`, channels last), or,
+    for a ReLU / Activation("relu") layer whose only input is the output of
+    a linear Dense/convolution layer or of a BatchNormalization over the
+    last axis that feeds nothing else, that layer's bias or beta. A bias
+    regularizer adds a term of its own to the gradient: such a bias is not
+    used.
+    """
+    bias = _added_bias(layer, _is_relu)
+    if bias is not None or not _standalone_relu(layer):
+        return bias
+    producer = _sole_producer(layer)
+    if producer is None:
+        return None
+    beta = _added_beta(producer)
+    if beta is not None:
+        return beta
+    return _added_bias(producer, lambda fn: fn is keras.activations.linear)

@@ -114,8 +114,8 @@ class HealthCallback(keras.callbacks.Callback):
             them, on a fixed set of positions), which keeps their cost to a
             fraction of a step; None uses the whole batch. Gradient and
             weight statistics always cover the whole batch, and so do the
-            dead units of a Dense or convolution layer with a ReLU and a
-            bias (a unit whose bias got gradient fired). Defaults to 8.
+            dead units of most ReLU layers (a unit whose bias got gradient
+            fired; see docs/format.md). Defaults to 8.
         detectors: a `training_health.detectors.DetectorSuite`, or None to
             turn online alerts off. Defaults to the default suite.
         stop_on: alert kinds that stop training (like `TerminateOnNaN`),

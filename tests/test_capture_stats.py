@@ -207,9 +207,28 @@ def test_firing_bias_only_where_its_gradient_proves_firing():
         built(keras.layers.Dense(4, activation="relu", bias_regularizer="l2"), (None, 3)),
         built(keras.layers.Conv2D(4, 3, activation="relu", data_format="channels_first"), (None, 3, 8, 8)),
         built(Shifted(4, activation="relu"), (None, 3)),
-        built(keras.layers.ReLU(), (None, 3)),
+        built(keras.layers.ReLU(), (None, 3)),  # no producer known
     ]
     assert [firing_bias(layer) for layer in not_used] == [None] * len(not_used)
+
+    # A ReLU layer behind a linear Dense / a BatchNormalization that feeds
+    # only it: that layer's bias / beta.
+    inp = keras.Input((8, 8, 3))
+    bn = keras.layers.BatchNormalization()
+    relu = keras.layers.ReLU()
+    x = relu(bn(keras.layers.Conv2D(4, 3, use_bias=False)(inp)))
+    lin = keras.layers.Dense(5)
+    act = keras.layers.Activation("relu")
+    act(lin(keras.layers.Flatten()(x)))
+    assert firing_bias(relu) is bn.beta and firing_bias(act) is lin.bias
+    # ... but not when the producer's output also goes elsewhere (its bias
+    # then gets gradient through the other path), nor behind a relu Dense.
+    inp = keras.Input((3,))
+    shared, relu, relu2 = keras.layers.Dense(4), keras.layers.ReLU(), keras.layers.ReLU()
+    h = shared(inp)
+    keras.layers.Add()([relu(h), h])
+    relu2(keras.layers.Dense(4, activation="relu")(inp))
+    assert firing_bias(relu) is None and firing_bias(relu2) is None
 
 
 @pytest.mark.slow
@@ -239,6 +258,42 @@ def test_relu_units_firing_outside_the_sample_are_not_dead(tmp_path, jit_compile
     close(row["dead_frac"], stats.dead_fraction(acts[0][:4], grads["hidden"][1]), "reference")
     close(row["dead_frac_window"], whole, "dead_frac_window with the bias gradient")
     assert whole > 0.19  # unit 0 (bias -100) never fires and still counts as dead
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("producer", ["dense", "batchnorm"])
+def test_relu_layer_behind_linear_or_batchnorm_uses_its_offset(tmp_path, producer):
+    # act = ReLU(Dense(linear)) or ReLU(BatchNormalization(Dense(no bias))):
+    # unit 1 fires only on examples 4.. of the batch, outside the sample.
+    keras.utils.set_random_seed(2)
+    inp = keras.Input((6,))
+    if producer == "dense":
+        z = keras.layers.Dense(5, name="lin")(inp)
+    else:
+        z = keras.layers.BatchNormalization(name="bn")(keras.layers.Dense(5, use_bias=False, name="lin")(inp))
+    act = keras.layers.ReLU(name="act")(z)
+    out = keras.layers.Dense(3, activation="softmax", name="out")(act)
+    model = keras.Model(inp, out)
+    model.compile(keras.optimizers.SGD(0.1), "categorical_crossentropy")
+    lin = model.get_layer("lin")
+    weights = lin.get_weights()
+    weights[0][:, 1] = [1.0, 0, 0, 0, 0, 0]
+    if producer == "dense":
+        weights[1][1] = -5.0
+    lin.set_weights(weights)
+    (x, y), = batches(1)
+    x[:4, 0] = -3.0
+    x[4:, 0] = 8.0
+    probe = keras.Model(model.input, model.get_layer("act").output)
+    acts = np.asarray(probe(x, training=True))
+    whole, sampled = stats.dead_fraction(acts), stats.dead_fraction(acts[:4])
+    assert sampled > whole
+    cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=0, detectors=None,
+                        activation_examples=4, layers=["act"])
+    model.fit(x, y, batch_size=BATCH, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
+    cb.close()
+    _, _, steps, _ = layer_table(str(tmp_path))
+    close(dict(zip(fmt.LAYER_STATS, steps[0][0][0]))["dead_frac"], whole, producer)
 
 
 @pytest.mark.slow
