@@ -207,13 +207,26 @@ def initializer_suspect(stats, kind):
     )
 
 
-def hint_for(kind, stats, layer=None):
+def died_during_training(alive_at):
+    """Clause for ReLU units that were alive at an earlier step (step, dead fraction)."""
+    step, frac = alive_at
+    return (
+        "only %s of its units were dead at step %d, so they died during training: "
+        "large updates pushed their pre-activations below zero for every input; lower "
+        "the learning rate (or warm it up), clip gradients (clipnorm=1.0), or use "
+        "LeakyReLU" % (_pct(frac), step)
+    )
+
+
+def hint_for(kind, stats, layer=None, alive_at=None):
     """The hint for an alert of `kind` raised at `stats` (about `layer`).
 
     Args:
         kind: one of `records.KINDS`.
         stats: the `records.StepStats` of the step at which the alert is raised.
         layer: the alert's layer name, or None.
+        alive_at: for `dead_units`, (step, dead fraction) of an earlier step
+            at which the layer was mostly alive, or None.
 
     Returns:
         A short string: measured causes first, then the usual fix.
@@ -236,7 +249,10 @@ def hint_for(kind, stats, layer=None):
         add(learning_rate(stats, kind))
         add(input_range(stats))
         add(large_weights(stats, layer))
-        add(initializer_suspect(stats, kind))
+        if alive_at is not None:
+            add(died_during_training(alive_at))
+        else:
+            add(initializer_suspect(stats, kind))
         fallback = ("lower the learning rate, use He initialization, LeakyReLU, "
                     "or BatchNormalization before the ReLU")
     elif kind == "vanishing_gradients":

@@ -89,3 +89,24 @@ def test_nan_loss_with_finite_inputs_and_activations_points_at_the_targets():
     assert "check the targets" in text
     with_bad_inputs = make_step(0, loss=float("nan"), input_nonfinite=3.0)
     assert "check the targets" not in hints.hint_for("nan_inf", with_bad_inputs)
+
+
+def test_units_that_died_during_training_are_told_apart_from_a_bad_start():
+    from test_detectors import raised, run, stream
+    from training_health.detectors import DeadUnitsDetector
+
+    text = hints.hint_for("dead_units", make_step(0), "conv", alive_at=(40, 0.1))
+    assert "only 10% of its units were dead at step 40, so they died during training" in text
+    assert "check the initializers" not in text
+
+    # Alive (2% dead) for 100 steps, then 95% dead: the alert says they died.
+    died = raised(run(DeadUnitsDetector(), stream(
+        200, layer_fn=lambda s: {"conv": {"dead_frac_window": 0.95}} if s >= 100 else {})))
+    assert [a.layer for a in died] == ["conv"]
+    assert "only 2% of its units were dead at step 0, so they died during training" in died[0].hint
+    assert "check the initializers" not in died[0].hint
+    # Dead from the first step (inputs scaled, usual learning rate): the initialization.
+    born_dead = raised(run(DeadUnitsDetector(), stream(
+        100, layer_fn=lambda s: {"conv": {"dead_frac_window": 0.95, "dead_frac": 0.97}})))
+    assert [a.layer for a in born_dead] == ["conv"]
+    assert "check the initializers" in born_dead[0].hint and "died" not in born_dead[0].hint

@@ -4,6 +4,11 @@ from training_health import hints
 from training_health.detectors.base import Detector, Finding, check_float, check_int, finite
 
 
+# A layer with at most this fraction of its units dead at some step was
+# alive then: if most of it is dead later, the units died during training.
+ALIVE_FRAC = 0.5
+
+
 class DeadUnitsDetector(Detector):
     """Raises `dead_units` when most units of a ReLU layer output 0 all the time.
 
@@ -53,6 +58,12 @@ class DeadUnitsDetector(Detector):
                 "('relu', 'relu6'); received %r" % (activations,)
             )
         self.activations = tuple(activations)
+        self._reset_state()
+
+    def _reset_state(self):
+        # layer name -> (step, fraction) of the fewest dead units seen: a
+        # layer that was mostly alive once died during training.
+        self._fewest = {}
 
     @staticmethod
     def _dead_fraction(row, names):
@@ -86,6 +97,9 @@ class DeadUnitsDetector(Detector):
             frac, source = self._dead_fraction(row, names)
             if frac is None:
                 continue
+            fewest = self._fewest.get(info.name)
+            if fewest is None or frac < fewest[1]:
+                self._fewest[info.name] = fewest = (step, frac)
             if frac < self.threshold:
                 out[info.name] = None
                 continue
@@ -95,6 +109,7 @@ class DeadUnitsDetector(Detector):
                 severity,
                 "%.0f%%%s units of %s (%s) output 0 on every example %s at step %d"
                 % (100 * frac, units, info.name, info.activation, source, step),
-                hints.hint_for(self.kind, stats, info.name),
+                hints.hint_for(self.kind, stats, info.name,
+                               alive_at=fewest if fewest[1] <= ALIVE_FRAC else None),
             )
         return out
