@@ -210,11 +210,12 @@ def initializer_suspect(stats, kind):
 def died_during_training(alive_at):
     """Clause for ReLU units that were alive at an earlier step (step, dead fraction)."""
     step, frac = alive_at
+    dead = "none" if frac == 0 else "under 1%" if frac < 0.01 else "only " + _pct(frac)
     return (
-        "only %s of its units were dead at step %d, so they died during training: "
+        "%s of its units were dead at step %d, so they died during training: "
         "large updates pushed their pre-activations below zero for every input; lower "
         "the learning rate (or warm it up), clip gradients (clipnorm=1.0), or use "
-        "LeakyReLU" % (_pct(frac), step)
+        "LeakyReLU" % (dead, step)
     )
 
 

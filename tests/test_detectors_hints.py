@@ -98,6 +98,7 @@ def test_units_that_died_during_training_are_told_apart_from_a_bad_start():
     text = hints.hint_for("dead_units", make_step(0), "conv", alive_at=(40, 0.1))
     assert "only 10% of its units were dead at step 40, so they died during training" in text
     assert "check the initializers" not in text
+    assert "none of its units were dead at step 3" in hints.died_during_training((3, 0.0))
 
     # Alive (2% dead) for 100 steps, then 95% dead: the alert says they died.
     died = raised(run(DeadUnitsDetector(), stream(
