@@ -298,13 +298,12 @@ class DeviceProgram:
         self.hist_slots = max(2, self.rows // max(1, self.histogram_every) + 2) if self.histogram_every else 0
         # Layer -> its trainable variables (by id) for grouping gradients.
         self._var_layer = {}
-        for i, layer in enumerate(self.layers):
-            for v in layer.trainable_weights:
-                self._var_layer.setdefault(id(v), i)
         # Bias (by id) -> layer whose unit activity its gradient proves
         # (see `_layers.firing_bias`).
         self._firing_bias = {}
         for i, layer in enumerate(self.layers):
+            for v in layer.trainable_weights:
+                self._var_layer.setdefault(id(v), i)
             bias = firing_bias(layer)
             if bias is not None:
                 self._firing_bias.setdefault(id(bias), i)
@@ -552,14 +551,15 @@ class DeviceProgram:
         # A ReLU unit whose bias got gradient fired somewhere in the batch,
         # also where the sample did not look (see `_layers.firing_bias`).
         active = {i: ts.units_active(rec.activations[i], bias_grads.get(i)) for i in captured}
-        activity_updates = []
+        last_active, activity_updates = {}, []
         for i in captured:
             var = self._last_active_var(i, self.units[i])
-            activity_updates.append(var.assign(tf.where(active[i], step, var.read_value())))
+            last_active[i] = tf.where(active[i], step, var.read_value())
+            activity_updates.append(var.assign(last_active[i]))
 
         def write_row():
             vec = self._row(rec, inputs, unowned_grads, per_layer_grads, weights_before,
-                            metric_values, optimizer, step, active)
+                            metric_values, optimizer, step, active, last_active)
             slot = self.count % self.rows
             writes = [self.buffer.scatter_nd_update([[slot]], vec[None, :]),
                       self.row_steps.scatter_nd_update([[slot]], step[None])]
@@ -585,8 +585,12 @@ class DeviceProgram:
                 return self.step.assign_add(1)
 
     def _row(self, rec, inputs, unowned_grads, per_layer_grads, weights_before,
-             metric_values, optimizer, step, active):
-        """Reads what the statistics need and computes the row vector."""
+             metric_values, optimizer, step, active, last_active):
+        """Reads what the statistics need and computes the row vector.
+
+        active, last_active: per captured layer index, which units fired in
+        this step and the step at which each last fired (this one included).
+        """
         nan = tf.constant(float("nan"), tf.float32)
         loss = ts._as_f32(rec.loss) if rec.loss is not None else nan
         loss = tf.reshape(loss, []) if loss.shape.rank == 0 else tf.reduce_mean(loss)
@@ -609,9 +613,8 @@ class DeviceProgram:
                     pairs.append((before, after - before, scale))
             weights = self._by_layer(pairs)
         acts = [rec.activations.get(i) for i in range(len(self.layers))]
-        last_active = [self._last_active[i].read_value() if acts[i] is not None else None
-                       for i in range(len(self.layers))]
         actives = [active.get(i) for i in range(len(self.layers))]
+        last_active = [last_active.get(i) for i in range(len(self.layers))]
         threshold = tf.maximum(step - self.dead_window + 1, self.start.read_value())
         bounds = [layer_info(layer).bounds for layer in self.layers]
         return _row_values(
