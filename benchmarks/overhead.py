@@ -130,8 +130,8 @@ def main(argv=None):
         variants["health"].append((make_model(args.jit, args.model), [health]))
         variants["keras_tb"].append((make_model(args.jit, args.model), [keras.callbacks.TensorBoard(
             os.path.join(tmp, "keras_tb_%d" % i), histogram_freq=1, update_freq="batch")]))
-    runs = [(name, *instances[i]) for i in range(args.instances) for name, instances in variants.items()]
-    for _, model, callbacks in runs:  # warm-up: tracing and first-epoch costs
+    runs = [(name, i, *instances[i]) for i in range(args.instances) for name, instances in variants.items()]
+    for _, _, model, callbacks in runs:  # warm-up: tracing and first-epoch costs
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
     for health in health_callbacks:
         health._writer.flush()
@@ -141,13 +141,15 @@ def main(argv=None):
     timer = FitTimer()
     times = {name: [] for name in variants}
     cpu = {name: [] for name in variants}  # process CPU time: less sensitive to other load
+    by_instance = {(name, i): [] for name, i, _, _ in runs}
     for r in range(args.rounds):
-        for name, model, callbacks in (runs if r % 2 == 0 else list(reversed(runs))):
+        for name, i, model, callbacks in (runs if r % 2 == 0 else list(reversed(runs))):
             model.fit(x, y, batch_size=batch, epochs=1, verbose=0,
                       callbacks=[timer.first] + callbacks + [timer.last])
             wall_ms, cpu_ms = timer.per_step_ms(args.steps)
             times[name].append(wall_ms)
             cpu[name].append(cpu_ms)
+            by_instance[name, i].append(wall_ms)
     for health in health_callbacks:
         health._writer.flush()
     logged_steps = sum(h._flusher.last_step for h in health_callbacks) - steps_before
@@ -160,6 +162,11 @@ def main(argv=None):
     for name, v in times.items():
         print("%-9s median %.2f ms/step wall, %.2f ms/step CPU  (wall by round: %s)"
               % (name, med[name], med_cpu[name], " ".join("%.1f" % t for t in v)))
+    print("median wall ms/step of each model instance (the spread of one variant's "
+          "instances is the noise floor of the ratios): " + "; ".join(
+              "%s %s" % (name, " ".join("%.1f" % statistics.median(by_instance[name, i])
+                                        for i in range(args.instances)))
+              for name in variants))
     print("CPU-time ratios: health_callback_vs_plain=%.2f keras_tensorboard_vs_plain=%.2f"
           % (med_cpu["health"] / med_cpu["plain"], med_cpu["keras_tb"] / med_cpu["plain"]))
     print("monitored layers: %d, steps logged in timed rounds: %d" % (n_layers, logged_steps))

@@ -557,9 +557,11 @@ class DeviceProgram:
             last_active[i] = tf.where(active[i], step, var.read_value())
             activity_updates.append(var.assign(last_active[i]))
 
-        def write_row():
-            vec = self._row(rec, inputs, unowned_grads, per_layer_grads, weights_before,
-                            metric_values, optimizer, step, active, last_active)
+        def row():
+            return self._row(rec, inputs, unowned_grads, per_layer_grads, weights_before,
+                             metric_values, optimizer, step, active, last_active)
+
+        def write_row(vec):
             slot = self.count % self.rows
             writes = [self.buffer.scatter_nd_update([[slot]], vec[None, :]),
                       self.row_steps.scatter_nd_update([[slot]], step[None])]
@@ -568,21 +570,24 @@ class DeviceProgram:
             with tf.control_dependencies(writes):
                 return self.count.assign_add(1)
 
-        with tf.control_dependencies(activity_updates):
-            if self.every_n_batches == 1:
-                done = write_row()
-            else:
-                done = ts.cond(tf.equal(step % self.every_n_batches, 0), write_row,
-                               lambda: self.count.read_value())
-            ops = [done]
-            if self.hist_slots:
-                ops.append(ts.cond(
-                    tf.equal(step % self.histogram_every, 0),
-                    lambda: self._write_histograms(rec, per_layer_grads, step),
-                    lambda: self.hist_count.read_value(),
-                ))
-            with tf.control_dependencies(ops + state_updates):
-                return self.step.assign_add(1)
+        # No control dependency on the statistics: each runs as soon as its
+        # inputs exist (an output's statistics during the forward pass, a
+        # gradient's when the backward pass produced it), not in one block
+        # after the whole backward pass. Only the step counter waits for all.
+        if self.every_n_batches == 1:
+            done = write_row(row())
+        else:
+            done = ts.cond(tf.equal(step % self.every_n_batches, 0), lambda: write_row(row()),
+                           lambda: self.count.read_value())
+        ops = [done] + activity_updates
+        if self.hist_slots:
+            ops.append(ts.cond(
+                tf.equal(step % self.histogram_every, 0),
+                lambda: self._write_histograms(rec, per_layer_grads, step),
+                lambda: self.hist_count.read_value(),
+            ))
+        with tf.control_dependencies(ops + state_updates):
+            return self.step.assign_add(1)
 
     def _row(self, rec, inputs, unowned_grads, per_layer_grads, weights_before,
              metric_values, optimizer, step, active, last_active):
