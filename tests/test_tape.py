@@ -22,11 +22,8 @@ def setup(seed=0):
     return model, keras.optimizers.SGD(0.1), keras.losses.SparseCategoricalCrossentropy()
 
 
-@pytest.mark.parametrize("mode", ["eager", "tf.function", "xla"])
-def test_tape_loop_matches_reference(tmp_path, mode):
-    model, opt, loss_fn = setup()
-    monitor = HealthMonitor(str(tmp_path), model, opt, detectors=None, activation_examples=None)
-
+def tape_step(model, opt, loss_fn, monitor):
+    """The README's custom loop step: one `monitor.record` call per step."""
     def train_step(x, y):
         with tf.GradientTape() as tape:
             loss = loss_fn(y, model(x, training=True))
@@ -34,7 +31,14 @@ def test_tape_loop_matches_reference(tmp_path, mode):
         opt.apply_gradients(zip(grads, model.trainable_variables))
         monitor.record(x, loss, grads)
         return loss
+    return train_step
 
+
+@pytest.mark.parametrize("mode", ["eager", "tf.function", "xla"])
+def test_tape_loop_matches_reference(tmp_path, mode):
+    model, opt, loss_fn = setup()
+    monitor = HealthMonitor(str(tmp_path), model, opt, detectors=None, activation_examples=None)
+    train_step = tape_step(model, opt, loss_fn, monitor)
     if mode == "eager":
         step_fn = train_step
     else:
@@ -75,3 +79,36 @@ def test_tape_monitor_arguments():
     with pytest.raises(ValueError, match="gradients for"):
         monitor.record(tf.zeros([2, 8]), tf.constant(0.0), [tf.zeros([8, 6])])
     monitor.close()
+
+
+def test_output_statistics_do_not_wait_for_the_backward_pass(tmp_path):
+    # Each statistic runs as soon as its inputs exist: the statistics of a
+    # layer's output belong to the forward pass. (They once sat under a
+    # control dependency on the dead-unit updates, which wait for the bias
+    # gradients, so all of them ran after the whole backward pass.)
+    model, opt, loss_fn = setup()
+    monitor = HealthMonitor(str(tmp_path), model, opt, detectors=None)
+    train_step = tf.function(tape_step(model, opt, loss_fn, monitor))
+    graph = train_step.get_concrete_function(
+        tf.TensorSpec([16, 8], tf.float32), tf.TensorSpec([16], tf.int64)).graph
+    monitor.close()
+
+    def upstream(op):
+        """Names of every op that `op` waits for (data and control inputs)."""
+        seen, todo = set(), [op]
+        while todo:
+            current = todo.pop()
+            for parent in [t.op for t in current.inputs] + list(current.control_inputs):
+                if parent.name not in seen:
+                    seen.add(parent.name)
+                    todo.append(parent)
+        return seen
+
+    ops = graph.get_operations()
+    act_ops = [op for op in ops if "training_health_activations/" in op.name]
+    grad_ops = [op for op in ops if "training_health_gradients/" in op.name]
+    assert act_ops and grad_ops
+    # The check can fail: the gradient statistics do depend on the backward pass.
+    assert any("gradient_tape/" in name for op in grad_ops for name in upstream(op))
+    waiting = sorted({op.name for op in act_ops if any("gradient_tape/" in n for n in upstream(op))})
+    assert not waiting, waiting[:5]
