@@ -570,10 +570,12 @@ class DeviceProgram:
             with tf.control_dependencies(writes):
                 return self.count.assign_add(1)
 
-        # No control dependency on the statistics: each runs as soon as its
-        # inputs exist (an output's statistics during the forward pass, a
-        # gradient's when the backward pass produced it), not in one block
-        # after the whole backward pass. Only the step counter waits for all.
+        # No control dependency on the statistics: logging every batch, each
+        # runs as soon as its inputs exist (an output's statistics during the
+        # forward pass, a gradient's when the backward pass produced it), not
+        # in one block after the whole backward pass. (With every_n_batches >
+        # 1 the row is computed inside the conditional, which starts once all
+        # of its inputs exist.) Only the step counter waits for all.
         if self.every_n_batches == 1:
             done = write_row(row())
         else:
