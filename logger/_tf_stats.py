@@ -488,17 +488,28 @@ def fast_activation_columns(acts, bounds):
     return columns, (tf.stack(probe) if probe else tf.zeros([1], F32))
 
 
-def dead_columns(actives, last_active, threshold):
-    """dead_frac and dead_frac_window columns [L] (None entries: not captured)."""
-    dead, window = [], []
-    for active, last in zip(actives, last_active):
-        if active is None:
-            dead.append(tf.constant(NAN, F32))
-            window.append(tf.constant(NAN, F32))
-            continue
-        dead.append(1.0 - tf.reduce_mean(tf.cast(active, F32)))
-        window.append(tf.reduce_mean(tf.cast(last < threshold, F32)))
-    return dict(dead_frac=tf.stack(dead), dead_frac_window=tf.stack(window))
+def dead_columns(units, active, last_active, threshold, n_layers):
+    """dead_frac and dead_frac_window columns [n_layers] (NaN: not captured).
+
+    units: ((layer index, units), ...) of the captured layers; active (bool)
+    and last_active (int64): over their units, one layer after another, or
+    None when no layer was captured. A few ops for all layers: one segment
+    sum per column.
+    """
+    counts = np.zeros(n_layers)
+    for i, n in units:
+        counts[i] = n
+    if active is None or not counts.any():
+        nan = tf.fill([n_layers], NAN)
+        return dict(dead_frac=nan, dead_frac_window=nan)
+    segments = tf.constant(np.repeat([i for i, _ in units], [n for _, n in units]), tf.int32)
+    with np.errstate(divide="ignore"):
+        inverse = tf.constant(np.where(counts > 0, 1.0 / counts, np.nan), F32)
+
+    def share(flags):  # per layer: the share of its units where flags holds
+        return tf.math.unsorted_segment_sum(tf.cast(flags, F32), segments, n_layers) * inverse
+
+    return dict(dead_frac=1.0 - share(active), dead_frac_window=share(last_active < threshold))
 
 
 def fast_input_stats(inputs):
