@@ -550,14 +550,16 @@ class DeviceProgram:
             a = rec.activations[i]
             self.captured[i] = True
             self.units[i] = int(a.shape[-1]) if (a.shape.rank or 0) >= 2 and a.shape[-1] is not None else 1
-        # one compare-and-any per (sampled) output; exact with NaN entries.
-        # A ReLU unit whose bias got gradient fired somewhere in the batch,
-        # also where the sample did not look (see `_layers.firing_bias`).
-        active = [ts.units_active(rec.activations[i], bias_grads.get(i)) for i in captured]
         # One vector over every captured layer's units: a few ops for all
         # layers instead of a few per layer (each op costs the step ~2 us).
+        # Exact with NaN entries. A ReLU unit whose bias got gradient fired
+        # somewhere in the batch, also where the (sampled) output did not
+        # look (see `_layers.firing_bias`).
         units = tuple((i, self.units[i]) for i in captured)
-        active = tf.concat(active, axis=0) if len(active) > 1 else (active[0] if active else None)
+        active = None
+        if captured:
+            active = ts.units_active([rec.activations[i] for i in captured],
+                                     [bias_grads.get(i) for i in captured])
         last_active, activity_updates = None, []
         if active is not None:
             var = self._last_active_var(units)
@@ -691,8 +693,11 @@ _NO_INPUTS = tuple(k for k in fmt.GLOBAL_STATS if k.startswith("input_"))
 
 def _head(global_values, metric_values):
     """[GLOBAL_STATS, metrics] as one vector."""
-    return tf.stack([tf.reshape(tf.cast(v, tf.float32), [])
-                     for v in [global_values[name] for name in fmt.GLOBAL_STATS] + list(metric_values)])
+    values = [tf.convert_to_tensor(v) for v in
+              [global_values[name] for name in fmt.GLOBAL_STATS] + list(metric_values)]
+    # (no reshape or cast op for what is already a float32 scalar)
+    return tf.stack([v if v.dtype == tf.float32 and v.shape.rank == 0
+                     else tf.reshape(tf.cast(v, tf.float32), []) for v in values])
 
 
 def _fast_columns(acts, per_layer_grads, unowned_grads, inputs, loss, lr, metric_values, bounds):

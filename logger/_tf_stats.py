@@ -239,13 +239,26 @@ def _by_unit(a):
     return tf.reshape(a, [-1, a.shape[-1]])
 
 
-def units_active(a, bias_grad=None):
-    """bool [units]: the unit's output was > 0 somewhere in the batch (in a,
-    or, with the gradient of a `firing_bias`, where that is non-zero)."""
-    active = tf.reduce_any(_by_unit(a) > 0, axis=0)
-    if bias_grad is not None and bias_grad.shape == active.shape:
-        fired = tf.logical_and(tf.not_equal(bias_grad, 0.0), tf.math.is_finite(bias_grad))
-        active = tf.logical_or(active, fired)
+def units_active(acts, bias_grads):
+    """bool vector over the units of every output in `acts`, one output after
+    another: whether the unit's output was > 0 somewhere in the batch (in
+    the output, or, with the gradient of its `firing_bias`, where that is
+    non-zero). bias_grads: one per output, or None. One compare-and-any per
+    output; one set of ops for all the bias gradients."""
+    active = [tf.reduce_any(_by_unit(a) > 0, axis=0) for a in acts]
+    fired, any_fired = [], False
+    for act, g in zip(active, bias_grads):
+        if g is not None and g.shape == act.shape:
+            fired.append(g)
+            any_fired = True
+        elif act.shape.is_fully_defined():
+            fired.append(tf.zeros(act.shape, F32))
+        else:
+            fired.append(tf.zeros(tf.shape(act), F32))
+    active = tf.concat(active, axis=0) if len(active) > 1 else active[0]
+    if any_fired:
+        g = tf.concat(fired, axis=0) if len(fired) > 1 else fired[0]
+        active = tf.logical_or(active, tf.logical_and(tf.not_equal(g, 0.0), tf.math.is_finite(g)))
     return active
 
 

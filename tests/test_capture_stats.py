@@ -374,6 +374,38 @@ def test_weight_columns_mask_non_finite_entries(mode):
     assert float(got["update_ratio"][2]) > 0
 
 
+def test_fast_activation_columns_match_reference_for_every_kind_of_output():
+    # The op-by-op path averages the per-feature vectors of all outputs in
+    # one segment sum; an output whose size is known only when running (a
+    # sequence of any length) takes its own reduction. Both against the
+    # reference, with an output not captured and a bounded one beside them.
+    from training_health import _tf_stats as ts
+
+    rng = np.random.default_rng(11)
+    conv = rng.normal(size=(8, 5, 7)).astype("float32")
+    sequence = np.maximum(rng.normal(size=(8, 13, 3)), 0).astype("float32")
+    sigmoid = (1 / (1 + np.exp(-3 * rng.normal(size=(8, 4))))).astype("float32")
+    vector = rng.normal(size=(8,)).astype("float32")
+    bounds = [None, None, None, (0.0, 1.0), None]
+
+    @tf.function(input_signature=[tf.TensorSpec([None, 5, 7]), tf.TensorSpec([None, None, 3]),
+                                  tf.TensorSpec([None, 4]), tf.TensorSpec([None])])
+    def columns(conv, sequence, sigmoid, vector):
+        return ts.fast_activation_columns([conv, None, sequence, sigmoid, vector], bounds)
+
+    got, probe = columns(conv, sequence, sigmoid, vector)
+    outputs = [conv, None, sequence, sigmoid, vector]
+    for i, (a, b) in enumerate(zip(outputs, bounds)):
+        row = {k: float(v[i]) for k, v in got.items()}
+        if a is None:
+            assert all(np.isnan(v) for v in row.values()), row
+            continue
+        close_row(row, stats.activation_stats(a, b), "output %d" % i)
+    assert np.all(np.isfinite(probe.numpy()))
+    sequence[1, 2, 0] = np.nan  # a non-finite entry shows in the probe
+    assert not np.all(np.isfinite(columns(conv, sequence, sigmoid, vector)[1].numpy()))
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["op-by-op", "xla"])
 @pytest.mark.parametrize("case", ["adamw", "sgd-nesterov-every-2", "constraint"])
