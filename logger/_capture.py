@@ -556,12 +556,10 @@ class DeviceProgram:
         # somewhere in the batch, also where the (sampled) output did not
         # look (see `_layers.firing_bias`).
         units = tuple((i, self.units[i]) for i in captured)
-        active = None
+        active, last_active, activity_updates = None, None, []
         if captured:
             active = ts.units_active([rec.activations[i] for i in captured],
                                      [bias_grads.get(i) for i in captured])
-        last_active, activity_updates = None, []
-        if active is not None:
             var = self._last_active_var(units)
             last_active = tf.where(active, step, var.read_value())
             activity_updates.append(var.assign(last_active))

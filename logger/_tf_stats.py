@@ -251,10 +251,8 @@ def units_active(acts, bias_grads):
         if g is not None and g.shape == act.shape:
             fired.append(g)
             any_fired = True
-        elif act.shape.is_fully_defined():
-            fired.append(tf.zeros(act.shape, F32))
         else:
-            fired.append(tf.zeros(tf.shape(act), F32))
+            fired.append(tf.zeros_like(act, dtype=F32))
     active = tf.concat(active, axis=0) if len(active) > 1 else active[0]
     if any_fired:
         g = tf.concat(fired, axis=0) if len(fired) > 1 else fired[0]
@@ -512,7 +510,7 @@ def dead_columns(units, active, last_active, threshold, n_layers):
     counts = np.zeros(n_layers)
     for i, n in units:
         counts[i] = n
-    if active is None or not counts.any():
+    if active is None:
         nan = tf.fill([n_layers], NAN)
         return dict(dead_frac=nan, dead_frac_window=nan)
     segments = tf.constant(np.repeat([i for i, _ in units], [n for _, n in units]), tf.int32)
