@@ -81,7 +81,6 @@ class Recording:
         self.activations = {}  # layer index -> first output tensor
         self.grads_and_vars = None  # (grads, variables) given to the optimizer
         self.loss = None
-        self.previous_weight_columns = None  # see DeviceProgram.begin_step
         # id(tf variable) -> the in-place updates the step made to it (tensors
         # to add up), or None where one of them was not an addition that
         # this graph can use (see `Patches.wrap_variable_updates`).
@@ -252,9 +251,6 @@ def _metric_state(metric):
     return None
 
 
-_WEIGHT_COLUMNS = ("weight_norm", "update_ratio")
-
-
 def _replica():
     """(this replica's index, number of replicas) in the step being traced."""
     ctx = tf.distribute.get_replica_context()
@@ -310,12 +306,6 @@ class DeviceProgram:
         self.units = [0] * len(self.layers)  # known after tracing
         self.captured = [False] * len(self.layers)
         self.traced = False
-        # Deferred weight columns (see `begin_step`): each monitored tensor's
-        # sample at the start of the last step, and whether the last row
-        # written still waits for its weight columns.
-        self._prev_samples = None
-        self.weights_pending = None
-        self._complete_fn = None
         with tf.init_scope():
             self.step = _variable(int(start_step), tf.int64, "th_step")
             self.start = _variable(int(start_step), tf.int64, "th_start")
@@ -336,8 +326,7 @@ class DeviceProgram:
         self.global_names = tuple(fmt.GLOBAL_STATS) + tuple(n for n, _ in self.metrics)
         self.width = len(self.global_names) + len(self.layers) * len(fmt.LAYER_STATS)
         with tf.init_scope():
-            # One spare row at the end: see `_complete_previous_row`.
-            self.buffer = _variable(np.zeros([self.rows + 1, self.width], np.float32), tf.float32, "th_rows")
+            self.buffer = _variable(np.zeros([self.rows, self.width], np.float32), tf.float32, "th_rows")
             self.row_steps = _variable(np.zeros([self.rows], np.int64), tf.int64, "th_row_steps")
 
     # -- helpers used by the wrappers ------------------------------------
@@ -362,70 +351,6 @@ class DeviceProgram:
         """`record()`'s `weights_before`: the samples of the monitored
         variables' current values (call it before the update)."""
         return ts.weight_snapshot(self.tf_variables())
-
-    # -- deferred weight columns (the Keras step) ---------------------------
-    # A step's weight columns need the weights before and after its update.
-    # Computed at the end of the step, they sit between the optimizer's last
-    # update and the end of the step, where every op adds to the step's
-    # time (+0.7 ms/step wall on the benchmark CNN, 7 rounds x 2 models).
-    # Instead the next step computes them at its start, from its own
-    # starting weights, while the forward pass runs; after the last step,
-    # `complete_last_row()` does it from the host.
-    @tf.autograph.experimental.do_not_convert
-    def begin_step(self, rec):
-        """Call at the start of the training step, before the forward pass:
-        computes the weight columns of the row the previous step wrote
-        (`record(rec, inputs, None, ...)` writes them) and keeps this step's
-        starting weights for the next."""
-        if _replica()[0] != 0:
-            return
-        now = self.weights_before()
-        self._ensure_weight_state(now)
-        rec.previous_weight_columns = self._weight_cells(now)
-        for var, (part, _) in zip(self._prev_samples, now):
-            var.assign(part)
-
-    def complete_last_row(self):
-        """Completes the last row's weight columns from the current weights
-        (eagerly, between steps): at the end of an epoch, of `fit`, at close."""
-        if self.weights_pending is None or not int(self.weights_pending.numpy()):
-            return
-        if self._complete_fn is None:
-            self._complete_fn = tf.function(
-                lambda: self._complete_previous_row(self._weight_cells(self.weights_before())),
-                autograph=False)
-        self._complete_fn()
-
-    def _ensure_weight_state(self, now):
-        if self._prev_samples is not None:
-            return
-        with tf.init_scope():
-            self._prev_samples = [_variable(np.zeros(part.shape.as_list(), np.float32), tf.float32,
-                                            "th_weights_%d" % i) for i, (part, _) in enumerate(now)]
-            self.weights_pending = _variable(0, tf.int64, "th_weights_pending")
-
-    def _weight_cells(self, now):
-        """[2L] weight_norm and update_ratio of each layer for the previous
-        step, from its starting samples and `now`, the samples after it."""
-        pairs = []
-        for var, (part, scale) in zip(self._prev_samples, now):
-            before = var.read_value()
-            pairs.append((before, part - before, scale))
-        columns = ts.weight_columns(self._by_layer(pairs))
-        return tf.reshape(tf.stack([columns[name] for name in _WEIGHT_COLUMNS], axis=1), [-1])
-
-    def _complete_previous_row(self, values):
-        """Writes `_weight_cells` into the last row written, if it is pending."""
-        n_global, n_stats = len(self.global_names), len(fmt.LAYER_STATS)
-        cells = [n_global + i * n_stats + fmt.LAYER_STATS.index(name)
-                 for i in range(len(self.layers)) for name in _WEIGHT_COLUMNS]
-        # Only a pending row: a completed one keeps its values (the spare
-        # row past the ring takes them instead; no conditional, no read).
-        slot = tf.where(self.weights_pending.read_value() > 0,
-                        (self.count.read_value() - 1) % self.rows, tf.constant(self.rows, tf.int64))
-        index = tf.stack([tf.fill([len(cells)], slot), tf.constant(cells, tf.int64)], axis=1)
-        with tf.control_dependencies([self.buffer.scatter_nd_update(index, values)]):
-            return self.weights_pending.assign(0)
 
     def reset_metric_snapshots(self):
         """Call right after the model's metrics were reset (each epoch)."""
@@ -476,9 +401,7 @@ class DeviceProgram:
     def record(self, rec, inputs, weights_before, optimizer):
         """Adds the statistics of one step to the graph; returns the op that writes them.
 
-        weights_before: `weights_before()` taken before the update; or None
-        when the step called `begin_step()` first (the weight columns are
-        then completed by the next step or by `complete_last_row()`).
+        weights_before: `weights_before()` taken before the update.
         """
         self._ensure_buffers()
         step = self.step.read_value()
@@ -536,8 +459,6 @@ class DeviceProgram:
             else:
                 unowned_grads.append(g)
 
-        if weights_before is None and replica == 0:
-            state_updates.append(self._complete_previous_row(rec.previous_weight_columns))
         if replica != 0:
             # Exactly one writer: the other replicas only took part in the
             # collectives above and keep their own metric snapshots.
@@ -572,8 +493,6 @@ class DeviceProgram:
             slot = self.count % self.rows
             writes = [self.buffer.scatter_nd_update([[slot]], vec[None, :]),
                       self.row_steps.scatter_nd_update([[slot]], step[None])]
-            if weights_before is None:  # the next step completes the weight columns
-                writes.append(self.weights_pending.assign(1))
             with tf.control_dependencies(writes):
                 return self.count.assign_add(1)
 
@@ -616,18 +535,22 @@ class DeviceProgram:
                 lr = tf.cast(tf.convert_to_tensor(optimizer.learning_rate), tf.float32)
             except (TypeError, ValueError, AttributeError):
                 lr = nan
-        weights = None  # deferred: NaN until `begin_step` / `complete_last_row`
-        if weights_before is not None:
-            pairs = []
-            for tf_var, (before, _) in zip(self.tf_variables(), weights_before):
-                after, scale = ts.sample(ts._as_f32(tf_var))
-                update = rec.update_of(id(tf_var))
-                if update is not None:  # W_before = W_after - dW, on the sample
-                    d = ts.sample(update)[0]
-                    pairs.append((after - d, d, scale))
-                else:  # the copy (unused copies are pruned from the graph)
-                    pairs.append((before, after - before, scale))
-            weights = self._by_layer(pairs)
+        # dW of the step: the optimizer's in-place update where the hooks saw
+        # it (nothing waits for the variable to change), else the weights
+        # read now minus those at the start. Op by op, W comes from the read
+        # at the start of the step; under XLA, whose compiled step a read
+        # before the update made 1.15-1.18x slower on a CPU, as W_after - dW
+        # (the unused reads at the start are pruned from the graph).
+        xla = ts.compiled_by_xla()
+        pairs = []
+        for tf_var, (before, scale) in zip(self.tf_variables(), weights_before):
+            update = rec.update_of(id(tf_var))
+            if update is None:
+                pairs.append((before, ts.sample(ts._as_f32(tf_var))[0] - before, scale))
+                continue
+            d = ts.sample(update)[0]
+            pairs.append((ts.sample(ts._as_f32(tf_var))[0] - d if xla else before, d, scale))
+        weights = self._by_layer(pairs)
         acts = [rec.activations.get(i) for i in range(len(self.layers))]
         threshold = tf.maximum(step - self.dead_window + 1, self.start.read_value())
         dead = ts.dead_columns(units, active, last_active, threshold, len(self.layers))
@@ -661,7 +584,7 @@ def _row_values(acts, dead, per_layer_grads, unowned_grads, weights, inputs, los
     """The row vector [GLOBAL_STATS, metrics, L x LAYER_STATS] from plain tensors.
 
     The weight columns (`ts.weight_columns`, on small samples) are the only
-    part that waits for the optimizer's update. The rest does not: op by
+    part that waits for the optimizer (for its updates). The rest does not: op by
     op, it is computed first without masking non-finite values
     (`_fast_columns`) and, if any probe sum is non-finite, recomputed with
     the careful, masking functions (`_careful_columns`); that conditional
@@ -678,10 +601,7 @@ def _row_values(acts, dead, per_layer_grads, unowned_grads, weights, inputs, los
         head, columns = ts.cond(tf.reduce_all(tf.math.is_finite(probe)), lambda: (head, columns),
                                 lambda: _careful_columns(*args))
     columns.update(dead)
-    if weights is not None:
-        columns.update(ts.weight_columns(weights))
-    else:
-        columns.update((k, tf.fill([len(acts)], ts.NAN)) for k in _WEIGHT_COLUMNS)
+    columns.update(ts.weight_columns(weights))
     table = tf.stack([columns[k] for k in fmt.LAYER_STATS], axis=1)
     return tf.concat([head, tf.reshape(table, [-1])], axis=0)
 
@@ -809,8 +729,6 @@ class HostFlusher:
         if p.buffer is None:
             return  # nothing traced yet
         count = int(p.count.numpy())
-        if p.weights_pending is not None and int(p.weights_pending.numpy()):
-            count -= 1  # the last row waits for its weight columns (see DeviceProgram.begin_step)
         if count == self._read and (not p.hist_slots or int(p.hist_count.numpy()) == self._hist_read):
             return
         buffer = p.buffer.numpy()

@@ -226,21 +226,9 @@ class HealthCallback(keras.callbacks.Callback):
             program = self._program
             x, _, _ = keras.utils.unpack_x_y_sample_weight(data)
             inputs = [t for t in tf.nest.flatten(x) if t is not None]
-            if ts.compiled_by_xla():
-                # Under XLA a read of the weights before their update made the
-                # compiled step 1.15-1.18x slower on a CPU (where the
-                # update's own values cost nothing: 1.00x): the step takes dW
-                # from the variables' in-place additions and computes the
-                # weight columns at its end (the copy only for a variable
-                # changed some other way).
-                weights_before = program.weights_before()
-                with _capture.recording() as rec:
-                    logs = original_step(data)
-            else:
-                weights_before = None  # deferred: see DeviceProgram.begin_step
-                with _capture.recording() as rec:
-                    program.begin_step(rec)
-                    logs = original_step(data)
+            weights_before = program.weights_before()  # samples of W at the start (see DeviceProgram._row)
+            with _capture.recording() as rec:
+                logs = original_step(data)
             done = program.record(rec, inputs, weights_before, model.optimizer)
             with tf.control_dependencies([done]):
                 return tf.nest.map_structure(tf.identity, logs)
@@ -297,8 +285,6 @@ class HealthCallback(keras.callbacks.Callback):
         if self._flusher is None:
             return
         try:
-            if blocking:  # end of an epoch, of fit, or close: no step follows soon
-                self._program.complete_last_row()
             self._flusher.flush(blocking=blocking)
         except Exception:  # logging must never end training: report with the traceback
             if not self._warned_internal:

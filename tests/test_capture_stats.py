@@ -410,13 +410,12 @@ def test_fast_activation_columns_match_reference_for_every_kind_of_output():
 @pytest.mark.parametrize("jit_compile", [False, True], ids=["op-by-op", "xla"])
 @pytest.mark.parametrize("case", ["adamw", "sgd-nesterov-every-2", "constraint"])
 def test_weight_columns_across_steps_and_optimizers(tmp_path, case, jit_compile):
-    # Op by op a step's weight columns are computed at the start of the next
-    # step (the last step's at the end of the epoch); under XLA at the end
-    # of the step, from the variables' in-place additions (a kernel
-    # constraint's assign: from a copy). With every batch or every 2nd
-    # logged, across epochs, and whatever changes the weights in the step
+    # A step's weight columns come from the variables' in-place additions
+    # in the step (a kernel constraint's assign: from the weights read at
+    # the end). With every batch or every 2nd logged, across epochs, op by
+    # op and under XLA, and whatever changes the weights in the step
     # (AdamW's decay, momentum, a constraint), they are the reference's for
-    # that step, and the host never reads a row before they are.
+    # that step.
     keras.utils.set_random_seed(2)
     inp = keras.Input((6,))
     constraint = keras.constraints.MaxNorm(0.5) if case == "constraint" else None
@@ -447,10 +446,10 @@ def test_weight_columns_across_steps_and_optimizers(tmp_path, case, jit_compile)
             assert row["update_ratio"] > 1e-4
 
 
-def test_a_row_is_not_read_before_its_weight_columns(tmp_path):
-    # Between two steps of an epoch the last row still waits for its weight
-    # columns: the host leaves it in the buffer until the next step (or the
-    # end of the epoch) completes it.
+def test_each_row_is_complete_when_its_step_ends(tmp_path):
+    # The weight columns come with the row (dW from the optimizer's update
+    # in the step itself): the host reads a step as soon as it ended, and
+    # what it reads is final.
     model = make_model()
     cb = HealthCallback(str(tmp_path), flush_every=1, histogram_every=0, detectors=None)
     seen = []
@@ -458,13 +457,18 @@ def test_a_row_is_not_read_before_its_weight_columns(tmp_path):
     class Probe(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
             cb._flusher.flush()  # read what is there now (the callback's own reads run on a thread)
-            seen.append((batch, cb._flusher.last_step, int(cb._program.weights_pending.numpy())))
+            seen.append((batch, cb._flusher.last_step))
 
     (x, y), = batches(1)
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[cb, Probe()])
-    assert seen == [(0, None, 1), (1, 0, 1), (2, 1, 1), (3, 2, 1)]
-    assert cb._flusher.last_step == 3 and int(cb._program.weights_pending.numpy()) == 0
+    assert seen == [(0, 0), (1, 1), (2, 2), (3, 3)]
     cb.close()
+    names, _, steps, _ = layer_table(str(tmp_path))
+    assert sorted(steps) == [0, 1, 2, 3]
+    for step in steps:
+        for i, name in enumerate(names):
+            row = dict(zip(fmt.LAYER_STATS, steps[step][0][i]))
+            assert row["weight_norm"] > 0 and row["update_ratio"] > 0, (step, name, row)
 
 
 class WeightsAround(keras.callbacks.Callback):
