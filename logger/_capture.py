@@ -81,9 +81,9 @@ class Recording:
         self.activations = {}  # layer index -> first output tensor
         self.grads_and_vars = None  # (grads, variables) given to the optimizer
         self.loss = None
-        # id(tf variable) -> the in-place updates the step made to it (tensors
-        # to add up), or None where one of them was not an addition that
-        # this graph can use (see `Patches.wrap_variable_updates`).
+        # id(tf variable) -> the in-place updates the step made to it
+        # ((tensor, sign) pairs to add up), or None where one of them was not
+        # an addition that this graph can use (see `Patches.wrap_variable_updates`).
         self.updates = {}
 
     def note_update(self, key, value, sign):
@@ -94,17 +94,20 @@ class Recording:
         if sign is not None and not isinstance(value, tf.IndexedSlices):
             value = tf.convert_to_tensor(value)
             if getattr(value, "graph", None) is self.graph:  # not inside a cond or loop body
-                value = ts._as_f32(value)
-                self.updates.setdefault(key, []).append(value if sign > 0 else -value)
+                self.updates.setdefault(key, []).append((ts._as_f32(value), sign))
                 return
         self.updates[key] = None
 
-    def update_of(self, key):
-        """The sum of the step's updates of a variable, or None when they are unknown."""
+    def update_of(self, key, view):
+        """The sum of the step's updates of a variable, each taken through
+        `view` (a linear map: `ts.sample`'s flat sample), or None when they
+        are unknown. The sign of a subtraction is applied to the view: a pass
+        over a small sample, not over a large update."""
         parts = self.updates.get(key)
         if not parts:
             return None
-        return parts[0] if len(parts) == 1 else tf.add_n(parts)
+        terms = [view(value) if sign > 0 else -view(value) for value, sign in parts]
+        return terms[0] if len(terms) == 1 else tf.add_n(terms)
 
 
 def current_recording():
@@ -544,11 +547,10 @@ class DeviceProgram:
         xla = ts.compiled_by_xla()
         pairs = []
         for tf_var, (before, scale) in zip(self.tf_variables(), weights_before):
-            update = rec.update_of(id(tf_var))
-            if update is None:
+            d = rec.update_of(id(tf_var), lambda t: ts.sample(t)[0])
+            if d is None:
                 pairs.append((before, ts.sample(ts._as_f32(tf_var))[0] - before, scale))
                 continue
-            d = ts.sample(update)[0]
             pairs.append((ts.sample(ts._as_f32(tf_var))[0] - d if xla else before, d, scale))
         weights = self._by_layer(pairs)
         acts = [rec.activations.get(i) for i in range(len(self.layers))]
