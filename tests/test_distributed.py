@@ -42,12 +42,14 @@ SCRIPT = textwrap.dedent(r"""
     grads = [np.asarray(g) for g in tape.gradient(loss, model.trainable_variables)]
 
     cb = HealthCallback(sys.argv[1], flush_every=1, detectors=None, activation_examples=None)
+    before = model.get_layer("h").get_weights()
     model.fit(x, y, batch_size=32, epochs=1, shuffle=False, verbose=0, callbacks=[cb])
     cb.close()
     names, _, steps, _ = layer_table(sys.argv[1])
     matrix, glob = steps[0]
     row_h = dict(zip(fmt.LAYER_STATS, matrix[0].tolist()))
     ref_h = stats.activation_stats(np.asarray(h))
+    ref_w = stats.weight_stats(before, model.get_layer("h").get_weights())
     print(json.dumps(dict(
         steps=sorted(steps), files=len([f for f in __import__("os").listdir(sys.argv[1])]),
         loss=[float(glob["loss"]), float(loss)],
@@ -56,6 +58,8 @@ SCRIPT = textwrap.dedent(r"""
         act_mean=[row_h["act_mean"], ref_h["act_mean"]],
         act_std=[row_h["act_std"], ref_h["act_std"]],
         dead=[row_h["dead_frac"], stats.dead_fraction(np.asarray(h))],
+        weight_norm=[row_h["weight_norm"], ref_w["weight_norm"]],
+        update_ratio=[row_h["update_ratio"], ref_w["update_ratio"]],
         accuracy=[float(glob["accuracy"]), float(np.mean(np.argmax(np.asarray(out), 1) == y))],
     )))
 """)
@@ -72,6 +76,8 @@ def test_mirrored_strategy_two_replicas(tmp_path):
     result = json.loads(proc.stdout.strip().splitlines()[-1])
     assert result["steps"] == [0]
     assert result["files"] == 1  # exactly one writer
-    for key in ("loss", "grad_norm", "input_mean", "act_mean", "act_std", "dead", "accuracy"):
+    assert result["update_ratio"][1] > 1e-3  # the step moved the weights
+    for key in ("loss", "grad_norm", "input_mean", "act_mean", "act_std", "dead", "accuracy",
+                "weight_norm", "update_ratio"):
         logged, expected = result[key]
         assert logged == pytest.approx(expected, rel=1e-4, abs=1e-6), key
