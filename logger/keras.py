@@ -18,7 +18,6 @@ import re
 import threading
 
 from training_health import _capture
-from training_health import _tf_stats as ts
 from training_health._layers import select_layers
 from training_health.run_writer import RunWriter
 
