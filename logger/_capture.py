@@ -548,10 +548,13 @@ class DeviceProgram:
         pairs = []
         for tf_var, (before, scale) in zip(self.tf_variables(), weights_before):
             d = rec.update_of(id(tf_var), lambda t: ts.sample(t)[0])
-            if d is None:
-                pairs.append((before, ts.sample(ts._as_f32(tf_var))[0] - before, scale))
-                continue
-            pairs.append((ts.sample(ts._as_f32(tf_var))[0] - d if xla else before, d, scale))
+            if d is None or xla:
+                after = ts.sample(ts._as_f32(tf_var))[0]
+                if d is None:
+                    d = after - before
+                else:
+                    before = after - d
+            pairs.append((before, d, scale))
         weights = self._by_layer(pairs)
         acts = [rec.activations.get(i) for i in range(len(self.layers))]
         threshold = tf.maximum(step - self.dead_window + 1, self.start.read_value())

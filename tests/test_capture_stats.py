@@ -375,10 +375,10 @@ def test_weight_columns_mask_non_finite_entries(mode):
 
 
 def test_fast_activation_columns_match_reference_for_every_kind_of_output():
-    # The op-by-op path averages the per-feature vectors of all outputs in
-    # one segment sum; an output whose size is known only when running (a
-    # sequence of any length) takes its own reduction. Both against the
-    # reference, with an output not captured and a bounded one beside them.
+    # The op-by-op path's activation columns against the reference for an
+    # output of static shape, one whose size is known only when running (a
+    # sequence of any length), a bounded one and a vector, with an output
+    # not captured beside them; a non-finite entry must show in the probe.
     from training_health import _tf_stats as ts
 
     rng = np.random.default_rng(11)
