@@ -98,14 +98,18 @@ class Recording:
                 return
         self.updates[key] = None
 
-    def update_of(self, key, view):
+    def update_of(self, key, view, signed=True):
         """The sum of the step's updates of a variable, each taken through
         `view` (a linear map: `ts.sample`'s flat sample), or None when they
         are unknown. The sign of a subtraction is applied to the view: a pass
-        over a small sample, not over a large update."""
+        over a small sample, not over a large update. signed=False: the
+        update or its negation (for sums of squares), no op spent on the
+        sign of a single subtraction."""
         parts = self.updates.get(key)
         if not parts:
             return None
+        if len(parts) == 1 and not signed:
+            return view(parts[0][0])
         terms = [view(value) if sign > 0 else -view(value) for value, sign in parts]
         return terms[0] if len(terms) == 1 else tf.add_n(terms)
 
@@ -547,7 +551,8 @@ class DeviceProgram:
         xla = ts.compiled_by_xla()
         pairs = []
         for tf_var, (before, scale) in zip(self.tf_variables(), weights_before):
-            d = rec.update_of(id(tf_var), lambda t: ts.sample(t)[0])
+            # Op by op, dW only enters sums of squares: its sign is not needed.
+            d = rec.update_of(id(tf_var), lambda t: ts.sample(t)[0], signed=xla)
             if d is None or xla:
                 after = ts.sample(ts._as_f32(tf_var))[0]
                 if d is None:
