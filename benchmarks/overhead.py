@@ -11,7 +11,9 @@ all of them alike, with `--instances` models per variant:
 Each variant's time per step is measured from the start to the end of
 training inside each fit call (wall clock and process CPU time); prints the
 median over rounds and instances of each, the ratios to plain, and the bytes
-the HealthCallback wrote per monitored layer per step. The last line (ratios of the median wall times) reads:
+the HealthCallback wrote per monitored layer per step (its event files go to a
+temporary folder, removed at the end). The last line (ratios of the median wall
+times) reads:
 
   health_callback_vs_plain=R1 keras_tensorboard_vs_plain=R2 bytes_per_layer_step=B
 
@@ -20,6 +22,7 @@ Usage: python benchmarks/overhead.py [--rounds 5] [--steps 50] [--instances 4] [
 
 import argparse
 import os
+import shutil
 import statistics
 import tempfile
 import time
@@ -175,6 +178,7 @@ def main(argv=None):
     print("monitored layers: %d, steps logged in timed rounds: %d" % (n_layers, logged_steps))
     for health in health_callbacks:
         health.close()
+    shutil.rmtree(tmp, ignore_errors=True)
     print("health_callback_vs_plain=%.2f keras_tensorboard_vs_plain=%.2f bytes_per_layer_step=%.0f"
           % (med["health"] / med["plain"], med["keras_tb"] / med["plain"], bytes_per_layer_step))
 

@@ -4,6 +4,7 @@
 import os
 import re
 import sys
+import tempfile
 
 from conftest import REPO_ROOT
 
@@ -15,7 +16,8 @@ LAST_LINE = re.compile(r"health_callback_vs_plain=(\d+\.\d\d) keras_tensorboard_
                        r"bytes_per_layer_step=(\d+)")
 
 
-def test_benchmark_prints_ratios_and_bytes(capsys):
+def test_benchmark_prints_ratios_and_bytes(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the script's logs go
     overhead.main(["--rounds", "1", "--steps", "4", "--instances", "1", "--model", "small"])
     lines = capsys.readouterr().out.strip().splitlines()
     match = LAST_LINE.fullmatch(lines[-1])
@@ -26,3 +28,5 @@ def test_benchmark_prints_ratios_and_bytes(capsys):
     for name in ("plain", "health", "keras_tb"):
         assert any(line.startswith(name) and "ms/step wall" in line for line in lines), name
     assert any(line.startswith("monitored layers: 5, steps logged in timed rounds: 4") for line in lines)
+    # Its event files were written under the temporary folder and removed at the end.
+    assert list(tmp_path.iterdir()) == []
