@@ -1,16 +1,6 @@
 from setuptools import find_packages, setup
 
 
-def _packages(prefix, folder):
-    """`prefix` and every package under `folder`, named below `prefix`.
-
-    Args:
-        prefix: import name of the package that `folder` maps to.
-        folder: source folder (with an `__init__.py`) of that package.
-    """
-    return [prefix] + ["%s.%s" % (prefix, name) for name in find_packages(folder)]
-
-
 def _readme():
     with open("README.md", encoding="utf-8") as f:
         return f.read()
@@ -33,14 +23,16 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.9",
-    # Every subpackage of logger/ and plugin/ is found, so a new one ships.
-    packages=_packages("training_health", "logger") + _packages("training_health.plugin", "plugin"),
+    # Two source roots: logger/ holds the `training_health` package (the
+    # logger, statistics, detectors, CLI), plugin/ holds the TensorBoard
+    # plugin package. Every subpackage is found, so a new one ships.
+    packages=find_packages("logger") + find_packages("plugin"),
     package_dir={
-        "training_health": "logger",
-        "training_health.plugin": "plugin",
+        "training_health": "logger/training_health",
+        "tensorboard_plugin_training_health": "plugin/tensorboard_plugin_training_health",
     },
     # The tab's front end, and notes or data files kept beside any package's code.
-    package_data={"": ["*.md", "*.json", "*.txt"], "training_health.plugin": ["static/**/*"]},
+    package_data={"": ["*.md", "*.json", "*.txt"], "tensorboard_plugin_training_health": ["static/**/*"]},
     include_package_data=True,
     install_requires=["tensorboard>=2.21", "protobuf", "numpy"],
     extras_require={
@@ -63,7 +55,7 @@ setup(
     entry_points={
         "console_scripts": ["training-health = training_health.cli:main"],
         "tensorboard_plugins": [
-            "training_health = training_health.plugin:TrainingHealthLoader",
+            "training_health = tensorboard_plugin_training_health:TrainingHealthLoader",
         ],
     },
 )

@@ -140,9 +140,9 @@ def main(argv=None):
     for _, _, model, callbacks in runs:  # warm-up: tracing and first-epoch costs
         model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks)
     for health in health_callbacks:
-        health._writer.flush()
+        health._host.writer.flush()
     bytes_before = sum(dir_bytes(h.logdir) for h in health_callbacks)
-    steps_before = sum(h._flusher.last_step for h in health_callbacks)
+    steps_before = sum(h._host.collector.last_step for h in health_callbacks)
 
     timer = FitTimer()
     times = {name: [] for name in variants}
@@ -157,8 +157,8 @@ def main(argv=None):
             cpu[name].append(cpu_ms)
             by_instance[name, i].append(wall_ms)
     for health in health_callbacks:
-        health._writer.flush()
-    logged_steps = sum(h._flusher.last_step for h in health_callbacks) - steps_before
+        health._host.writer.flush()
+    logged_steps = sum(h._host.collector.last_step for h in health_callbacks) - steps_before
     n_layers = len(health_callbacks[0]._program.layers)
     bytes_written = sum(dir_bytes(h.logdir) for h in health_callbacks) - bytes_before
     bytes_per_layer_step = bytes_written / (n_layers * logged_steps)

@@ -32,9 +32,9 @@ import urllib.request
 import numpy as np
 
 from training_health import format as fmt
-from training_health.plugin import DEFAULT_SAMPLES, TrainingHealthLoader
+from tensorboard_plugin_training_health import DEFAULT_SAMPLES, TrainingHealthLoader
 from training_health.records import Alert, LayerInfo
-from training_health.run_writer import RunWriter
+from training_health.io.run_writer import RunWriter
 
 RUN = "big_run"
 

@@ -52,7 +52,7 @@ def main(argv=None):
                  result.first_expected_step, result.delay, result.steps,
                  result.steps_per_epoch, result.seconds), flush=True)
         if args.margins:
-            from training_health import reader
+            from training_health.io import reader
 
             (run,) = reader.read_logdir(os.path.join(root, name))
             print("    margins: " + format_margins(margins(run.steps)))

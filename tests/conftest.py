@@ -14,7 +14,7 @@ import pytest
 
 from training_health import format as fmt
 from training_health.records import Alert, LayerInfo
-from training_health.run_writer import RunWriter
+from training_health.io.run_writer import RunWriter
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -23,7 +23,7 @@ def pytest_sessionstart(session):
     """Refuses to test another copy of the package than this checkout's."""
     import training_health
 
-    expected = os.path.join(REPO_ROOT, "logger", "__init__.py")
+    expected = os.path.join(REPO_ROOT, "logger", "training_health", "__init__.py")
     if os.path.realpath(training_health.__file__) != os.path.realpath(expected):
         raise pytest.UsageError(
             "the tests import training_health from %s, not from this checkout (%s); "

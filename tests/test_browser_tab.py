@@ -21,7 +21,8 @@ import urllib.request
 import pytest
 
 from training_health import format as fmt
-from training_health.plugin import health_plugin, inline
+from tensorboard_plugin_training_health import inline
+from tensorboard_plugin_training_health import plugin as health_plugin
 
 import test_plugin_support as support
 from thtest_canvas import PIXELS_JS  # noqa: E402

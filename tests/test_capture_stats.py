@@ -7,7 +7,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from training_health import format as fmt  # noqa: E402
-from training_health import stats  # noqa: E402
+from training_health import statistics as stats  # noqa: E402
 from training_health.keras import HealthCallback  # noqa: E402
 
 from thtest_events import layer_table, read_run  # noqa: E402
@@ -182,7 +182,7 @@ def test_activation_sample_uses_leading_examples(tmp_path):
 
 
 def test_firing_bias_only_where_its_gradient_proves_firing():
-    from training_health._layers import firing_bias
+    from training_health.capture.keras_layers import firing_bias
 
     def built(layer, shape):
         layer.build(shape)
@@ -348,7 +348,7 @@ def _weight_case(rng):
 def test_weight_columns_mask_non_finite_entries(mode):
     # Op by op (unmasked sums, masked only when one is not finite) and
     # under XLA (masked, layer by layer): the reference's values.
-    from training_health import _tf_stats as ts
+    from training_health.capture import tf_ops as ts
 
     before, after = _weight_case(np.random.default_rng(5))
 
@@ -379,7 +379,7 @@ def test_fast_activation_columns_match_reference_for_every_kind_of_output():
     # output of static shape, one whose size is known only when running (a
     # sequence of any length), a bounded one and a vector, with an output
     # not captured beside them; a non-finite entry must show in the probe.
-    from training_health import _tf_stats as ts
+    from training_health.capture import tf_ops as ts
 
     rng = np.random.default_rng(11)
     conv = rng.normal(size=(8, 5, 7)).astype("float32")
@@ -433,7 +433,7 @@ def test_weight_columns_across_steps_and_optimizers(tmp_path, case, jit_compile)
     (x, y), = batches(1)
     model.fit(x, y, batch_size=4, epochs=2, shuffle=False, verbose=0,
               callbacks=[cb] + list(weights.values()))
-    assert cb._flusher.last_step == 8 - every  # everything read at the end of fit
+    assert cb._host.collector.last_step == 8 - every  # everything read at the end of fit
     cb.close()
     names, _, steps, _ = layer_table(str(tmp_path))
     assert sorted(steps) == list(range(0, 8, every))
@@ -456,8 +456,8 @@ def test_each_row_is_complete_when_its_step_ends(tmp_path):
 
     class Probe(keras.callbacks.Callback):
         def on_train_batch_end(self, batch, logs=None):
-            cb._flusher.flush()  # read what is there now (the callback's own reads run on a thread)
-            seen.append((batch, cb._flusher.last_step))
+            cb._host.collector.collect()  # read what is there now (the callback's own reads run on a thread)
+            seen.append((batch, cb._host.collector.last_step))
 
     (x, y), = batches(1)
     model.fit(x, y, batch_size=4, epochs=1, shuffle=False, verbose=0, callbacks=[cb, Probe()])
@@ -489,7 +489,7 @@ class WeightsAround(keras.callbacks.Callback):
 def test_step_sample_is_the_reference_sample(shape):
     # Whole tensors up to the cap; beyond, the same blocks as the reference,
     # whether or not the size is a multiple of the block.
-    from training_health import _tf_stats as ts
+    from training_health.capture import tf_ops as ts
 
     x = np.random.default_rng(3).normal(size=shape).astype("float32")
     expected, expected_scale = stats.sample(x)
@@ -581,7 +581,7 @@ def test_step_conds_run_only_the_branch_taken():
     # The masking row and the histograms sit behind conds that must stay
     # If ops (not lowered to Switch/Merge, whose dead branch the executor
     # would walk every step); both branches still give the right values.
-    from training_health import _tf_stats as ts
+    from training_health.capture import tf_ops as ts
 
     @tf.function
     def f(x):
@@ -595,7 +595,7 @@ def test_step_conds_run_only_the_branch_taken():
 
 
 def test_compiled_by_xla_tells_the_compiled_step_apart():
-    from training_health import _tf_stats as ts
+    from training_health.capture import tf_ops as ts
 
     seen = {}
 

@@ -11,7 +11,7 @@ from test_detectors import frozen_cnn_stream, stream
 from training_health import format as fmt
 from training_health.detectors import DetectorSuite
 from training_health.records import Alert
-from training_health.run_writer import RunWriter
+from training_health.io.run_writer import RunWriter
 
 ALERT_KEYS = ["kind", "step", "layer", "severity", "message", "hint"]
 

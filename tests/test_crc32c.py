@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training_health import crc32c
+from training_health.io import crc32c
 
 
 def reference_crc32c(data):

@@ -4,7 +4,7 @@ its measurement says so."""
 import pytest
 
 from test_detectors import LAYERS, make_step
-from training_health import hints
+from training_health.detectors import hints
 from training_health.records import KINDS, LayerInfo
 
 

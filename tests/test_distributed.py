@@ -19,7 +19,8 @@ SCRIPT = textwrap.dedent(r"""
     cpu = tf.config.list_physical_devices("CPU")[0]
     tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
     import keras
-    from training_health import format as fmt, stats
+    from training_health import format as fmt
+    from training_health import statistics as stats
     from training_health.keras import HealthCallback
     sys.path.insert(0, sys.argv[2])
     from thtest_events import layer_table

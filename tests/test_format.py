@@ -18,7 +18,7 @@ from tensorboard.util import tensor_util
 
 from training_health import format as fmt
 from training_health.records import Alert, LayerInfo
-from training_health.run_writer import RunWriter
+from training_health.io.run_writer import RunWriter
 
 from conftest import REPO_ROOT, sample_layers
 
@@ -266,7 +266,7 @@ def test_doc_pandas_snippet_reads_a_real_run(tmp_path):
 
 def test_package_reader_returns_what_was_written(sample_run, tmp_path):
     """The Python route named in docs/format.md."""
-    from training_health.reader import read_logdir
+    from training_health.io.reader import read_logdir
 
     (run,) = read_logdir(str(tmp_path / "logs"))
     assert run.name == "run1"

@@ -241,7 +241,7 @@ def test_steps_per_execution_logs_every_step(tmp_path):
     cb.close()
     _, _, steps, _ = layer_table(str(tmp_path / "run"))
     assert sorted(steps) == list(range(80))
-    assert cb._flusher.lost_rows == 0
+    assert cb._host.collector.lost_rows == 0
 
 
 def test_output_layers_are_marked(tmp_path):

@@ -1,8 +1,8 @@
-"""A machine that only views logs needs no TensorFlow.
+"""A machine that only views logs needs neither TensorFlow nor PyTorch.
 
-Each check runs in a fresh interpreter where `tensorflow` and `keras` are
-blocked (`sys.modules[name] = None` makes any import of them fail), so a
-module that imports TensorFlow, even indirectly, fails here.
+Each check runs in a fresh interpreter where `tensorflow`, `keras` and
+`torch` are blocked (`sys.modules[name] = None` makes any import of them
+fail), so a module that imports a framework, even indirectly, fails here.
 """
 
 import importlib.util
@@ -15,28 +15,36 @@ import pytest
 
 from conftest import REPO_ROOT
 
-BLOCKED = ("tensorflow", "keras", "tf_keras")
+BLOCKED = ("tensorflow", "keras", "tf_keras", "torch")
 BLOCK = "import sys\nfor _name in %r:\n    sys.modules[_name] = None\n" % (BLOCKED,)
 
 # Modules that need TensorFlow and must say how to get it.
 TF_MODULES = ("training_health.keras", "training_health.tf")
 # Internal modules used only by those (they import TensorFlow at the top).
-TF_INTERNAL = ("training_health._capture", "training_health._tf_stats", "training_health._layers")
-# Folder -> import name, as mapped in setup.py.
-PACKAGE_DIRS = {"logger": "training_health", "plugin": "training_health.plugin"}
+TF_INTERNAL = tuple("training_health.capture." + m for m in
+                    ("tf_program", "tf_ops", "tf_recording", "keras_layers"))
+# Modules that need PyTorch (the public one says how to get it).
+TORCH_MODULES = ("training_health.torch",)
+TORCH_INTERNAL = tuple("training_health.capture." + m for m in ("torch_program", "torch_ops", "torch_hooks"))
+FRAMEWORK_MODULES = TF_MODULES + TF_INTERNAL + TORCH_MODULES + TORCH_INTERNAL
+# The source roots of setup.py: each holds packages under their import names.
+SOURCE_ROOTS = ("logger", "plugin")
 
 
 def _all_modules():
-    """Every module of the package, found in the source folders."""
+    """Every module of the packages, found in the source folders
+    (`__main__` modules run a command when imported: left out)."""
     names = []
-    for folder, package in PACKAGE_DIRS.items():
+    for folder in SOURCE_ROOTS:
         base = os.path.join(REPO_ROOT, folder)
         for dirpath, dirs, files in os.walk(base):
             dirs[:] = [d for d in dirs if d != "__pycache__"]
             rel = os.path.relpath(dirpath, base)
-            prefix = package if rel == "." else package + "." + rel.replace(os.sep, ".")
+            if rel == ".":
+                continue
+            prefix = rel.replace(os.sep, ".")
             for f in files:
-                if f.endswith(".py"):
+                if f.endswith(".py") and f != "__main__.py":
                     names.append(prefix if f == "__init__.py" else prefix + "." + f[:-3])
     return sorted(set(names))
 
@@ -44,7 +52,7 @@ def _all_modules():
 # Every other module must import without TensorFlow: the plugin, the format,
 # the reader, the detectors, the CLI and its subcommands (demo imports Keras
 # only when it runs).
-LIGHT_MODULES = tuple(m for m in _all_modules() if m not in TF_MODULES + TF_INTERNAL)
+LIGHT_MODULES = tuple(m for m in _all_modules() if m not in FRAMEWORK_MODULES)
 IMPORT_ALL = """
 import importlib, json, sys, traceback
 failed = {}
@@ -53,7 +61,7 @@ for name in %r:
         importlib.import_module(name)
     except ImportError:
         failed[name] = traceback.format_exc(limit=-3)
-print(json.dumps({"failed": failed, "loaded": sorted(m for m in ("tensorflow", "keras") if m in sys.modules)}))
+print(json.dumps({"failed": failed, "loaded": sorted(m for m in ("tensorflow", "keras", "torch") if m in sys.modules)}))
 """ % (LIGHT_MODULES,)
 
 
@@ -64,8 +72,9 @@ def _python(python_exe, code, *args, block=True):
     )
 
 
-def test_blocking_really_blocks_tensorflow(python_exe):
-    result = _python(python_exe, "import tensorflow")
+@pytest.mark.parametrize("name", ["tensorflow", "torch"])
+def test_blocking_really_blocks_the_frameworks(python_exe, name):
+    result = _python(python_exe, "import " + name)
     assert result.returncode != 0
     assert "ModuleNotFoundError" in result.stderr
 
@@ -77,8 +86,10 @@ def _import_all(python_exe, block):
 
 
 def test_light_modules_are_found():
-    for name in ("training_health", "training_health.format", "training_health.plugin",
-                 "training_health.cli", "training_health.detectors"):
+    for name in ("training_health", "training_health.format", "tensorboard_plugin_training_health",
+                 "tensorboard_plugin_training_health.report", "training_health.cli",
+                 "training_health.cli.check", "training_health.detectors",
+                 "training_health.capture.host", "training_health.statistics"):
         assert name in LIGHT_MODULES
 
 
@@ -135,7 +146,7 @@ def test_write_and_read_a_run_with_tensorflow_blocked(python_exe, tmp_path):
         from tensorboard.backend.event_processing import data_provider, plugin_event_multiplexer
         from training_health import format as fmt
         from training_health.records import LayerInfo
-        from training_health.run_writer import RunWriter
+        from training_health.io.run_writer import RunWriter
 
         logdir = sys.argv[1]
         writer = RunWriter(logdir + "/run", [LayerInfo("dense", "Dense", "relu", None, 4, True, True)])

@@ -9,7 +9,7 @@ import pytest
 keras = pytest.importorskip("keras")
 pytest.importorskip("tensorflow")
 
-from training_health import demo  # noqa: E402
+from training_health.cli import demo  # noqa: E402
 from training_health import format as fmt  # noqa: E402
 from training_health.keras import HealthCallback  # noqa: E402
 
@@ -43,7 +43,7 @@ def test_frozen_cnn_alerts_written_logged_once_and_hooked(tmp_path, caplog):
     # The rows are read and checked on the logger's reader thread, but the
     # hook (like stop_on) runs on the training thread.
     assert threads == {threading.main_thread()}
-    assert cb._reader is None  # stopped by close()
+    assert cb._host._thread is None  # stopped by close()
     assert not any(t.name == "training-health-reader" for t in threading.enumerate())
     stall = next(a for a in cb.alerts if a.kind == "stalled")
     assert "255" in stall.hint or "254" in stall.hint  # the raw-pixel input range is named

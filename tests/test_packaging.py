@@ -20,9 +20,10 @@ import pytest
 
 from conftest import REPO_ROOT
 
-# Folder -> import name, as mapped in setup.py.
-PACKAGE_DIRS = {"logger": "training_health", "plugin": "training_health.plugin"}
-STATIC = os.path.join("plugin", "static")
+# The source roots of setup.py: each holds packages under their import names.
+SOURCE_ROOTS = ("logger", "plugin")
+PLUGIN = "tensorboard_plugin_training_health"
+STATIC = os.path.join("plugin", PLUGIN, "static")
 # Added to the copy only, to check the package-data globs (files and a subfolder).
 PROBE_FILES = (os.path.join(STATIC, "zz_probe.js"), os.path.join(STATIC, "zz_sub", "zz_probe.css"))
 IGNORED_NAMES = (".git", "build", "dist", "__pycache__", ".pytest_cache", "runs", "*.egg-info", "*venv*")
@@ -81,12 +82,14 @@ def _expected_files(root):
     not ship: its modules show up as missing.
     """
     expected = set()
-    for folder, package in PACKAGE_DIRS.items():
+    for folder in SOURCE_ROOTS:
         base = os.path.join(str(root), folder)
         for dirpath, dirs, names in os.walk(base):
             dirs[:] = [d for d in dirs if d != "__pycache__"]
             rel = os.path.relpath(dirpath, base)
-            prefix = package.replace(".", "/") + ("" if rel == "." else "/" + rel.replace(os.sep, "/"))
+            if rel == ".":
+                continue  # a source root itself is no package
+            prefix = rel.replace(os.sep, "/")
             expected.update("%s/%s" % (prefix, n) for n in names if not n.endswith((".pyc", ".pyo")))
     return expected
 
@@ -96,7 +99,8 @@ def test_wheel_contains_every_module_and_data_file(wheel, source_copy):
     names = set(zf.namelist())
     expected = _expected_files(source_copy)
     for must in ("training_health/__init__.py", "training_health/detectors/__init__.py",
-                 "training_health/plugin/__init__.py", "training_health/format.py", "training_health/cli.py"):
+                 PLUGIN + "/__init__.py", "training_health/format.py", "training_health/cli/__init__.py",
+                 "training_health/capture/host.py"):
         assert must in expected
     missing = expected - names
     assert not missing, "files missing from the wheel: %s" % sorted(missing)
@@ -113,7 +117,7 @@ def test_wheel_contains_static_files(wheel, source_copy):
     ]
     assert len(static) >= len(PROBE_FILES)
     for rel in static:
-        assert "training_health/plugin/" + rel in names, rel
+        assert rel in names, rel
     real = [s for s in static if "zz_" not in s]
     for ext in (".js", ".css"):
         if not any(s.endswith(ext) for s in real):
@@ -126,7 +130,7 @@ def test_wheel_entry_points_and_requirements(wheel):
     eps = configparser.ConfigParser()
     eps.read_string(zf.read(ep_name).decode("utf-8"))
     assert eps["console_scripts"]["training-health"].strip() == "training_health.cli:main"
-    assert eps["tensorboard_plugins"]["training_health"].strip() == "training_health.plugin:TrainingHealthLoader"
+    assert eps["tensorboard_plugins"]["training_health"].strip() == "tensorboard_plugin_training_health:TrainingHealthLoader"
     (meta_name,) = [n for n in zf.namelist() if n.endswith(".dist-info/METADATA")]
     requires = [line.split(":", 1)[1].strip() for line in zf.read(meta_name).decode().splitlines()
                 if line.startswith("Requires-Dist:")]
@@ -158,15 +162,15 @@ def test_plain_install_into_fresh_venv(source_copy, tmp_path):
         f.write("\n".join(p for p in pysite.getsitepackages() if os.path.isdir(p)) + "\n")
     _pip(python, "install", str(source_copy))
     probe = """
-import importlib.metadata as md, json, os, training_health, training_health.plugin, training_health.format
+import importlib.metadata as md, json, os, training_health, tensorboard_plugin_training_health, training_health.format
 (ep,) = [e for e in md.entry_points(group="tensorboard_plugins") if e.name == "training_health"]
 loader = ep.load()
 print(json.dumps({
     "init": training_health.__file__,
-    "plugin": training_health.plugin.__file__,
+    "plugin": tensorboard_plugin_training_health.__file__,
     "loader": loader.__module__,
     "dist": str(md.distribution("training-health").locate_file("")),
-    "static": sorted(os.listdir(os.path.join(os.path.dirname(training_health.plugin.__file__), "static"))),
+    "static": sorted(os.listdir(os.path.join(os.path.dirname(tensorboard_plugin_training_health.__file__), "static"))),
 }))
 """
     result = subprocess.run([python, "-c", probe], capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
@@ -174,9 +178,9 @@ print(json.dumps({
     info = json.loads(result.stdout.strip().splitlines()[-1])
     # the installed copy is imported, not the editable checkout
     assert info["init"] == os.path.join(site, "training_health", "__init__.py")
-    assert info["plugin"] == os.path.join(site, "training_health", "plugin", "__init__.py")
+    assert info["plugin"] == os.path.join(site, "tensorboard_plugin_training_health", "__init__.py")
     assert info["dist"].rstrip("/") == site.rstrip("/")
-    assert info["loader"] == "training_health.plugin"
+    assert info["loader"] == "tensorboard_plugin_training_health"
     assert "zz_probe.js" in info["static"]
 
     script = venv / "bin" / "training-health"

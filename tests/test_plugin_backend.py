@@ -20,9 +20,9 @@ from tensorboard.plugins import base_plugin
 from werkzeug import test as werkzeug_test
 
 from training_health import format as fmt
-from training_health.plugin import DEFAULT_SAMPLES, TrainingHealthLoader
+from tensorboard_plugin_training_health import DEFAULT_SAMPLES, TrainingHealthLoader
 from training_health.records import LayerInfo
-from training_health.run_writer import RunWriter
+from training_health.io.run_writer import RunWriter
 
 import test_plugin_support as support
 
@@ -67,7 +67,7 @@ def get_json(client, path, status=200):
 
 def test_entry_module_does_not_import_tensorflow():
     code = (
-        "import sys, training_health.plugin as p; "
+        "import sys, tensorboard_plugin_training_health as p; "
         "print(p.TrainingHealthLoader.__name__, 'tensorflow' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from training_health.plugin import downsample
+from tensorboard_plugin_training_health import downsample
 
 
 def test_buckets_tile_the_step_range_and_follow_steps_not_sample_count():

@@ -14,7 +14,7 @@ import urllib.request
 import pytest
 
 from training_health import format as fmt
-from training_health.plugin import DEFAULT_SAMPLES
+from tensorboard_plugin_training_health import DEFAULT_SAMPLES
 
 import test_plugin_support as support
 

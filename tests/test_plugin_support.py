@@ -19,7 +19,7 @@ import numpy as np
 
 from training_health import format as fmt
 from training_health.records import Alert, LayerInfo
-from training_health.run_writer import RunWriter
+from training_health.io.run_writer import RunWriter
 
 XSS_LAYER = "<img src=x onerror=alert(1)>"
 FROZEN_RUN = "frozen_cnn"
@@ -170,7 +170,7 @@ def write_synthetic_logdir(root):
     return (FROZEN_RUN, HEALTHY_RUN, XSS_RUN)
 
 
-DEMO_FROZEN = "frozen_cnn"  # run names written by training_health.demo
+DEMO_FROZEN = "frozen_cnn"  # run names written by training_health.cli.demo
 DEMO_HEALTHY = "healthy_cnn"
 _DEMO_LOGS = {}
 
@@ -178,12 +178,12 @@ _DEMO_LOGS = {}
 def demo_logdir(tmp_path_factory):
     """The demo's logs plus the synthetic XSS run, written once per test session.
 
-    `training_health.demo.write_demo_runs` trains the frozen-accuracy CNN and
+    `training_health.cli.demo.write_demo_runs` trains the frozen-accuracy CNN and
     its healthy twin with the real Keras capture (2 epochs keep it short).
     Tests must not leave other runs behind in this folder.
     """
     if "path" not in _DEMO_LOGS:
-        from training_health import demo
+        from training_health.cli import demo
 
         root = tmp_path_factory.mktemp("demo") / "logs"
         demo.write_demo_runs(str(root), epochs=2)

@@ -13,10 +13,10 @@ from tensorboard.compat.proto import summary_pb2
 
 from conftest import write_sample_run
 from training_health import format as fmt
-from training_health import reader
+from training_health.io import reader
 from training_health.records import Alert, LayerInfo
-from training_health.run_writer import RunWriter
-from training_health.writer import EventWriter
+from training_health.io.run_writer import RunWriter
+from training_health.io.event_writer import EventWriter
 
 LAYERS = (
     LayerInfo("conv", "Conv2D", "relu", None, 8, True, True),

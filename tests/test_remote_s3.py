@@ -17,10 +17,10 @@ from tensorboard.backend.event_processing.event_file_loader import EventFileLoad
 from tensorboard.util import tensor_util
 
 from training_health import format as fmt
-from training_health import remote
+from training_health.io import remote
 from training_health.records import LayerInfo
-from training_health.run_writer import RunWriter
-from training_health.writer import EventWriter
+from training_health.io.run_writer import RunWriter
+from training_health.io.event_writer import EventWriter
 
 from test_remote_support import (  # noqa: F401  (fixtures)
     PYTHON,
@@ -203,7 +203,7 @@ def test_missing_s3_client_names_the_extra(tmp_path):
     code = (
         "import sys\n"
         "sys.modules['s3fs'] = None\n"
-        "from training_health.writer import EventWriter\n"
+        "from training_health.io.event_writer import EventWriter\n"
         "try:\n"
         "    EventWriter('s3://bucket/run')\n"
         "except ImportError as e:\n"
@@ -242,7 +242,7 @@ def test_events_still_queued_at_interpreter_exit_reach_the_bucket(s3, tmp_path):
     code = (
         "import numpy as np\n"
         "from training_health import format as fmt\n"
-        "from training_health.writer import EventWriter\n"
+        "from training_health.io.event_writer import EventWriter\n"
         "w = EventWriter('s3://%s/run', flush_secs=3600)  # nothing uploaded before exit\n"
         "for step in range(5):\n"
         "    w.write(fmt.make_event(fmt.TAG_GLOBAL, step, np.float32([step])))\n"

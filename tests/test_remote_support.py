@@ -2,7 +2,7 @@
 
 `s3` (fixture, one server per test module) starts moto's S3-compatible
 server on a free port with dummy credentials, points `S3_ENDPOINT` (read by
-TensorBoard and by `training_health.remote`) at it and gives each test its
+TensorBoard and by `training_health.io.remote`) at it and gives each test its
 own bucket. `Proxy` sits between a client and that server and can refuse
 connections, stall them, or forward a request and drop the answer (an
 upload that lands although the client sees a failure).

@@ -3,14 +3,14 @@
 Documented ways (docs/remote.md, README "Training on a remote box"):
 - a viewing machine without TensorFlow: plain `tensorboard --logdir s3://...`
   with `S3_ENDPOINT` (TensorBoard's own file layer, boto3);
-- a machine with TensorFlow: `python -m training_health.remote --logdir s3://...`;
+- a machine with TensorFlow: `python -m training_health.io.remote --logdir s3://...`;
 - TensorBoard on the training box bound to 127.0.0.1, reached through an SSH
   tunnel (`ssh -L`). Here a TCP forwarder on 127.0.0.1 stands in for the
   tunnel: it forwards a local port to the box's port, as `ssh -L` does.
 
 Each test writes a run whose event files rolled over several times and
 checks that TensorBoard reads them as one run: runs listing, plugin
-listing, and the plugin's own routes (`plugin/http_api.md`).
+listing, and the plugin's own routes (`plugin/tensorboard_plugin_training_health/http_api.md`).
 """
 
 import json
@@ -24,8 +24,8 @@ import pytest
 
 from training_health import format as fmt
 from training_health.records import Alert, LayerInfo
-from training_health.run_writer import RunWriter
-from training_health.writer import EventWriter
+from training_health.io.run_writer import RunWriter
+from training_health.io.event_writer import EventWriter
 
 from test_remote_support import (  # noqa: F401  (fixtures)
     PYTHON,
@@ -134,7 +134,7 @@ def test_training_health_remote_runs_tensorboard_on_a_bucket_with_tensorflow_ins
     server, bucket = s3
     write_run("s3://%s/runs/run1" % bucket)
     proc, base = start_tensorboard(
-        [PYTHON, "-m", "training_health.remote", "--logdir", "s3://%s/runs" % bucket],
+        [PYTHON, "-m", "training_health.io.remote", "--logdir", "s3://%s/runs" % bucket],
         viewer_env(server), tmp_path / "tb.log")
     try:
         assert_serves_the_run(base, "run1")

@@ -16,8 +16,8 @@ import time
 
 import pytest
 
-from training_health import reader
-from training_health import writer as writer_module
+from training_health.io import reader
+from training_health.io import event_writer as writer_module
 
 from test_remote_support import PYTHON, s3, s3_server  # noqa: F401  (fixtures)
 

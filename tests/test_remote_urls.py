@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 
 from training_health import format as fmt
-from training_health import reader, remote
+from training_health.io import reader
+from training_health.io import remote
 from training_health.records import LayerInfo
-from training_health.run_writer import RunWriter
-from training_health.writer import EventWriter
+from training_health.io.run_writer import RunWriter
+from training_health.io.event_writer import EventWriter
 
 pytest.importorskip("fsspec")
 
@@ -93,7 +94,7 @@ class SlowFirstAppend:
     """A local event file whose first append takes 0.5 s (a slow upload)."""
 
     def __init__(self, logdir, filename):
-        from training_health.writer import LocalSink
+        from training_health.io.event_writer import LocalSink
 
         self.sink = LocalSink(logdir, filename)
         self.calls = 0

@@ -22,9 +22,9 @@ import numpy as np
 import pytest
 
 from training_health import format as fmt
-from training_health.plugin import inline
+from tensorboard_plugin_training_health import inline
 from training_health.records import Alert, LayerInfo
-from training_health.run_writer import RunWriter
+from training_health.io.run_writer import RunWriter
 
 from test_remote_support import s3, s3_server  # noqa: F401  (fixtures)
 from thtest_canvas import PIXELS_JS  # noqa: E402

@@ -7,7 +7,7 @@ keras = pytest.importorskip("keras")
 tf = pytest.importorskip("tensorflow")
 
 from training_health import format as fmt  # noqa: E402
-from training_health import stats  # noqa: E402
+from training_health import statistics as stats  # noqa: E402
 from training_health.tf import HealthMonitor  # noqa: E402
 
 from thtest_events import layer_table  # noqa: E402
@@ -73,8 +73,8 @@ def test_tape_monitor_arguments():
     model, opt, _ = setup()
     with pytest.raises(ValueError, match="built model"):
         HealthMonitor("x", keras.Sequential([keras.layers.Dense(2)]))
-    with pytest.raises(ValueError, match="flush_secs"):
-        HealthMonitor("x", model, flush_secs=0)
+    with pytest.raises(ValueError, match="collect_secs"):
+        HealthMonitor("x", model, collect_secs=0)
     monitor = HealthMonitor("unused", model, detectors=None)
     with pytest.raises(ValueError, match="gradients for"):
         monitor.record(tf.zeros([2, 8]), tf.constant(0.0), [tf.zeros([8, 6])])

@@ -23,7 +23,7 @@ import pytest
 
 from training_health import format as fmt
 from training_health.records import Alert, LayerInfo
-from training_health.run_writer import RunWriter
+from training_health.io.run_writer import RunWriter
 
 from test_remote_support import s3, s3_server  # noqa: F401  (fixtures)
 

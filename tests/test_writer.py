@@ -14,7 +14,7 @@ from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
 from training_health import format as fmt
-from training_health.writer import EventWriter
+from training_health.io.event_writer import EventWriter
 
 from conftest import REPO_ROOT
 
@@ -164,7 +164,7 @@ def test_interpreter_exit_flushes_without_close(tmp_path, python_exe):
         """
         import sys
         from training_health import format as fmt
-        from training_health.writer import EventWriter
+        from training_health.io.event_writer import EventWriter
 
         writer = EventWriter(sys.argv[1], flush_secs=3600)
         for step in range(1, 51):

@@ -90,7 +90,9 @@ def run_scenario(scenario, logdir, seed=0, max_epochs=None, every_n_batches=1):
     """
     import keras
 
-    from training_health import check, reader
+    from training_health.cli import check
+
+    from training_health.io import reader
     from training_health.keras import HealthCallback
 
     keras.utils.set_random_seed(seed)

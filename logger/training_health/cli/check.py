@@ -1,0 +1,111 @@
+"""`training-health check LOGDIR`: replay the stall detectors over event files.
+
+For every run of the logdir, every logged step is fed to a fresh
+`DetectorSuite` (the same detectors the online logger runs), and the
+alerts already logged by the training process are added; the same
+(kind, layer, step) found both ways is listed once. Only raised alerts are
+listed, not the records that close an episode.
+
+Exit status: 0 when no run has an alert, 1 when any has, 2 for an error
+(no such logdir, no Training Health data, unreadable data), with the reason
+on stderr. TensorFlow is not imported.
+"""
+
+import json
+import sys
+
+from training_health import format as fmt
+from training_health.io import reader
+from training_health.detectors import DetectorSuite
+
+EXIT_OK, EXIT_ALERTS, EXIT_ERROR = 0, 1, 2
+JSON_KEYS = ("kind", "step", "layer", "severity", "message", "hint")
+
+
+def add_arguments(parser):
+    """Adds the `check` arguments to an argparse parser."""
+    parser.add_argument("logdir", help="log directory (or URL) holding one or more runs")
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        help='print {"runs": [{"run": ..., "alerts": [...]}]} instead of tables',
+    )
+
+
+def check_run(run, suite=None):
+    """The raised alerts of one `reader.RunData`, replayed and logged, deduplicated.
+
+    Args:
+        run: a `reader.RunData`.
+        suite: the `DetectorSuite` to replay (it is reset first). Defaults to
+            a new suite of the default detectors.
+
+    Returns:
+        A list of `records.Alert` sorted by step, without cleared records.
+    """
+    suite = suite if suite is not None else DetectorSuite()
+    found = {}
+    for alert in suite.replay(run.steps) + list(run.alerts):
+        if alert.cleared:
+            continue
+        found.setdefault((alert.kind, alert.layer, alert.step), alert)
+    return sorted(found.values(), key=lambda a: (a.step, a.kind, a.layer or ""))
+
+
+def _as_json(results):
+    return {
+        "runs": [
+            {"run": name, "alerts": [{k: getattr(a, k) for k in JSON_KEYS} for a in alerts]}
+            for name, alerts in results
+        ]
+    }
+
+
+def _table(name, n_steps, alerts, out):
+    if not alerts:
+        print("%s: OK (%d steps, no alerts)" % (name, n_steps), file=out)
+        return
+    plural = "" if len(alerts) == 1 else "s"
+    print("%s: %d alert%s (%d steps)" % (name, len(alerts), plural, n_steps), file=out)
+    rows = [("STEP", "SEVERITY", "KIND", "LAYER")] + [
+        (str(a.step), a.severity, a.kind, a.layer or "-") for a in alerts
+    ]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    for i, row in enumerate(rows):
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+        if i:
+            alert = alerts[i - 1]
+            print("      %s" % alert.message, file=out)
+            if alert.hint:
+                print("      hint: %s" % alert.hint, file=out)
+
+
+def _fail(message):
+    print("training-health check: %s" % message, file=sys.stderr)
+    return EXIT_ERROR
+
+
+def run(args):
+    """Runs the subcommand; returns the exit status."""
+    try:
+        runs = reader.read_logdir(args.logdir)
+    except FileNotFoundError:
+        return _fail("no such log directory: %s" % args.logdir)
+    except fmt.FormatError as e:
+        return _fail("cannot read %s: %s" % (args.logdir, e))
+    except (OSError, ImportError) as e:
+        return _fail("cannot read %s: %s: %s" % (args.logdir, type(e).__name__, e))
+    if not runs:
+        return _fail(
+            "no Training Health data under %s (log a run with "
+            "training_health.keras.HealthCallback first)" % args.logdir
+        )
+    results = [(r.name, check_run(r)) for r in runs]
+    if args.json:
+        json.dump(_as_json(results), sys.stdout)
+        sys.stdout.write("\n")
+    else:
+        steps = {r.name: len(r.steps) for r in runs}
+        for name, alerts in results:
+            _table(name, steps[name], alerts, sys.stdout)
+    return EXIT_ALERTS if any(alerts for _, alerts in results) else EXIT_OK

@@ -1,0 +1,1 @@
+"""Reading and writing runs: event-file framing, writers, readers, bucket URLs."""

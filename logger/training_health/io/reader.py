@@ -1,0 +1,358 @@
+"""Reads Training Health event files back into per-step records, every step.
+
+TensorBoard's own readers keep a sample of each tag; the CLI and the
+detectors need every logged step, so this module reads the event files
+directly:
+
+- a run is a directory holding event files with our tags; its files are
+  read in name order (the writer's names start with the creation time and
+  sort in writing order) as one sequence;
+- local paths are read as plain files, URLs (``s3://``, ``gs://``,
+  ``memory://`` ...) through fsspec (`training_health.io.remote`);
+- TFRecord framing is parsed here, with both CRCs checked, so that a last
+  record still being written (truncated) is simply left for the next poll
+  and an empty file is just empty. TensorBoard's `EventFileLoader` does the
+  same, but it imports TensorFlow whenever TensorFlow is installed (seconds
+  of start-up, and `training-health check` promises not to);
+- `RunReader.poll()` returns only what is new since the last poll, for
+  live views (`training-health watch`).
+
+Non-finite values are returned as they were logged (NaN/Inf). Metadata with
+an unknown format version raises `format.FormatError`.
+"""
+
+import dataclasses
+import logging
+import os
+import re
+import struct
+
+import numpy as np
+from tensorboard.compat.proto import event_pb2
+from tensorboard.util import tensor_util
+
+from training_health import format as fmt
+from training_health.io import remote
+from training_health.io.crc32c import masked_crc32c
+from training_health.records import Alert, StepStats
+
+log = logging.getLogger("training_health")
+
+_HEADER = struct.Struct("<Q")
+_CRC = struct.Struct("<I")
+_TIMESTAMP = re.compile(r"tfevents\.(\d+)")
+_DIGITS = re.compile(r"(\d+)")
+
+
+@dataclasses.dataclass
+class Update:
+    """What one `RunReader.poll()` found.
+
+    Attributes:
+        steps: new `records.StepStats`, in the order logged.
+        alerts: new alerts logged by the training process (`records.Alert`,
+            raised and cleared records alike), in the order logged.
+        wall_times: {step: wall time (seconds since the epoch)} of the new
+            steps, as written by the logger.
+    """
+
+    steps: list
+    alerts: list
+    wall_times: dict = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass
+class RunData:
+    """Everything read from one run.
+
+    Attributes:
+        name: the run's name (its directory relative to the logdir, "." for
+            the logdir itself).
+        path: the run's directory or URL.
+        steps: every logged `records.StepStats`, in order.
+        alerts: every logged `records.Alert`, in order.
+    """
+
+    name: str
+    path: str
+    steps: list
+    alerts: list
+
+
+class CorruptRecordError(fmt.FormatError):
+    """A record whose checksum does not match (the file is damaged)."""
+
+
+def split_records(data, path="<bytes>", offset=0):
+    """Splits TFRecord-framed bytes into records.
+
+    Args:
+        data: the bytes of an event file from some record boundary on.
+        path: the file's name, for messages. Defaults to "<bytes>".
+        offset: where `data` starts in the file, for messages. Defaults to 0.
+
+    Returns:
+        (records, consumed): the complete records and how many bytes of
+        `data` they span; a truncated last record is not consumed.
+
+    Raises:
+        CorruptRecordError: a length or data checksum does not match.
+    """
+    records = []
+    pos = 0
+    end = len(data)
+    while end - pos >= _HEADER.size + _CRC.size:
+        header = data[pos:pos + _HEADER.size]
+        (length,) = _HEADER.unpack(header)
+        (length_crc,) = _CRC.unpack_from(data, pos + _HEADER.size)
+        if masked_crc32c(header) != length_crc:
+            raise CorruptRecordError(
+                "corrupt record header at byte %d of %s (length checksum mismatch)"
+                % (offset + pos, path)
+            )
+        start = pos + _HEADER.size + _CRC.size
+        stop = start + length
+        if stop + _CRC.size > end:
+            break  # truncated: the writer has not finished this record yet
+        body = data[start:stop]
+        (body_crc,) = _CRC.unpack_from(data, stop)
+        if masked_crc32c(body) != body_crc:
+            raise CorruptRecordError(
+                "corrupt record at byte %d of %s (data checksum mismatch)" % (offset + pos, path)
+            )
+        records.append(body)
+        pos = stop + _CRC.size
+    return records, pos
+
+
+def _file_order(path):
+    """Sort key of an event file: creation time, then its name in natural order.
+
+    Natural order compares digit runs as numbers, so a writer's tenth file
+    (".10.") sorts after its ninth (".9.").
+    """
+    name = path.rstrip("/").rsplit("/", 1)[-1].rsplit(os.sep, 1)[-1]
+    match = _TIMESTAMP.search(name)
+    parts = tuple((0, int(p), "") if p.isdigit() else (1, 0, p) for p in _DIGITS.split(name) if p)
+    return (int(match.group(1)) if match else 0, parts)
+
+
+def list_runs(logdir, storage_options=None):
+    """Directories under `logdir` that hold event files.
+
+    Args:
+        logdir: local directory or URL.
+        storage_options: fsspec options for URLs (see `remote.filesystem`).
+            Defaults to None.
+
+    Returns:
+        dict run name -> run path (directory or URL), sorted by name. Whether
+        a run holds Training Health data is known only once it is read.
+
+    Raises:
+        FileNotFoundError: `logdir` does not exist.
+    """
+    found = remote.list_event_files(logdir, storage_options)
+    return {name: remote.join(logdir, name) if name != "." else str(logdir)
+            for name in sorted(found)}
+
+
+class RunReader:
+    """Reads one run incrementally: each `poll()` returns only new data.
+
+    Args:
+        path: the run's directory (local path or URL).
+        name: the run's name in messages. Defaults to `path`.
+        storage_options: fsspec options for URLs. Defaults to None.
+
+    Attributes:
+        has_data: True once any Training Health value was read.
+        layers: LayerInfo tuple of the newest layer metadata (or None).
+        metric_names: compiled metric names of the newest global metadata.
+        skipped: messages about data that was skipped (e.g. values of our
+            tags that arrived without metadata).
+    """
+
+    def __init__(self, path, name=None, storage_options=None):
+        self.path = str(path)
+        self.name = name if name is not None else self.path
+        self.storage_options = storage_options
+        self._offsets = {}  # file -> bytes consumed (always a record boundary)
+        self._metadata = {}  # tag -> parsed metadata dict
+        self._pending = {}  # step -> {"layers": array, "global": array}
+        self._step_wall_times = {}  # step -> wall time, until the step is returned
+        self.has_data = False
+        self.skipped = []
+
+    @property
+    def layers(self):
+        meta = self._metadata.get(fmt.TAG_LAYERS)
+        return tuple(meta["layers"]) if meta else None
+
+    @property
+    def metric_names(self):
+        meta = self._metadata.get(fmt.TAG_GLOBAL)
+        return tuple(meta["stats"][len(fmt.GLOBAL_STATS):]) if meta else ()
+
+    def _files(self):
+        try:
+            found = remote.list_event_files(self.path, self.storage_options)
+        except FileNotFoundError:
+            return []  # not created yet: a live view may start before training
+        return sorted(found.get(".", []), key=_file_order)
+
+    def poll(self, final=False):
+        """Reads what was appended since the last poll.
+
+        Args:
+            final: also return a step whose second half (layer matrix or
+                global vector) has not been seen yet. Use it for a last read
+                of a finished run. Defaults to False: such a step waits for
+                the next poll.
+
+        Returns:
+            An `Update` (empty while the run directory does not exist yet).
+
+        Raises:
+            format.FormatError: metadata of an unknown format version, a
+                malformed value, or a corrupt record.
+            OSError: a file could not be read.
+        """
+        steps, alerts = [], []
+        for path in self._files():
+            offset = self._offsets.get(path, 0)
+            data = remote.read_bytes(path, offset, self.storage_options)
+            if not data:
+                continue
+            records, consumed = split_records(data, path, offset)
+            self._offsets[path] = offset + consumed
+            for record in records:
+                self._read_event(event_pb2.Event.FromString(record), steps, alerts)
+        if final:
+            steps.extend(self._flush_pending(None))
+        wall_times = {s.step: self._step_wall_times.pop(s.step) for s in steps
+                      if s.step in self._step_wall_times}
+        return Update(steps, alerts, wall_times)
+
+    def _read_event(self, event, steps, alerts):
+        if not event.HasField("summary"):
+            return
+        for value in event.summary.value:
+            meta = self._metadata_for(value, event.step)
+            if meta is None:
+                continue
+            self.has_data = True
+            tag = value.tag
+            if tag == fmt.TAG_ALERTS:
+                alerts.extend(self._alerts(value, event.step))
+                continue
+            if tag not in (fmt.TAG_LAYERS, fmt.TAG_GLOBAL):
+                continue  # histograms: not needed by the detectors
+            step = int(event.step)
+            self._step_wall_times[step] = float(event.wall_time)
+            steps.extend(self._flush_pending(step))
+            array = tensor_util.make_ndarray(value.tensor)
+            slot = self._pending.setdefault(step, {})
+            slot["layers" if tag == fmt.TAG_LAYERS else "global"] = (array, meta)
+            if "layers" in slot and "global" in slot:
+                steps.append(self._step(step, self._pending.pop(step)))
+
+    def _metadata_for(self, value, step):
+        plugin = value.metadata.plugin_data
+        if plugin.plugin_name:
+            if plugin.plugin_name != fmt.PLUGIN_NAME:
+                return None
+            meta = fmt.parse_metadata(plugin.content)
+            self._metadata[value.tag] = meta
+            return meta
+        meta = self._metadata.get(value.tag)
+        if meta is None and value.tag in fmt.TAGS:
+            message = ("%s: value of %s at step %d has no metadata before it; skipped"
+                       % (self.name, value.tag, step))
+            if message not in self.skipped:
+                self.skipped.append(message)
+                log.warning(message)
+        return meta
+
+    def _alerts(self, value, step):
+        out = []
+        for item in fmt.decode_alerts(tensor_util.make_ndarray(value.tensor)):
+            try:
+                out.append(Alert.from_json(item))
+            except (KeyError, TypeError, ValueError) as e:
+                raise fmt.FormatError(
+                    "%s: malformed alert at step %d: %r (%s)" % (self.name, step, item, e)
+                ) from e
+        return out
+
+    def _flush_pending(self, before):
+        """Emits pending half-steps older than `before` (all if None)."""
+        out = []
+        for step in sorted(self._pending):
+            if before is not None and step >= before:
+                break
+            out.append(self._step(step, self._pending.pop(step)))
+        return out
+
+    def _step(self, step, slot):
+        if "layers" in slot:
+            array, meta = slot["layers"]
+            layers = tuple(meta["layers"])
+            stats = tuple(meta["stats"])
+            array = np.asarray(array, dtype=np.float32)
+            if array.shape != (len(layers), len(stats)):
+                raise fmt.FormatError(
+                    "%s: layer matrix at step %d has shape %s; its metadata describes %d "
+                    "layers x %d statistics"
+                    % (self.name, step, array.shape, len(layers), len(stats))
+                )
+        else:
+            layers, stats = (), tuple(fmt.LAYER_STATS)
+            array = np.zeros((0, len(stats)), dtype=np.float32)
+        global_values = {}
+        if "global" in slot:
+            vector, meta = slot["global"]
+            names = list(meta["stats"])
+            vector = np.asarray(vector, dtype=np.float32).reshape(-1)
+            if vector.shape[0] != len(names):
+                raise fmt.FormatError(
+                    "%s: global vector at step %d has %d values; its metadata names %d"
+                    % (self.name, step, vector.shape[0], len(names))
+                )
+            global_values = {name: float(v) for name, v in zip(names, vector)}
+        return StepStats(step, layers, stats, array, global_values)
+
+
+def read_run(path, name=None, storage_options=None):
+    """Every step and logged alert of one run.
+
+    Returns:
+        (RunData, has_data): has_data is False when the run's event files
+        hold no Training Health data.
+    """
+    reader = RunReader(path, name, storage_options)
+    update = reader.poll(final=True)
+    return RunData(reader.name, reader.path, update.steps, update.alerts), reader.has_data
+
+
+def read_logdir(logdir, storage_options=None):
+    """Every run of `logdir` that holds Training Health data.
+
+    Args:
+        logdir: local directory or URL; itself a run, or holding runs.
+        storage_options: fsspec options for URLs. Defaults to None.
+
+    Returns:
+        A list of `RunData`, sorted by run name (runs whose event files hold
+        none of our tags are left out).
+
+    Raises:
+        FileNotFoundError: `logdir` does not exist.
+        format.FormatError: unreadable Training Health data.
+    """
+    runs = []
+    for name, path in list_runs(logdir, storage_options).items():
+        data, has_data = read_run(path, name, storage_options)
+        if has_data:
+            runs.append(data)
+    return runs

@@ -1,0 +1,83 @@
+"""Host side of the logger: turns per-step arrays into events of the format."""
+
+import time
+
+import numpy as np
+
+from training_health import format as fmt
+from training_health.io.event_writer import EventWriter
+
+
+class RunWriter:
+    """Writes one run's Training Health data (any thread may call it).
+
+    Args:
+        logdir: the run's directory or URL.
+        layers: sequence of LayerInfo, the rows of every layer matrix.
+        metric_names: names of compiled metrics appended to GLOBAL_STATS.
+        writer: an EventWriter to use; by default one is opened on `logdir`.
+    """
+
+    def __init__(self, logdir, layers, metric_names=(), writer=None):
+        self.layers = tuple(layers)
+        self.global_names = tuple(fmt.GLOBAL_STATS) + tuple(metric_names)
+        self.writer = writer if writer is not None else EventWriter(logdir)
+        self._metadata = {
+            fmt.TAG_LAYERS: fmt.layers_metadata(self.layers),
+            fmt.TAG_GLOBAL: fmt.global_metadata(self.global_names),
+            fmt.TAG_HISTOGRAMS: fmt.histograms_metadata(self.layers),
+            fmt.TAG_ALERTS: fmt.alerts_metadata(),
+        }
+        self._last_step = None
+
+    def _emit(self, tag, step, value, wall_time):
+        metadata = self._metadata.pop(tag, None)  # metadata only on a tag's first value
+        event = fmt.make_event(
+            tag, step, value, metadata=metadata,
+            wall_time=time.time() if wall_time is None else wall_time,
+        )
+        self.writer.write(event)
+
+    def write_step(self, step, layer_values, global_values, wall_time=None):
+        """One logged step: layer matrix [L, len(LAYER_STATS)] and global vector."""
+        layer_values = np.asarray(layer_values, dtype=np.float32)
+        global_values = np.asarray(global_values, dtype=np.float32)
+        expected = (len(self.layers), len(fmt.LAYER_STATS))
+        if layer_values.shape != expected:
+            raise ValueError(
+                "layer_values must have shape %s; received %s" % (expected, layer_values.shape)
+            )
+        if global_values.shape != (len(self.global_names),):
+            raise ValueError(
+                "global_values must have shape (%d,); received %s"
+                % (len(self.global_names), global_values.shape)
+            )
+        if self._last_step is not None and step <= self._last_step:
+            raise ValueError(
+                "steps must only increase; received step %d after %d" % (step, self._last_step)
+            )
+        self._last_step = step
+        self._emit(fmt.TAG_LAYERS, step, layer_values, wall_time)
+        self._emit(fmt.TAG_GLOBAL, step, global_values, wall_time)
+
+    def write_histograms(self, step, histograms, wall_time=None):
+        histograms = np.asarray(histograms, dtype=np.float32)
+        expected = (len(self.layers), len(fmt.HIST_SERIES), fmt.HIST_ROW)
+        if histograms.shape != expected:
+            raise ValueError(
+                "histograms must have shape %s; received %s" % (expected, histograms.shape)
+            )
+        self._emit(fmt.TAG_HISTOGRAMS, step, histograms, wall_time)
+
+    def write_alerts(self, step, alerts, wall_time=None):
+        """Alerts (records.Alert) found at `step`; nothing is written for none."""
+        if not alerts:
+            return
+        value = np.array([fmt.encode_alert(a.to_json()) for a in alerts], dtype=object)
+        self._emit(fmt.TAG_ALERTS, step, value, wall_time)
+
+    def flush(self):
+        return self.writer.flush()
+
+    def close(self):
+        self.writer.close()

@@ -1,0 +1,421 @@
+"""The Training Health TensorBoard plugin: routes over plain-data methods.
+
+Each route is a thin `*_route` that parses the query, calls a `*_impl`
+method returning plain data (dicts, lists, numbers, strings) and answers
+through `http_util.Respond`. Bad arguments raise
+`tensorboard.errors.InvalidArgumentError` (400), unknown runs, tags or
+layers `NotFoundError` (404), logs of a newer format `UnreadableDataError`
+(400); `_json_route` turns them into a JSON `{"error": ...}` answer.
+See `http_api.md` for every route.
+"""
+
+import functools
+import json
+import os
+
+import numpy as np
+from tensorboard import errors, plugin_util
+from tensorboard.backend import http_util
+from tensorboard.plugins import base_plugin
+from werkzeug import wrappers
+
+from training_health import format as fmt
+from tensorboard_plugin_training_health import downsample
+from tensorboard_plugin_training_health.reader import Reader, UnreadableDataError
+
+STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
+STATIC_FILES = {
+    "/index.js": ("index.js", "text/javascript"),
+    "/model.js": ("model.js", "text/javascript"),
+    "/views.js": ("views.js", "text/javascript"),
+    "/style.css": ("style.css", "text/css"),
+}
+
+DEFAULT_WIDTH = 1000  # columns of a matrix / points of a series
+MAX_WIDTH = 20000
+DEFAULT_HISTOGRAMS = 200  # histogram snapshots returned for one layer
+
+
+def _json_route(method):
+    """Wraps a `(self, request) -> data` method into a JSON WSGI app."""
+
+    @functools.wraps(method)
+    @wrappers.Request.application
+    def route(self, request):
+        try:
+            data = method(self, request)
+        except errors.PublicError as e:
+            return http_util.Respond(
+                request, {"error": str(e)}, "application/json", code=e.http_code
+            )
+        # Data holds no NaN/Inf (see downsample.to_json_values); encoding
+        # here skips Respond's per-element cleanse, which is slow on matrices.
+        body = json.dumps(data, allow_nan=False, separators=(",", ":"))
+        return http_util.Respond(request, body, "application/json")
+
+    return route
+
+
+def _arg(request, name, required=True):
+    value = request.args.get(name)
+    if value is None or value == "":
+        if required:
+            raise errors.InvalidArgumentError(
+                "missing query parameter %r; add ?%s=... to the request" % (name, name)
+            )
+        return None
+    return value
+
+
+def _int_arg(request, name, default, lo, hi):
+    value = _arg(request, name, required=False)
+    if value is None:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        raise errors.InvalidArgumentError(
+            "query parameter %r must be an integer; received %r" % (name, value)
+        ) from None
+    if not lo <= number <= hi:
+        raise errors.InvalidArgumentError(
+            "query parameter %r must be between %d and %d; received %d" % (name, lo, hi, number)
+        )
+    return number
+
+
+MAX_STEP = 2**63 - 1
+
+
+def _step_range(request):
+    """(start_step, end_step) from the query; either may be None."""
+    start = _int_arg(request, "start_step", None, 0, MAX_STEP)
+    end = _int_arg(request, "end_step", None, 0, MAX_STEP)
+    if start is not None and end is not None and start > end:
+        raise errors.InvalidArgumentError(
+            "start_step must be <= end_step; received start_step=%d, end_step=%d" % (start, end)
+        )
+    return start, end
+
+
+def _window(steps, values, start_step, end_step):
+    """The samples with start_step <= step <= end_step (None: unbounded)."""
+    lo = 0 if start_step is None else int(np.searchsorted(steps, start_step, "left"))
+    hi = len(steps) if end_step is None else int(np.searchsorted(steps, end_step, "right"))
+    return steps[lo:hi], values[lo:hi]
+
+
+def _steps_json(steps):
+    return [int(s) for s in steps]
+
+
+class TrainingHealthPlugin(base_plugin.TBPlugin):
+    """Serves per-layer health matrices, loss series, alerts and histograms.
+
+    Args:
+        context: a `base_plugin.TBContext`; only its `data_provider` and
+            `sampling_hints` are used.
+
+    Every `*_impl` method takes a `tensorboard.context.RequestContext` and
+    an experiment id first, then the route's parameters as keyword
+    arguments, and returns the JSON-ready answer documented in http_api.md.
+    """
+
+    plugin_name = fmt.PLUGIN_NAME
+
+    def __init__(self, context):
+        hints = getattr(context, "sampling_hints", None) or {}
+        self._reader = Reader(context.data_provider, sample_limit=hints.get(fmt.PLUGIN_NAME) or 0)
+
+    def get_plugin_apps(self):
+        return {
+            "/runs": self.runs_route,
+            "/layers": self.layers_route,
+            "/matrix": self.matrix_route,
+            "/series": self.series_route,
+            "/layer": self.layer_route,
+            "/alerts": self.alerts_route,
+            "/histograms": self.histograms_route,
+            "/index.js": self.static_route,
+            "/model.js": self.static_route,
+            "/views.js": self.static_route,
+            "/style.css": self.static_route,
+        }
+
+    def is_active(self):
+        # The tab is enabled by data: TensorBoard enables it when a run holds
+        # summaries whose plugin name is in data_plugin_names(), before it
+        # ever asks is_active(). Without such data the tab stays inactive.
+        return False
+
+    def data_plugin_names(self):
+        return (fmt.PLUGIN_NAME,)
+
+    def frontend_metadata(self):
+        return base_plugin.FrontendMetadata(
+            es_module_path="/index.js", tab_name="Training Health", disable_reload=True
+        )
+
+    # Static files ---------------------------------------------------------
+
+    @wrappers.Request.application
+    def static_route(self, request):
+        name, content_type = STATIC_FILES[request.path[request.path.rindex("/"):]]
+        with open(os.path.join(STATIC_DIR, name), "rb") as f:
+            contents = f.read()
+        return http_util.Respond(request, contents, content_type)
+
+    # Routes ---------------------------------------------------------------
+
+    def _ids(self, request):
+        return plugin_util.context(request.environ), plugin_util.experiment_id(request.environ)
+
+    @_json_route
+    def runs_route(self, request):
+        return self.runs_impl(*self._ids(request))
+
+    @_json_route
+    def layers_route(self, request):
+        return self.layers_impl(*self._ids(request), run=_arg(request, "run"))
+
+    @_json_route
+    def matrix_route(self, request):
+        return self.matrix_impl(
+            *self._ids(request),
+            run=_arg(request, "run"),
+            stat=_arg(request, "stat"),
+            width=_int_arg(request, "width", DEFAULT_WIDTH, 1, MAX_WIDTH),
+            reduce=_arg(request, "reduce", required=False) or "mean",
+            steps=_step_range(request),
+        )
+
+    @_json_route
+    def series_route(self, request):
+        return self.series_impl(
+            *self._ids(request),
+            run=_arg(request, "run"),
+            width=_int_arg(request, "width", DEFAULT_WIDTH, 1, MAX_WIDTH),
+            steps=_step_range(request),
+        )
+
+    @_json_route
+    def layer_route(self, request):
+        return self.layer_impl(
+            *self._ids(request),
+            run=_arg(request, "run"),
+            layer=_arg(request, "layer"),
+            width=_int_arg(request, "width", DEFAULT_WIDTH, 1, MAX_WIDTH),
+            steps=_step_range(request),
+        )
+
+    @_json_route
+    def alerts_route(self, request):
+        return self.alerts_impl(*self._ids(request), run=_arg(request, "run"))
+
+    @_json_route
+    def histograms_route(self, request):
+        return self.histograms_impl(
+            *self._ids(request),
+            run=_arg(request, "run"),
+            layer=_arg(request, "layer"),
+            limit=_int_arg(request, "limit", DEFAULT_HISTOGRAMS, 1, MAX_WIDTH),
+        )
+
+    # Implementations: plain data in, plain data out ------------------------
+
+    def runs_impl(self, ctx, experiment_id):
+        """Runs holding Training Health data, sorted by name."""
+        runs = []
+        for run, tags in sorted(self._reader.list_runs(ctx, experiment_id).items()):
+            entry = {
+                "run": run,
+                "last_step": max(int(ts.max_step) for ts in tags.values()),
+                "last_wall_time": max(float(ts.max_wall_time) for ts in tags.values()),
+                "has_layers": fmt.TAG_LAYERS in tags,
+                "has_series": fmt.TAG_GLOBAL in tags,
+                "has_alerts": fmt.TAG_ALERTS in tags,
+                "has_histograms": fmt.TAG_HISTOGRAMS in tags,
+                "layers": 0,
+                "error": None,
+            }
+            if fmt.TAG_LAYERS in tags:
+                try:
+                    entry["layers"] = len(self._reader.metadata(tags[fmt.TAG_LAYERS])["layers"])
+                except UnreadableDataError as e:
+                    entry["error"] = str(e)
+            runs.append(entry)
+        return {"runs": runs, "sample_limit": self._reader.sample_limit}
+
+    def layers_impl(self, ctx, experiment_id, run):
+        """The monitored layers of `run` and the statistic names."""
+        time_series = self._reader.time_series(ctx, experiment_id, run, fmt.TAG_LAYERS)
+        metadata = self._reader.metadata(time_series)
+        return {
+            "run": run,
+            "format_version": metadata["format_version"],
+            "stats": list(metadata["stats"]),
+            "layers": [layer.to_json() for layer in metadata["layers"]],
+            "last_step": int(time_series.max_step),
+        }
+
+    def _layer_series(self, ctx, experiment_id, run):
+        return self._reader.read(ctx, experiment_id, run, fmt.TAG_LAYERS)
+
+    @staticmethod
+    def _sampling(series):
+        return {
+            "samples": int(len(series.steps)),
+            "downsampled": bool(series.downsampled),
+            "sample_limit": int(series.limit),
+        }
+
+    def matrix_impl(self, ctx, experiment_id, run, stat, width=DEFAULT_WIDTH, reduce="mean",
+                    steps=(None, None)):
+        """One statistic for every layer, reduced to at most `width` step columns.
+
+        Returns `values` as rows (one per layer) of columns; column `i`
+        covers steps `first_steps[i]`..`last_steps[i]`. `steps` is an
+        optional (start_step, end_step) window, None for unbounded.
+        """
+        if reduce not in downsample.REDUCTIONS:
+            raise errors.InvalidArgumentError(
+                "reduce must be one of %s; received %r" % (", ".join(downsample.REDUCTIONS), reduce)
+            )
+        series = self._layer_series(ctx, experiment_id, run)
+        stats = list(series.metadata["stats"])
+        if stat not in stats:
+            raise errors.InvalidArgumentError(
+                "unknown statistic %r; use one of %s" % (stat, ", ".join(stats))
+            )
+        window, column = _window(series.steps, series.values[:, :, stats.index(stat)], *steps)
+        first, last, reduced = downsample.reduce_columns(window, column, width, reduce)  # [C, L]
+        finite = reduced[np.isfinite(reduced)]
+        positive = finite[finite > 0]
+        out = {
+            "run": run,
+            "stat": stat,
+            "reduce": reduce,
+            "layers": [layer.name for layer in series.metadata["layers"]],
+            "first_steps": _steps_json(first),
+            "last_steps": _steps_json(last),
+            "values": downsample.to_json_values(reduced.T),
+            "min": float(finite.min()) if finite.size else None,
+            "max": float(finite.max()) if finite.size else None,
+            "min_positive": float(positive.min()) if positive.size else None,
+        }
+        out.update(self._sampling(series))
+        return out
+
+    def series_impl(self, ctx, experiment_id, run, width=DEFAULT_WIDTH, steps=(None, None)):
+        """Loss, global statistics and metrics over steps (bucket means)."""
+        series = self._reader.read(ctx, experiment_id, run, fmt.TAG_GLOBAL)
+        names = list(series.metadata["stats"])
+        window, values = _window(series.steps, series.values, *steps)
+        first, last, reduced = downsample.reduce_columns(window, values, width)
+        columns = downsample.to_json_values(reduced.T)
+        out = {
+            "run": run,
+            "names": names,
+            "metrics": names[len(fmt.GLOBAL_STATS):],
+            "first_steps": _steps_json(first),
+            "last_steps": _steps_json(last),
+            "values": dict(zip(names, columns)) if len(first) else {n: [] for n in names},
+        }
+        out.update(self._sampling(series))
+        return out
+
+    def _layer_index(self, metadata, run, layer):
+        names = [info.name for info in metadata["layers"]]
+        if layer not in names:
+            raise errors.NotFoundError("run %r has no layer %r" % (run, layer))
+        return names.index(layer)
+
+    def layer_impl(self, ctx, experiment_id, run, layer, width=DEFAULT_WIDTH, steps=(None, None)):
+        """Every statistic of one layer over steps (bucket means)."""
+        series = self._layer_series(ctx, experiment_id, run)
+        index = self._layer_index(series.metadata, run, layer)
+        stats = list(series.metadata["stats"])
+        window, values = _window(series.steps, series.values[:, index, :], *steps)
+        first, last, reduced = downsample.reduce_columns(window, values, width)
+        columns = downsample.to_json_values(reduced.T)
+        out = {
+            "run": run,
+            "layer": series.metadata["layers"][index].to_json(),
+            "stats": stats,
+            "first_steps": _steps_json(first),
+            "last_steps": _steps_json(last),
+            "values": dict(zip(stats, columns)) if len(first) else {s: [] for s in stats},
+        }
+        out.update(self._sampling(series))
+        return out
+
+    def alerts_impl(self, ctx, experiment_id, run):
+        """Every alert record of `run` in step order (an empty list if none)."""
+        tags = self._reader.list_runs(ctx, experiment_id).get(run)
+        if tags is None:
+            raise errors.NotFoundError("no Training Health data for run %r" % (run,))
+        if fmt.TAG_ALERTS not in tags:  # nothing was ever raised
+            return {"run": run, "alerts": [], "samples": 0, "downsampled": False,
+                    "sample_limit": self._reader.sample_limit}
+        series = self._reader.read(ctx, experiment_id, run, fmt.TAG_ALERTS)
+        alerts = []
+        for step, value in zip(series.steps, series.values):
+            try:
+                records = fmt.decode_alerts(value)
+            except fmt.FormatError as e:
+                raise UnreadableDataError("run %r holds an alert that is not JSON: %s" % (run, e)) from e
+            for record in records:
+                if not isinstance(record, dict):
+                    continue
+                alerts.append(_clean_alert(record, int(step)))
+        alerts.sort(key=lambda a: a["step"])
+        out = {"run": run, "alerts": alerts}
+        out.update(self._sampling(series))
+        return out
+
+    def histograms_impl(self, ctx, experiment_id, run, layer, limit=DEFAULT_HISTOGRAMS):
+        """Gradient and activation histograms of one layer over time."""
+        series = self._reader.read(ctx, experiment_id, run, fmt.TAG_HISTOGRAMS)
+        metadata = series.metadata
+        names = list(metadata.get("layers", ()))
+        if layer not in names:
+            raise errors.NotFoundError("run %r has no histograms for layer %r" % (run, layer))
+        index = names.index(layer)
+        picked = downsample.pick_samples(series.steps, limit)
+        rows = series.values[picked, index]  # [K, 2, HIST_ROW]
+        out = {
+            "run": run,
+            "layer": layer,
+            "steps": _steps_json(series.steps[picked]),
+            "bins": int(metadata.get("bins", fmt.HIST_BINS)),
+            "grad_log10_range": list(metadata.get("grad_log10_range", fmt.GRAD_LOG10_RANGE)),
+            # gradient rows: [zero_frac, nonfinite_frac, bin fractions of log10|g|...]
+            "gradient": downsample.to_json_values(rows[:, 0, :]),
+            # activation rows: [min, max, bin fractions between min and max...]
+            "activation": downsample.to_json_values(rows[:, 1, :]),
+        }
+        out.update(self._sampling(series))
+        return out
+
+
+def _clean_alert(record, step):
+    """An alert dict with exactly the fields the UI shows, all plain types."""
+
+    def text(key):
+        value = record.get(key)
+        return "" if value is None else str(value)
+
+    layer = record.get("layer")
+    try:
+        alert_step = int(record.get("step", step))
+    except (TypeError, ValueError):
+        alert_step = step
+    return {
+        "kind": text("kind"),
+        "step": alert_step,
+        "layer": None if layer is None else str(layer),
+        "severity": text("severity") or "warning",
+        "message": text("message"),
+        "hint": text("hint"),
+        "cleared": bool(record.get("cleared", False)),
+    }
