@@ -37,10 +37,14 @@ setup(
     install_requires=["tensorboard>=2.21", "protobuf", "numpy"],
     extras_require={
         "tf": ["tensorflow>=2.16"],
+        # PyTorch's CPU-only build comes from its own index:
+        # pip install torch --index-url https://download.pytorch.org/whl/cpu
+        "torch": ["torch>=2.1"],
         "s3": ["s3fs", "boto3"],
         "gcs": ["gcsfs"],
         "tf-cpu": TF_CPU,
         "test": TF_CPU + [
+            "torch>=2.1",
             "pytest",
             "werkzeug",
             "playwright",
