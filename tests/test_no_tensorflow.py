@@ -25,7 +25,7 @@ TF_INTERNAL = tuple("training_health.capture." + m for m in
                     ("tf_program", "tf_ops", "tf_recording", "keras_layers"))
 # Modules that need PyTorch (the public one says how to get it).
 TORCH_MODULES = ("training_health.torch",)
-TORCH_INTERNAL = tuple("training_health.capture." + m for m in ("torch_program", "torch_ops", "torch_hooks"))
+TORCH_INTERNAL = tuple("training_health.capture." + m for m in ("torch_program", "torch_ops"))
 FRAMEWORK_MODULES = TF_MODULES + TF_INTERNAL + TORCH_MODULES + TORCH_INTERNAL
 # The source roots of setup.py: each holds packages under their import names.
 SOURCE_ROOTS = ("logger", "plugin")
@@ -190,8 +190,9 @@ def test_plugin_entry_point_loads_with_tensorflow_blocked(python_exe, tmp_path):
     assert result.stdout.startswith("training_health ")
 
 
-@pytest.mark.parametrize("module", TF_MODULES)
-def test_tf_modules_fail_with_a_hint_to_the_tf_extra(python_exe, module):
+@pytest.mark.parametrize("module,extra", [(m, "[tf]") for m in TF_MODULES]
+                         + [(m, "[torch]") for m in TORCH_MODULES])
+def test_framework_modules_fail_with_a_hint_to_their_extra(python_exe, module, extra):
     if importlib.util.find_spec(module) is None:
         pytest.skip("%s is not part of the package yet" % module)
     code = """
@@ -207,4 +208,4 @@ def test_tf_modules_fail_with_a_hint_to_the_tf_extra(python_exe, module):
     assert result.returncode == 0, result.stderr
     out = result.stdout.strip()
     assert out.startswith("IMPORT_ERROR:"), out
-    assert "[tf]" in out, "the ImportError must name the [tf] extra; got: %s" % out
+    assert extra in out, "the ImportError must name the %s extra; got: %s" % (extra, out)

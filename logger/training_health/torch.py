@@ -1,0 +1,194 @@
+"""Training health for a PyTorch training loop: one call per step.
+
+    monitor = training_health.torch.HealthMonitor("runs/my_run", model, optimizer)
+    for x, y in loader:
+        optimizer.zero_grad()
+        loss = loss_fn(model(x), y)
+        loss.backward()
+        optimizer.step()
+        monitor.step(loss)          # the one call
+    monitor.close()
+
+Hooks on the model and the optimizer compute every statistic on the
+model's device inside the step; rows wait in a small buffer there and a
+background thread copies them to the host every `flush_every` steps, runs
+the detectors and writes TensorBoard event files. Nothing in the step waits
+for the device.
+"""
+
+try:
+    import torch
+except ImportError as e:  # pragma: no cover - exercised in a subprocess test
+    raise ImportError(
+        "training_health.torch needs PyTorch. Install it with "
+        "`pip install training-health[torch]` (or `pip install torch`). (%s)" % e
+    ) from e
+
+from training_health.capture import host
+from training_health.capture.torch_program import TorchProgram
+
+__all__ = ["HealthMonitor"]
+
+
+class _DataParallel:
+    """The statistics of the whole step under DistributedDataParallel: each
+    process's examples gathered, unit activity and loss reduced (the
+    gradients DDP already averaged)."""
+
+    def __init__(self, dist, world_size):
+        self.dist = dist
+        self.world_size = world_size
+
+    def examples(self, t):
+        t = t.contiguous()
+        parts = [torch.empty_like(t) for _ in range(self.world_size)]
+        self.dist.all_gather(parts, t)
+        return torch.cat(parts, dim=0)
+
+    def any(self, flags):
+        x = flags.to(torch.int32)
+        self.dist.all_reduce(x, op=self.dist.ReduceOp.MAX)
+        return x.bool()
+
+    def mean(self, value):
+        x = value.clone()
+        self.dist.all_reduce(x)
+        return x / self.world_size
+
+
+class HealthMonitor:
+    """Per-step training health for a PyTorch loop.
+
+    Call `step(loss)` once per optimizer step, right after
+    `optimizer.step()` (or `scaler.step(optimizer)`); hooks on the model and
+    the optimizer do the rest. `close()` at the end (or use the monitor as a
+    context manager) writes what is left and removes the hooks.
+
+    Monitored are the modules with parameters of their own (`Linear`,
+    `Conv2d`, `BatchNorm2d`, `LSTM`, `Embedding`, `MultiheadAttention`...)
+    and the activation modules (`ReLU`, `GELU`, `Sigmoid`...), named by
+    their `named_modules()` path. A unit is an output feature (last axis),
+    or a channel for convolution, normalization and pooling outputs (and the
+    activation modules behind them).
+
+    Args:
+        logdir: directory (or bucket URL) of this run's event files.
+        model: the `torch.nn.Module` being trained (also inside
+            DistributedDataParallel or `torch.compile`).
+        optimizer: the `torch.optim.Optimizer` that updates it.
+        every_n_batches: log statistics every this many optimizer steps.
+            Defaults to 1.
+        histogram_every: log gradient and activation histograms every this
+            many steps; 0 turns them off. Defaults to 100.
+        layers: list of module paths or regular expressions (full match) to
+            monitor, or None for the default set above. Defaults to None.
+        dead_window: steps over which a unit must stay at <= 0 to count as
+            dead in `dead_frac_window`. Defaults to 50.
+        flush_every: copy the device buffer to the host every this many
+            steps (one copy, on a background thread). Defaults to 50.
+        activation_examples: activation and input statistics use the first
+            this many examples of each batch; None uses the whole batch.
+            Dead units always cover the whole batch. Defaults to 8.
+        detectors: a `training_health.detectors.DetectorSuite`, or None to
+            turn online alerts off. Defaults to the default suite.
+        stop_on: alert kinds that set `stop_requested`, e.g. `["nan_inf"]`.
+            Defaults to `()`.
+        on_alert: callable taking each raised `Alert`, called on the
+            training thread in `step()`. Exceptions it raises are logged,
+            not propagated. Defaults to None.
+        storage_options: fsspec options for a bucket logdir (credentials,
+            endpoint), or None. Defaults to None.
+
+    Under DistributedDataParallel every process creates the monitor and
+    calls `step()`; the statistics are those of the whole step (the
+    examples of every process), and only rank 0 writes and raises alerts.
+
+    Raises:
+        ValueError: an argument is out of range or of the wrong type.
+    """
+
+    def __init__(self, logdir, model, optimizer, every_n_batches=1, histogram_every=100,
+                 layers=None, dead_window=50, flush_every=50, activation_examples=8,
+                 detectors="default", stop_on=(), on_alert=None, storage_options=None):
+        host.check_logdir(logdir)
+        host.check_options(every_n_batches, histogram_every, dead_window, flush_every, layers,
+                           stop_on, activation_examples, on_alert)
+        if not isinstance(model, torch.nn.Module):
+            raise ValueError("`model` must be a torch.nn.Module; received %r" % (type(model),))
+        if not isinstance(optimizer, torch.optim.Optimizer):
+            raise ValueError("`optimizer` must be a torch.optim.Optimizer; received %r"
+                             % (type(optimizer),))
+        self.logdir = str(logdir)
+        self.model = model
+        self.optimizer = optimizer
+        self.flush_every = flush_every
+        self.stop_requested = False  # set when an alert of a `stop_on` kind is raised
+        self.detectors = host.default_detectors() if detectors == "default" else detectors
+        gather, self.rank = None, 0
+        dist = torch.distributed
+        if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+            self.rank = dist.get_rank()
+            gather = _DataParallel(dist, dist.get_world_size())
+        rows = max(4 * flush_every, 64)
+        self._program = TorchProgram(model, optimizer, layers, every_n_batches, histogram_every,
+                                     dead_window, activation_examples, rows, gather=gather)
+        self._host = None
+        if self.rank == 0:
+            if self.detectors is not None:
+                self.detectors.reset()
+            self._host = host.Host(self.logdir, self._program, self.detectors, stop_on, on_alert,
+                                   self._request_stop, storage_options=storage_options)
+        self._alerts = []
+        self._steps = 0
+        self._closed = False
+        host.close_at_exit(self)
+
+    @property
+    def alerts(self):
+        """Every alert raised so far (`Alert` records), oldest first (rank 0)."""
+        return self._host.alerts if self._host is not None else self._alerts
+
+    def step(self, loss=None):
+        """Records the optimizer step that just ran. Call it right after
+        `optimizer.step()`, once per optimizer step (with gradient
+        accumulation, once per accumulated step).
+
+        Args:
+            loss: the step's loss (a tensor, or a number), or None.
+        """
+        if self._closed:
+            raise RuntimeError("HealthMonitor.step() called after close()")
+        group = self.optimizer.param_groups[0]
+        self._program.end_step(loss, group.get("lr"))
+        self._steps += 1
+        if self._host is not None:
+            if self._steps % self.flush_every == 0:
+                self._host.collect_in_background()
+            self._host.dispatch()
+
+    def flush(self):
+        """Copies every recorded step to the host and waits until it is written."""
+        if self._host is not None:
+            self._host.flush()
+
+    def close(self):
+        """Writes what the device still holds, closes the files and removes
+        the hooks (also when writing fails)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            if self._host is not None:
+                self._host.close()
+        finally:
+            self._program.remove()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+    def _request_stop(self):
+        self.stop_requested = True

@@ -1,0 +1,205 @@
+"""Every PyTorch statistic against the shared numpy reference, on the same batch.
+
+A small CNN (convolution big enough for the activation position sample, a
+Linear layer big enough for the weight/gradient sample, BatchNorm, ReLU,
+Sigmoid) trains a few SGD-with-momentum steps through
+`training_health.torch.HealthMonitor`. The test keeps its own copies of what
+each step saw (full layer outputs through its own forward hooks, the
+gradients the optimizer applied, the weights before and after the update),
+computes every column with `training_health.statistics`, and compares with
+the rows read back from the run's event files.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from training_health import format as fmt  # noqa: E402
+from training_health import statistics as ref  # noqa: E402
+from training_health.io import reader  # noqa: E402
+import training_health.torch as tht  # noqa: E402
+
+EXAMPLES = 8
+
+
+def make_model():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3),  # 16 x 14 x 14 per example: positions are sampled
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(4),
+        nn.Flatten(),
+        nn.Linear(16 * 16, 80),  # 20480 weights: max|g|, zeros, ||W||, ||dW|| are sampled
+        nn.Sigmoid(),
+        nn.Linear(80, 10),
+    )
+
+
+def units_last(name, a):
+    """The reference layout: units last (PyTorch image outputs are NCHW)."""
+    a = a.detach().double().numpy()
+    return np.moveaxis(a, 1, -1) if a.ndim == 4 else a
+
+
+class Truth:
+    """What each step saw, kept by the test itself."""
+
+    def __init__(self, model, optimizer):
+        self.model, self.optimizer = model, optimizer
+        self.outputs = {}
+        for name, module in model.named_modules():
+            if name:
+                module.register_forward_hook(self._keeper(name))
+        self.steps = []
+
+    def _keeper(self, name):
+        def keep(module, inputs, output):
+            self.outputs.setdefault(name, units_last(name, output))
+        return keep
+
+    def run_step(self, x, y, monitor):
+        self.outputs = {}
+        self.optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(self.model(x), y)
+        loss.backward()
+        before = {n: p.detach().double().numpy().copy() for n, p in self.model.named_parameters()}
+        grads = {n: p.grad.detach().double().numpy().copy() for n, p in self.model.named_parameters()}
+        self.optimizer.step()
+        after = {n: p.detach().double().numpy().copy() for n, p in self.model.named_parameters()}
+        monitor.step(loss)
+        self.steps.append(dict(x=x.double().numpy(), loss=float(loss), outputs=self.outputs,
+                               before=before, after=after, grads=grads))
+
+
+def params_of(layer, table):
+    return [v for k, v in table.items() if k.rsplit(".", 1)[0] == layer]
+
+
+BOUNDS = {"6": (0.0, 1.0)}  # the Sigmoid
+
+
+def expected_row(truth, step_index, layers, dead_window):
+    s = truth.steps[step_index]
+    rows = {}
+    for info in layers:
+        name = info.name
+        cols = {}
+        grads = params_of(name, s["grads"])
+        cols.update(ref.gradient_stats(grads) if grads else {k: np.nan for k in fmt.GRADIENT_STATS})
+        before, after = params_of(name, s["before"]), params_of(name, s["after"])
+        cols.update(ref.weight_stats(before, after) if before else {k: np.nan for k in fmt.WEIGHT_STATS})
+        out = s["outputs"][name]
+        cols.update(ref.activation_stats(ref.activation_sample(out, EXAMPLES), BOUNDS.get(name)))
+        cols["dead_frac"] = ref.dead_fraction(out)
+        window = [truth.steps[j]["outputs"][name]
+                  for j in range(max(0, step_index - dead_window + 1), step_index + 1)]
+        cols["dead_frac_window"] = ref.dead_fraction_window(window)
+        rows[name] = [cols[k] for k in fmt.LAYER_STATS]
+    return rows
+
+
+def test_every_column_matches_the_numpy_reference(tmp_path):
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    truth = Truth(model, optimizer)
+    g = torch.Generator().manual_seed(1)
+    dead_window = 2
+    with tht.HealthMonitor(str(tmp_path), model, optimizer, dead_window=dead_window,
+                           flush_every=2, histogram_every=0, detectors=None) as monitor:
+        for _ in range(4):
+            x = torch.randn(24, 3, 16, 16, generator=g) * 2 + 0.5
+            y = torch.randint(0, 10, (24,), generator=g)
+            truth.run_step(x, y, monitor)
+    (run,) = reader.read_logdir(str(tmp_path))
+    assert [s.step for s in run.steps] == [1, 2, 3, 4]
+    layers = run.steps[0].layers
+    # Modules with parameters and activation modules, by named_modules() path.
+    assert [(l.name, l.type) for l in layers] == [
+        ("0", "Conv2d"), ("1", "BatchNorm2d"), ("2", "ReLU"), ("5", "Linear"), ("6", "Sigmoid"),
+        ("7", "Linear")]
+    assert [l.units for l in layers] == [16, 16, 16, 80, 80, 10]
+    assert [l.is_output for l in layers] == [False] * 5 + [True]
+    assert layers[4].bounds == (0.0, 1.0) and layers[2].activation == "relu"
+    for i, stats in enumerate(run.steps):
+        want = expected_row(truth, i, layers, dead_window)
+        for j, info in enumerate(layers):
+            np.testing.assert_allclose(stats.layer_values[j], np.float32(want[info.name]),
+                                       rtol=2e-5, atol=1e-6, equal_nan=True,
+                                       err_msg="step %d layer %s" % (stats.step, info.name))
+        s = truth.steps[i]
+        glob = stats.global_values
+        inp = ref.input_stats([s["x"][:EXAMPLES]])
+        for k in fmt.INPUT_STATS:
+            np.testing.assert_allclose(glob[k], inp[k], rtol=1e-5, atol=1e-6, err_msg=k)
+        all_grads = list(s["grads"].values())
+        np.testing.assert_allclose(glob["grad_norm"], ref.gradient_stats(all_grads)["grad_norm"],
+                                   rtol=1e-5)
+        assert glob["grad_nonfinite"] == 0
+        np.testing.assert_allclose(glob["loss"], s["loss"], rtol=1e-6)
+        np.testing.assert_allclose(glob["learning_rate"], 0.05, rtol=1e-6)
+
+
+def test_histograms_match_the_numpy_reference(tmp_path):
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    truth = Truth(model, optimizer)
+    g = torch.Generator().manual_seed(2)
+    monitor = tht.HealthMonitor(str(tmp_path), model, optimizer, histogram_every=2,
+                                flush_every=100, detectors=None)
+    for _ in range(2):
+        x = torch.randn(16, 3, 16, 16, generator=g)
+        truth.run_step(x, torch.randint(0, 10, (16,), generator=g), monitor)
+    count, hist, steps = monitor._program.read_histograms()
+    monitor.close()
+    assert count == 1 and steps[0] == 2
+    s = truth.steps[1]
+    for j, layer in enumerate(monitor._program.layers):
+        grads = params_of(layer.name, s["grads"])
+        if grads:
+            np.testing.assert_allclose(hist[0, j, 0], ref.gradient_histogram(grads), rtol=1e-4,
+                                       atol=1e-6, err_msg=layer.name)
+        else:
+            assert np.isnan(hist[0, j, 0]).all()
+        sample = ref.activation_sample(s["outputs"][layer.name], EXAMPLES)
+        np.testing.assert_allclose(hist[0, j, 1], ref.activation_histogram(sample), rtol=1e-4,
+                                   atol=1e-6, err_msg=layer.name)
+
+
+def test_non_finite_values_are_counted_and_masked(tmp_path):
+    """A NaN in a gradient and an Inf in an output: counted, and the other
+    statistics taken over the finite entries (as the reference does)."""
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    model[1].register_forward_hook(lambda m, i, o: o.index_fill(1, torch.tensor([0]), float("inf")))
+    monitor = tht.HealthMonitor(str(tmp_path), model, optimizer, detectors=None,
+                                histogram_every=0, activation_examples=None)
+    x = torch.randn(5, 4)
+    optimizer.zero_grad()
+    model(x).sum().backward()
+    model[0].weight.grad[0, 0] = float("nan")
+    grads = [model[0].weight.grad.double().numpy().copy(), model[0].bias.grad.double().numpy().copy()]
+    all_grads = [p.grad.double().numpy().copy() for p in model.parameters()]
+    out = model[1](model[0](x)).detach().double().numpy()
+    optimizer.step()
+    monitor.step(torch.tensor(1.0))
+    monitor.close()
+    (run,) = reader.read_logdir(str(tmp_path))
+    values = dict(zip(fmt.LAYER_STATS, run.steps[0].layer_values[0]))
+    want = ref.gradient_stats(grads)
+    for k in fmt.GRADIENT_STATS:
+        np.testing.assert_allclose(values[k], want[k], rtol=1e-5, err_msg=k)
+    assert values["grad_nonfinite"] == 1
+    # (the Inf output reaches the last Linear's weight gradient too)
+    want_all = ref.gradient_stats(all_grads)
+    assert want_all["grad_nonfinite"] == 3
+    assert run.steps[0].global_values["grad_nonfinite"] == 3
+    np.testing.assert_allclose(run.steps[0].global_values["grad_norm"], want_all["grad_norm"], rtol=1e-5)
+    relu = dict(zip(fmt.LAYER_STATS, run.steps[0].layer_values[1]))
+    want = ref.activation_stats(out)
+    assert relu["act_nonfinite"] == 5
+    for k in fmt.ACTIVATION_STATS:
+        np.testing.assert_allclose(relu[k], want[k], rtol=1e-5, atol=1e-7, err_msg=k)
