@@ -42,6 +42,8 @@ setup(
         "torch": ["torch>=2.1"],
         "s3": ["s3fs", "boto3"],
         "gcs": ["gcsfs"],
+        # training_health.load(path) returns pandas DataFrames.
+        "pandas": ["pandas"],
         "tf-cpu": TF_CPU,
         "test": TF_CPU + [
             "torch>=2.1",

@@ -239,29 +239,28 @@ def test_doc_column_tables_match_the_code():
     assert "HIST_ROW = HIST_BINS + 2 = %d" % fmt.HIST_ROW in doc
 
 
-def test_doc_pandas_snippet_reads_a_real_run(tmp_path):
+def test_doc_pandas_snippet_reads_a_real_logdir(tmp_path, monkeypatch):
     blocks = re.findall(r"```python\n(.*?)```", _doc(), flags=re.S)
-    snippet = [b for b in blocks if "def read_training_health" in b]
-    assert len(snippet) == 1, "docs/format.md must hold one read_training_health snippet"
-    namespace = {}
-    exec(compile(snippet[0], "docs/format.md", "exec"), namespace)
+    snippet = [b for b in blocks if "training_health.load(" in b]
+    assert len(snippet) == 1, "docs/format.md must hold one training_health.load snippet"
     from conftest import write_sample_run
 
-    run = write_sample_run(tmp_path / "run", steps=(2, 4, 7))
-    layers, global_ = namespace["read_training_health"](run.path)
-    assert len(layers) == len(run.steps) * len(run.layers)
-    assert list(global_.step) == run.steps
-    assert list(global_.columns[1:]) == list(fmt.GLOBAL_STATS) + list(run.metric_names)
-    for step in run.steps:
+    frozen = write_sample_run(tmp_path / "runs" / "frozen", steps=(2, 4, 7))
+    write_sample_run(tmp_path / "runs" / "healthy", steps=(1, 2))
+    monkeypatch.chdir(tmp_path)
+    namespace = {}
+    exec(compile(snippet[0], "docs/format.md", "exec"), namespace)
+    assert namespace["data"].runs == ["frozen", "healthy"]
+    dead = namespace["dead"]
+    assert list(dead.index) == frozen.steps
+    for i, layer in enumerate(frozen.layers):
         np.testing.assert_array_equal(
-            global_[global_.step == step].iloc[0, 1:].to_numpy(dtype=np.float32), run.global_values[step]
-        )
-        for i, layer in enumerate(run.layers):
-            row = layers[(layers.step == step) & (layers.layer == layer.name)]
-            assert len(row) == 1
-            np.testing.assert_array_equal(
-                row[list(fmt.LAYER_STATS)].to_numpy(dtype=np.float32)[0], run.layer_values[step][i]
-            )
+            dead[layer.name].to_numpy(dtype=np.float32),
+            [frozen.layer_values[s][i, fmt.LAYER_STATS.index("dead_frac")] for s in frozen.steps])
+    loss = namespace["loss"]
+    np.testing.assert_array_equal(loss.to_numpy(dtype=np.float32),
+                                  [frozen.global_values[s][0] for s in frozen.steps])
+    assert list(namespace["open_alerts"].run) == ["frozen", "healthy"]
 
 
 def test_package_reader_returns_what_was_written(sample_run, tmp_path):

@@ -11,14 +11,19 @@ directly:
   ``memory://`` ...) through fsspec (`training_health.io.remote`);
 - TFRecord framing is parsed here, with both CRCs checked, so that a last
   record still being written (truncated) is simply left for the next poll
-  and an empty file is just empty. TensorBoard's `EventFileLoader` does the
-  same, but it imports TensorFlow whenever TensorFlow is installed (seconds
-  of start-up, and `training-health check` promises not to);
+  and an empty file is just empty. TensorBoard's `EventFileLoader` does
+  that too, but it imports TensorFlow whenever TensorFlow is installed
+  (seconds of start-up, and `training-health check` promises not to), and
+  it stops reading a file at its first damaged record;
+- damaged bytes (flipped bits, a bad length, garbage between records) are
+  skipped up to the next valid record, with one warning naming the file
+  and the offset, and so is a value that does not match its metadata:
+  everything readable is returned;
 - `RunReader.poll()` returns only what is new since the last poll, for
   live views (`training-health watch`).
 
 Non-finite values are returned as they were logged (NaN/Inf). Metadata with
-an unknown format version raises `format.FormatError`.
+an unknown format version raises `format.UnknownVersionError`.
 """
 
 import dataclasses
@@ -28,6 +33,7 @@ import re
 import struct
 
 import numpy as np
+from google.protobuf import message
 from tensorboard.compat.proto import event_pb2
 from tensorboard.util import tensor_util
 
@@ -71,20 +77,69 @@ class RunData:
         path: the run's directory or URL.
         steps: every logged `records.StepStats`, in order.
         alerts: every logged `records.Alert`, in order.
+        wall_times: {step: wall time (seconds since the epoch)} of the
+            steps, as written by the logger. Defaults to empty.
     """
 
     name: str
     path: str
     steps: list
     alerts: list
+    wall_times: dict = dataclasses.field(default_factory=dict)
 
 
-class CorruptRecordError(fmt.FormatError):
-    """A record whose checksum does not match (the file is damaged)."""
+@dataclasses.dataclass(frozen=True)
+class Damage:
+    """Bytes of an event file that hold no valid record and were skipped.
+
+    Attributes:
+        path: the file.
+        start: offset of the first skipped byte.
+        end: offset where reading resumed (the next valid record).
+    """
+
+    path: str
+    start: int
+    end: int
+
+    def message(self):
+        return ("skipped %d damaged bytes at byte %d of %s (no valid record there); "
+                "reading resumes at byte %d" % (self.end - self.start, self.start, self.path, self.end))
+
+
+def _record_at(data, pos):
+    """What starts at `pos`: (stop, body) for a whole valid record, (None,
+    None) for a valid header whose record is not all there yet, or None
+    when no valid record starts there."""
+    end = len(data)
+    if end - pos < _HEADER.size + _CRC.size:
+        return None, None  # too short to tell: maybe a record being written
+    header = data[pos:pos + _HEADER.size]
+    (length_crc,) = _CRC.unpack_from(data, pos + _HEADER.size)
+    if masked_crc32c(header) != length_crc:
+        return None
+    (length,) = _HEADER.unpack(header)
+    start = pos + _HEADER.size + _CRC.size
+    stop = start + length
+    if stop + _CRC.size > end:
+        return None, None  # truncated: the writer has not finished this record yet
+    body = data[start:stop]
+    (body_crc,) = _CRC.unpack_from(data, stop)
+    if masked_crc32c(body) != body_crc:
+        return None
+    return stop + _CRC.size, body
 
 
 def split_records(data, path="<bytes>", offset=0):
-    """Splits TFRecord-framed bytes into records.
+    """Splits TFRecord-framed bytes into records, skipping damaged bytes.
+
+    Where no valid record starts (a checksum that does not match: flipped
+    bytes, a bad length, garbage between records), the bytes up to the
+    next position where a valid record starts are skipped and reported as
+    a `Damage`. A valid record is one whose length and data checksums both
+    match. A record that is not all there yet (a valid length whose data
+    runs past the end of `data`) is left unconsumed: the writer may still
+    be appending it.
 
     Args:
         data: the bytes of an event file from some record boundary on.
@@ -92,37 +147,28 @@ def split_records(data, path="<bytes>", offset=0):
         offset: where `data` starts in the file, for messages. Defaults to 0.
 
     Returns:
-        (records, consumed): the complete records and how many bytes of
-        `data` they span; a truncated last record is not consumed.
-
-    Raises:
-        CorruptRecordError: a length or data checksum does not match.
+        (records, consumed, damage): the complete valid records, how many
+        bytes of `data` they and the skipped bytes span, and a list of
+        `Damage` (empty for an undamaged file).
     """
-    records = []
+    records, damage = [], []
     pos = 0
-    end = len(data)
-    while end - pos >= _HEADER.size + _CRC.size:
-        header = data[pos:pos + _HEADER.size]
-        (length,) = _HEADER.unpack(header)
-        (length_crc,) = _CRC.unpack_from(data, pos + _HEADER.size)
-        if masked_crc32c(header) != length_crc:
-            raise CorruptRecordError(
-                "corrupt record header at byte %d of %s (length checksum mismatch)"
-                % (offset + pos, path)
-            )
-        start = pos + _HEADER.size + _CRC.size
-        stop = start + length
-        if stop + _CRC.size > end:
-            break  # truncated: the writer has not finished this record yet
-        body = data[start:stop]
-        (body_crc,) = _CRC.unpack_from(data, stop)
-        if masked_crc32c(body) != body_crc:
-            raise CorruptRecordError(
-                "corrupt record at byte %d of %s (data checksum mismatch)" % (offset + pos, path)
-            )
-        records.append(body)
-        pos = stop + _CRC.size
-    return records, pos
+    while True:
+        found = _record_at(data, pos)
+        if found is not None:
+            stop, body = found
+            if stop is None:
+                return records, pos, damage  # wait for the rest
+            records.append(body)
+            pos = stop
+            continue
+        # Damaged: resume at the next position where a valid record (or a
+        # valid header of one still being written) starts.
+        bad = pos
+        pos += 1
+        while _record_at(data, pos) is None:
+            pos += 1
+        damage.append(Damage(path, offset + bad, offset + pos))
 
 
 def _file_order(path):
@@ -169,8 +215,10 @@ class RunReader:
         has_data: True once any Training Health value was read.
         layers: LayerInfo tuple of the newest layer metadata (or None).
         metric_names: compiled metric names of the newest global metadata.
-        skipped: messages about data that was skipped (e.g. values of our
-            tags that arrived without metadata).
+        skipped: messages about data that was skipped (damaged bytes,
+            records that are not events, values that do not match their
+            metadata or arrived without it), each also logged once as a
+            warning.
     """
 
     def __init__(self, path, name=None, storage_options=None):
@@ -214,8 +262,7 @@ class RunReader:
             An `Update` (empty while the run directory does not exist yet).
 
         Raises:
-            format.FormatError: metadata of an unknown format version, a
-                malformed value, or a corrupt record.
+            format.UnknownVersionError: metadata of a newer format version.
             OSError: a file could not be read.
         """
         steps, alerts = [], []
@@ -224,10 +271,17 @@ class RunReader:
             data = remote.read_bytes(path, offset, self.storage_options)
             if not data:
                 continue
-            records, consumed = split_records(data, path, offset)
+            records, consumed, damage = split_records(data, path, offset)
             self._offsets[path] = offset + consumed
+            for found in damage:
+                self._skip(found.message())
             for record in records:
-                self._read_event(event_pb2.Event.FromString(record), steps, alerts)
+                try:
+                    event = event_pb2.Event.FromString(record)
+                except message.DecodeError as e:
+                    self._skip("%s: a record of %s is not an event (%s); skipped" % (self.name, path, e))
+                    continue
+                self._read_event(event, steps, alerts)
         if final:
             steps.extend(self._flush_pending(None))
         wall_times = {s.step: self._step_wall_times.pop(s.step) for s in steps
@@ -249,40 +303,75 @@ class RunReader:
             if tag not in (fmt.TAG_LAYERS, fmt.TAG_GLOBAL):
                 continue  # histograms: not needed by the detectors
             step = int(event.step)
+            array = self._checked_value(value, meta, step)
+            if array is None:
+                continue
             self._step_wall_times[step] = float(event.wall_time)
             steps.extend(self._flush_pending(step))
-            array = tensor_util.make_ndarray(value.tensor)
             slot = self._pending.setdefault(step, {})
             slot["layers" if tag == fmt.TAG_LAYERS else "global"] = (array, meta)
             if "layers" in slot and "global" in slot:
                 steps.append(self._step(step, self._pending.pop(step)))
+
+    def _checked_value(self, value, meta, step):
+        """The float32 array of a layer matrix or global vector, or None
+        (skipped, with a warning) when it does not match its metadata."""
+        if value.tag == fmt.TAG_LAYERS:
+            expected = (len(meta.get("layers", ())), len(meta.get("stats", ())))
+        else:
+            expected = (len(meta.get("stats", ())),)
+        try:
+            array = np.asarray(tensor_util.make_ndarray(value.tensor), dtype=np.float32)
+        except (TypeError, ValueError) as e:
+            self._skip("%s: value of %s at step %d is not a float array (%s); skipped"
+                       % (self.name, value.tag, step, e))
+            return None
+        if array.shape != expected:
+            self._skip("%s: value of %s at step %d has shape %s; its metadata describes %s; skipped"
+                       % (self.name, value.tag, step, array.shape, expected))
+            return None
+        return array
 
     def _metadata_for(self, value, step):
         plugin = value.metadata.plugin_data
         if plugin.plugin_name:
             if plugin.plugin_name != fmt.PLUGIN_NAME:
                 return None
-            meta = fmt.parse_metadata(plugin.content)
+            try:
+                meta = fmt.parse_metadata(plugin.content)
+            except fmt.UnknownVersionError:
+                raise
+            except fmt.FormatError as e:
+                self._skip("%s: metadata of %s at step %d is malformed (%s); value skipped"
+                           % (self.name, value.tag, step, e))
+                return None
             self._metadata[value.tag] = meta
             return meta
         meta = self._metadata.get(value.tag)
         if meta is None and value.tag in fmt.TAGS:
-            message = ("%s: value of %s at step %d has no metadata before it; skipped"
+            self._skip("%s: value of %s at step %d has no metadata before it; skipped"
                        % (self.name, value.tag, step))
-            if message not in self.skipped:
-                self.skipped.append(message)
-                log.warning(message)
         return meta
 
+    def _skip(self, text):
+        """Notes skipped data: kept in `skipped` and logged once as a warning."""
+        if text not in self.skipped:
+            self.skipped.append(text)
+            log.warning("training_health: %s", text)
+
     def _alerts(self, value, step):
+        try:
+            items = fmt.decode_alerts(tensor_util.make_ndarray(value.tensor))
+        except (TypeError, ValueError) as e:  # FormatError is a ValueError
+            self._skip("%s: alerts at step %d are unreadable (%s); skipped" % (self.name, step, e))
+            return []
         out = []
-        for item in fmt.decode_alerts(tensor_util.make_ndarray(value.tensor)):
+        for item in items:
             try:
                 out.append(Alert.from_json(item))
-            except (KeyError, TypeError, ValueError) as e:
-                raise fmt.FormatError(
-                    "%s: malformed alert at step %d: %r (%s)" % (self.name, step, item, e)
-                ) from e
+            except (AttributeError, KeyError, TypeError, ValueError) as e:
+                self._skip("%s: malformed alert at step %d: %.200r (%s); skipped"
+                           % (self.name, step, item, e))
         return out
 
     def _flush_pending(self, before):
@@ -297,29 +386,14 @@ class RunReader:
     def _step(self, step, slot):
         if "layers" in slot:
             array, meta = slot["layers"]
-            layers = tuple(meta["layers"])
-            stats = tuple(meta["stats"])
-            array = np.asarray(array, dtype=np.float32)
-            if array.shape != (len(layers), len(stats)):
-                raise fmt.FormatError(
-                    "%s: layer matrix at step %d has shape %s; its metadata describes %d "
-                    "layers x %d statistics"
-                    % (self.name, step, array.shape, len(layers), len(stats))
-                )
+            layers, stats = tuple(meta["layers"]), tuple(meta["stats"])
         else:
             layers, stats = (), tuple(fmt.LAYER_STATS)
             array = np.zeros((0, len(stats)), dtype=np.float32)
         global_values = {}
         if "global" in slot:
             vector, meta = slot["global"]
-            names = list(meta["stats"])
-            vector = np.asarray(vector, dtype=np.float32).reshape(-1)
-            if vector.shape[0] != len(names):
-                raise fmt.FormatError(
-                    "%s: global vector at step %d has %d values; its metadata names %d"
-                    % (self.name, step, vector.shape[0], len(names))
-                )
-            global_values = {name: float(v) for name, v in zip(names, vector)}
+            global_values = {name: float(v) for name, v in zip(meta["stats"], vector)}
         return StepStats(step, layers, stats, array, global_values)
 
 
@@ -332,7 +406,8 @@ def read_run(path, name=None, storage_options=None):
     """
     reader = RunReader(path, name, storage_options)
     update = reader.poll(final=True)
-    return RunData(reader.name, reader.path, update.steps, update.alerts), reader.has_data
+    return (RunData(reader.name, reader.path, update.steps, update.alerts, update.wall_times),
+            reader.has_data)
 
 
 def read_logdir(logdir, storage_options=None):
@@ -348,7 +423,7 @@ def read_logdir(logdir, storage_options=None):
 
     Raises:
         FileNotFoundError: `logdir` does not exist.
-        format.FormatError: unreadable Training Health data.
+        format.UnknownVersionError: data of a newer format version.
     """
     runs = []
     for name, path in list_runs(logdir, storage_options).items():
@@ -356,3 +431,43 @@ def read_logdir(logdir, storage_options=None):
         if has_data:
             runs.append(data)
     return runs
+
+
+def copy_event_files(logdir, dest, storage_options=None):
+    """Copies the event files of `logdir` into the local directory `dest`,
+    leaving out damaged bytes (each skipped region is logged as a warning)
+    and a last record that is not complete.
+
+    For readers that stop at the first damaged record of a file, such as
+    TensorBoard's own: they read the copy as far as `RunReader` reads the
+    original. Runs keep their relative paths.
+
+    Args:
+        logdir: local directory or URL.
+        dest: local directory to copy into (created).
+        storage_options: fsspec options for URLs. Defaults to None.
+
+    Returns:
+        `dest`.
+
+    Raises:
+        FileNotFoundError: `logdir` does not exist.
+        OSError: a file could not be read or written.
+    """
+    for run, files in remote.list_event_files(logdir, storage_options).items():
+        run_dir = dest if run == "." else os.path.join(dest, *run.split("/"))
+        os.makedirs(run_dir, exist_ok=True)
+        for path in files:
+            data = remote.read_bytes(path, 0, storage_options)
+            _, consumed, damage = split_records(data, path)
+            kept, pos = [], 0
+            for found in damage:
+                log.warning("training_health: %s", found.message())
+                kept.append(data[pos:found.start])
+                pos = found.end
+            kept.append(data[pos:consumed])
+            name = path.rsplit("/", 1)[-1] if remote.is_url(path) else os.path.basename(path)
+            with open(os.path.join(run_dir, name), "wb") as f:
+                f.write(b"".join(kept))
+    return dest
+
