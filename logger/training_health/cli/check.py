@@ -6,6 +6,10 @@ alerts already logged by the training process are added; the same
 (kind, layer, step) found both ways is listed once. Only raised alerts are
 listed, not the records that close an episode.
 
+On a logdir of several runs (a sweep), one line per run comes first,
+worst first: its status (the severity of its worst alert, or OK), steps,
+number of alerts and worst alert; then each run's table.
+
 Exit status: 0 when no run has an alert, 1 when any has, 2 for an error
 (no such logdir, no Training Health data, unreadable data), with the reason
 on stderr. TensorFlow is not imported.
@@ -16,6 +20,7 @@ import sys
 
 from training_health import format as fmt
 from training_health.io import reader
+from training_health.records import SEVERITIES
 from training_health.detectors import DetectorSuite
 
 EXIT_OK, EXIT_ALERTS, EXIT_ERROR = 0, 1, 2
@@ -80,6 +85,37 @@ def _table(name, n_steps, alerts, out):
                 print("      hint: %s" % alert.hint, file=out)
 
 
+def worst_alert(alerts):
+    """The most severe of `alerts`, the earliest of those; None for none."""
+    return min(alerts, key=lambda a: (-SEVERITIES.index(a.severity), a.step), default=None)
+
+
+def run_status(alerts):
+    """"ok", or the severity of the worst alert ("warning", "critical")."""
+    worst = worst_alert(alerts)
+    return "ok" if worst is None else worst.severity
+
+
+def _sweep_summary(results, steps, out):
+    """One line per run, worst first: status, run, steps, alerts, worst alert."""
+    order = ("critical", "warning", "ok")
+    rows = sorted(results, key=lambda r: (order.index(run_status(r[1])), r[0]))
+    counts = [sum(run_status(alerts) == status for _, alerts in results) for status in order]
+    print("%d runs: %s" % (len(results), ", ".join(
+        "%d %s" % (n, status.upper() if status == "ok" else status)
+        for n, status in zip(counts, order) if n)), file=out)
+    table = [("STATUS", "RUN", "STEPS", "ALERTS", "WORST ALERT")]
+    for name, alerts in rows:
+        worst = worst_alert(alerts)
+        table.append((run_status(alerts).upper(), name, str(steps[name]), str(len(alerts)),
+                      "-" if worst is None else "step %d %s%s" % (
+                          worst.step, worst.kind, "" if worst.layer is None else " in " + worst.layer)))
+    widths = [max(len(r[i]) for r in table) for i in range(len(table[0]))]
+    for row in table:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
+    print(file=out)
+
+
 def _fail(message):
     print("training-health check: %s" % message, file=sys.stderr)
     return EXIT_ERROR
@@ -106,6 +142,8 @@ def run(args):
         sys.stdout.write("\n")
     else:
         steps = {r.name: len(r.steps) for r in runs}
+        if len(results) > 1:
+            _sweep_summary(results, steps, sys.stdout)
         for name, alerts in results:
             _table(name, steps[name], alerts, sys.stdout)
     return EXIT_ALERTS if any(alerts for _, alerts in results) else EXIT_OK
