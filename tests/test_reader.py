@@ -154,16 +154,6 @@ def test_truncated_file_read_once_with_final_keeps_the_half_step(tmp_path):
     assert run.steps[-1].layer_values.shape == (2, len(fmt.LAYER_STATS))
 
 
-def test_corrupt_record_raises_a_format_error(tmp_path):
-    write_run(tmp_path / "r", [1, 2])
-    (path,) = event_files(tmp_path / "r")
-    data = bytearray(open(path, "rb").read())
-    data[-20] ^= 0xFF  # flip bits inside the last record's data
-    open(path, "wb").write(bytes(data))
-    with pytest.raises(fmt.FormatError, match="data checksum mismatch"):
-        reader.read_logdir(tmp_path)
-
-
 def test_unknown_format_version_is_a_clear_error(tmp_path):
     content = json.dumps({"format_version": fmt.FORMAT_VERSION + 1, "kind": "layers",
                           "stats": [], "layers": []}).encode()
@@ -174,7 +164,7 @@ def test_unknown_format_version_is_a_clear_error(tmp_path):
     writer = EventWriter(str(tmp_path / "future"))
     writer.write(fmt.make_event(fmt.TAG_LAYERS, 1, np.zeros((0, 3), np.float32), metadata))
     writer.close()
-    with pytest.raises(fmt.FormatError, match="unknown Training Health format version 2"):
+    with pytest.raises(fmt.UnknownVersionError, match="unknown Training Health format version 2"):
         reader.read_logdir(tmp_path)
 
 
@@ -203,8 +193,8 @@ def test_incremental_polls_return_only_new_steps_and_alerts(tmp_path):
 def test_records_match_tensorboards_own_loader(sample_run):
     (path,) = event_files(sample_run.path)
     data = open(path, "rb").read()
-    ours, consumed = reader.split_records(data, path)
-    assert consumed == len(data)
+    ours, consumed, damage = reader.split_records(data, path)
+    assert consumed == len(data) and damage == []
     theirs = list(event_file_loader.RawEventFileLoader(path).Load())
     assert ours == theirs
 

@@ -83,6 +83,10 @@ class FormatError(ValueError):
     """Data that does not follow this format (or a version we do not know)."""
 
 
+class UnknownVersionError(FormatError):
+    """Metadata of a format version newer than this code (upgrade to read it)."""
+
+
 def _metadata(kind, data_class, **content):
     body = dict(format_version=FORMAT_VERSION, kind=kind, **content)
     return summary_pb2.SummaryMetadata(
@@ -145,12 +149,15 @@ def parse_metadata(content):
         raise FormatError("plugin content has no format_version: %r" % (content[:80],))
     version = body["format_version"]
     if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise FormatError(
+        raise UnknownVersionError(
             "unknown Training Health format version %r (this code reads up to %d); "
             "upgrade training-health to read these logs" % (version, FORMAT_VERSION)
         )
     if "layers" in body and body.get("kind") == "layers":
-        body["layers"] = [LayerInfo.from_json(x) for x in body["layers"]]
+        try:
+            body["layers"] = [LayerInfo.from_json(x) for x in body["layers"]]
+        except (AttributeError, TypeError, ValueError) as e:
+            raise FormatError("malformed layer list in plugin content: %s" % e) from e
     return body
 
 

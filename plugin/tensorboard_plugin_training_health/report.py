@@ -39,50 +39,43 @@ def add_arguments(parser):
                         help="include only this run (repeatable; default: every run)")
 
 
-def _local_copy(logdir, dest):
-    """Copies the event files of a URL logdir into `dest` (same run layout); returns `dest`."""
-    from training_health.io import remote
-
-    for run, files in remote.list_event_files(logdir).items():
-        run_dir = dest if run == "." else os.path.join(dest, *run.split("/"))
-        os.makedirs(run_dir, exist_ok=True)
-        for url in files:
-            with open(os.path.join(run_dir, url.rsplit("/", 1)[-1]), "wb") as f:
-                f.write(remote.read_bytes(url))
-    return dest
-
-
-def snapshot(logdir, points=DEFAULT_POINTS, runs=None, histograms=DEFAULT_HISTOGRAMS):
+def snapshot(logdir, points=DEFAULT_POINTS, runs=None, histograms=DEFAULT_HISTOGRAMS,
+             storage_options=None):
     """The tab's route answers for `logdir`, as `inline.snapshot` gives them.
 
+    The event files are first copied to a temporary directory without their
+    damaged bytes (`reader.copy_event_files`), because TensorBoard's reader
+    stops at the first damaged record of a file: the report shows everything
+    `training-health check` reads.
+
     Args:
-        logdir: local directory or URL (its event files are copied to a
-            temporary directory first).
+        logdir: local directory or URL.
         points: columns per heatmap and points per chart. Defaults to
             DEFAULT_POINTS.
         runs: names of the runs to include. Defaults to None (every run with
             Training Health data).
         histograms: histogram snapshots kept per layer. Defaults to
             DEFAULT_HISTOGRAMS.
+        storage_options: fsspec options for a URL logdir. Defaults to None.
 
     Raises:
         FileNotFoundError: `logdir` does not exist.
         ValueError: `points` or `histograms` is not a positive int, or an
             unknown run was asked.
     """
-    from training_health import format as fmt
-    from training_health.io import remote
+    from training_health.io import reader
 
     if not isinstance(points, int) or points < 1:
         raise ValueError("points must be a positive int; received %r" % (points,))
     if not isinstance(histograms, int) or histograms < 1:
         raise ValueError("histograms must be a positive int; received %r" % (histograms,))
-    if remote.is_url(logdir):
-        with tempfile.TemporaryDirectory(prefix="training-health-report-") as tmp:
-            return snapshot(_local_copy(logdir, tmp), points, runs, histograms)
-    path = remote.local_path(logdir)
-    if not os.path.isdir(path):
-        raise FileNotFoundError("no such log directory: %r" % str(logdir))
+    with tempfile.TemporaryDirectory(prefix="training-health-report-") as tmp:
+        reader.copy_event_files(logdir, tmp, storage_options)
+        return _snapshot_of_copy(tmp, points, runs, histograms)
+
+
+def _snapshot_of_copy(path, points, runs, histograms):
+    from training_health import format as fmt
     from tensorboard.backend.event_processing import data_provider
     from tensorboard.context import RequestContext
     from tensorboard.backend.event_processing import plugin_event_multiplexer
