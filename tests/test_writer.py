@@ -2,12 +2,15 @@
 real files (a real failure: the logdir's parent is a regular file)."""
 
 import glob
+import json
 import os
+import shutil
 import subprocess
 import textwrap
 import time
 import warnings
 
+import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_file_loader
 from tensorboard.compat.proto import event_pb2
@@ -189,3 +192,173 @@ def test_events_are_parseable_protos(tmp_path):
     assert len(events) == 2
     parsed = event_pb2.Event.FromString(events[1])
     assert (parsed.step, parsed.wall_time) == (3, 1.5)
+
+
+# -- failures in the middle of a run: nothing torn, nothing unreadable ----------
+
+from training_health.io import reader  # noqa: E402
+from training_health.io.run_writer import RunWriter  # noqa: E402
+from training_health.records import LayerInfo  # noqa: E402
+
+LAYERS = (LayerInfo("dense", "Dense", "relu", None, 4, True, True),)
+
+
+def _step_values(step):
+    layer = np.full((len(LAYERS), len(fmt.LAYER_STATS)), float(step), np.float32)
+    return layer, np.full(len(fmt.GLOBAL_STATS), float(step), np.float32)
+
+
+def _damage_free_steps(logdir):
+    """Steps read back from `logdir`; fails on any damaged byte or skipped value."""
+    for path in glob.glob(os.path.join(str(logdir), "events.out.tfevents.*")):
+        _, consumed, damage = reader.split_records(open(path, "rb").read(), path)
+        assert damage == [] and consumed == os.path.getsize(path), path
+    run_reader = reader.RunReader(str(logdir))
+    steps = run_reader.poll(final=True).steps
+    assert run_reader.skipped == []
+    for stats in steps:
+        np.testing.assert_array_equal(stats.layer_values, _step_values(stats.step)[0])
+    return [s.step for s in steps]
+
+
+PARTIAL_WRITE_CHILD = """
+import json, os, resource, signal, sys, warnings
+import numpy as np
+sys.path.insert(0, sys.argv[2])
+from test_writer import LAYERS, _step_values
+from training_health.io.event_writer import EventWriter
+from training_health.io.run_writer import RunWriter
+
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead
+warnings.simplefilter("ignore")
+logdir = sys.argv[1]
+writer = EventWriter(logdir, flush_secs=3600)
+run = RunWriter(logdir, LAYERS, writer=writer)
+for step in range(1, 21):
+    run.write_step(step, *_step_values(step))
+assert writer.flush()
+(path,) = [os.path.join(logdir, n) for n in os.listdir(logdir)]
+size = os.path.getsize(path)
+_, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+resource.setrlimit(resource.RLIMIT_FSIZE, (size + 700, hard))  # room for part of the next batch
+for step in range(21, 41):
+    run.write_step(step, *_step_values(step))
+failed = writer.flush()
+size_after_failure = os.path.getsize(path)
+resource.setrlimit(resource.RLIMIT_FSIZE, (hard, hard))  # space again
+recovered = writer.flush()
+run.close()
+print(json.dumps([size, size_after_failure, failed, recovered, writer.errors, str(writer.last_error)]))
+"""
+
+
+def test_a_partial_write_is_undone_and_the_retry_leaves_no_torn_record(tmp_path, python_exe):
+    # A real partial write: the kernel writes up to the file size limit and
+    # fails the rest (as on a full disk).
+    logdir = tmp_path / "run"
+    result = subprocess.run([python_exe, "-c", PARTIAL_WRITE_CHILD, str(logdir), os.path.join(REPO_ROOT, "tests")],
+                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    size, size_after_failure, failed, recovered, errors, error = json.loads(result.stdout.splitlines()[-1])
+    assert (failed, recovered, errors) == (False, True, 1) and "File too large" in error
+    assert size_after_failure == size  # the failed append left nothing behind
+    assert _damage_free_steps(logdir) == list(range(1, 41))
+
+
+def test_metadata_survives_when_the_first_events_are_dropped(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.write_text("x")
+    logdir = blocker / "run"
+    writer = EventWriter(str(logdir), flush_secs=3600, max_pending=4)
+    run = RunWriter(str(logdir), LAYERS, writer=writer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for step in range(1, 6):
+            run.write_step(step, *_step_values(step))  # steps 1-3 (and their metadata) are dropped
+        assert writer.flush() is False
+    assert writer.dropped == 6
+    blocker.unlink()
+    run.close()
+    assert _damage_free_steps(logdir) == [4, 5]
+
+
+def test_every_rolled_over_file_is_readable_on_its_own(tmp_path):
+    pytest.importorskip("fsspec")
+    url = "memory://metadata-per-file/run"
+    writer = EventWriter(url, flush_secs=3600, roll_secs=0.01)
+    run = RunWriter(url, LAYERS, writer=writer)
+    for step in range(1, 7):
+        run.write_step(step, *_step_values(step))
+        assert writer.flush()
+        time.sleep(0.02)
+    run.close()
+    assert len(writer.files) >= 3
+    from training_health.io import remote
+
+    for i, name in enumerate(writer.files):
+        alone = tmp_path / ("file%d" % i)
+        alone.mkdir()
+        (alone / name).write_bytes(remote.read_bytes(url + "/" + name))
+        assert _damage_free_steps(alone), name  # its own metadata: its steps read alone
+
+
+def test_a_removed_logdir_is_recreated_with_a_new_readable_file(tmp_path):
+    logdir = tmp_path / "run"
+    writer = EventWriter(str(logdir), flush_secs=3600)
+    run = RunWriter(str(logdir), LAYERS, writer=writer)
+    for step in range(1, 4):
+        run.write_step(step, *_step_values(step))
+    assert writer.flush()
+    shutil.rmtree(logdir)
+    for step in range(4, 7):
+        run.write_step(step, *_step_values(step))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert writer.flush()
+    (warning,) = [str(w.message) for w in caught if "no longer holds" in str(w.message)]
+    assert writer.files[0] in warning and "new event file" in warning
+    run.close()
+    assert len(writer.files) == 2
+    assert _damage_free_steps(logdir) == [4, 5, 6]
+
+
+class SlowQueueWriter(EventWriter):
+    """An EventWriter whose queue takes a millisecond per event (a busy process)."""
+
+    def write(self, event):
+        time.sleep(0.001)
+        super().write(event)
+
+
+def test_run_writer_from_several_threads_keeps_steps_whole_and_in_order(tmp_path):
+    import itertools
+    import threading
+
+    logdir = tmp_path / "run"
+    run = RunWriter(str(logdir), LAYERS, writer=SlowQueueWriter(str(logdir), flush_secs=3600))
+    steps = itertools.count(1)
+    accepted = []
+
+    def worker():
+        for _ in range(40):
+            step = next(steps)
+            try:
+                run.write_step(step, *_step_values(step))
+            except ValueError:
+                continue  # a later step was written first: refused, as documented
+            accepted.append(step)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    run.close()
+    (path,) = glob.glob(str(logdir / "events.out.tfevents.*"))
+    written = [(e.summary.value[0].tag, e.step)
+               for e in event_file_loader.EventFileLoader(path).Load() if e.summary.value]
+    assert len(written) == 2 * len(accepted)
+    pairs = [written[i:i + 2] for i in range(0, len(written), 2)]
+    assert all(p == [(fmt.TAG_LAYERS, p[0][1]), (fmt.TAG_GLOBAL, p[0][1])] for p in pairs), written
+    in_file = [p[0][1] for p in pairs]
+    assert in_file == sorted(accepted) and len(set(in_file)) == len(in_file)

@@ -71,17 +71,54 @@ def is_remote(logdir):
 
 
 class LocalSink:
-    """Appends to one local event file."""
+    """Appends to one local event file, all or nothing.
+
+    An append that fails part-way (a full disk, a file size limit) is
+    undone: the file is cut back to its size before the append, so a retry
+    leaves no torn record in the middle of the file.
+
+    Attributes:
+        size: bytes appended so far (the file's size when all is well).
+    """
 
     def __init__(self, logdir, filename):
         self.logdir = local_path(logdir)
         self.path = os.path.join(self.logdir, filename)
+        self.size = 0
+        self._torn = False  # a failed append could not be undone
+
+    @property
+    def lost(self):
+        """True when the file no longer ends where the last append ended
+        (removed, cut or replaced by someone else, or a failed append that
+        could not be undone): appending to it would leave a gap or a torn
+        record, so the writer starts a new file."""
+        if self._torn:
+            return True
+        try:
+            return os.stat(self.path).st_size != self.size
+        except FileNotFoundError:
+            return self.size > 0
 
     def append(self, data):
+        """Appends `data`; on failure the file is as it was and OSError is raised."""
         os.makedirs(self.logdir, exist_ok=True)
-        with open(self.path, "ab") as f:
-            f.write(data)
-            f.flush()
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        try:
+            start = os.fstat(fd).st_size
+            view = memoryview(data)
+            try:
+                while view:
+                    view = view[os.write(fd, view):]
+            except OSError:
+                try:
+                    os.ftruncate(fd, start)
+                except OSError:
+                    self._torn = True
+                raise
+            self.size = start + len(data)
+        finally:
+            os.close(fd)
 
 
 def _event_filename(timestamp):
@@ -179,6 +216,8 @@ class EventWriter:
         self._sink_started = 0.0
         self._sink_clean = True  # the last append to the current sink succeeded
         self._header_written = False
+        self._tag_metadata = {}  # tag -> SummaryMetadata for the first value in each file
+        self._described = set()  # tags whose metadata the current file holds
         self._failing = False
         self._last_timestamp = 0
         self.files = []  # names of the event files started, oldest first
@@ -214,6 +253,39 @@ class EventWriter:
         """Events queued and not written yet."""
         with self._lock:
             return len(self._pending)
+
+    def describe(self, tag, metadata):
+        """Has `metadata` (a SummaryMetadata) written with the first value of
+        `tag` in every event file, whichever values are dropped.
+
+        Readers learn what a tag's values mean from the metadata of its first
+        value; with it at the start of every file, a value is readable even
+        when the events before it were dropped (see `max_pending`) or are in
+        a file that was lost.
+        """
+        with self._io_lock:
+            self._tag_metadata[tag] = metadata
+            self._described.discard(tag)
+
+    def _with_metadata(self, event, described):
+        """`event`, or a copy with metadata on the values whose tag the file
+        does not describe yet; adds those tags to `described`."""
+        copy = None
+        for i, value in enumerate(event.summary.value):
+            if value.tag in described:
+                continue
+            if value.metadata.plugin_data.plugin_name:
+                described.add(value.tag)  # the caller gave it its metadata
+                continue
+            metadata = self._tag_metadata.get(value.tag)
+            if metadata is None:
+                continue
+            if copy is None:
+                copy = event_pb2.Event()
+                copy.CopyFrom(event)
+            copy.summary.value[i].metadata.CopyFrom(metadata)
+            described.add(value.tag)
+        return event if copy is None else copy
 
     def write(self, event):
         """Queues one Event. Never blocks on I/O, never raises for I/O."""
@@ -310,7 +382,12 @@ class EventWriter:
                 return False
 
     def _roll_due(self):
-        if self._sink is None or not self._sink_clean:
+        if self._sink is None:
+            return False
+        if getattr(self._sink, "lost", False):
+            self._report_lost()
+            return True
+        if not self._sink_clean:
             # Never roll after a failed append: the failed upload may have
             # landed, and the retry must go to the same file (no duplicates).
             return False
@@ -339,11 +416,14 @@ class EventWriter:
                 self._sink = self._sink_factory(self.logdir, filename)
                 self._sink_started = time.monotonic()
                 self._header_written = False
+                self._described = set()
                 self.files.append(filename)
             if not self._header_written:
                 header = event_pb2.Event(wall_time=time.time(), file_version="brain.Event:2")
                 records.append(record(header.SerializeToString()))
-            records.extend(record(event.SerializeToString()) for event in events)
+            described = set(self._described)
+            records.extend(record(self._with_metadata(event, described).SerializeToString())
+                           for event in events)
             self._sink.append(b"".join(records))
         except OSError as e:  # remote sinks raise OSError subclasses too
             self._sink_clean = False
@@ -351,6 +431,7 @@ class EventWriter:
             return False
         self._sink_clean = True
         self._header_written = True
+        self._described = described
         with self._lock:
             # Events dropped by write() while this batch was being written
             # have moved the head already: remove only what is left of it.
@@ -374,6 +455,16 @@ class EventWriter:
             )
             log.warning(message)
             warnings.warn(message, RuntimeWarning, stacklevel=2)
+
+    def _report_lost(self):
+        message = (
+            "training_health: the event file %s no longer holds what was written to it "
+            "(%d bytes: removed, cut or replaced); those events are lost unless a copy "
+            "exists, and writing goes on in a new event file"
+            % (getattr(self._sink, "path", self.files[-1]), getattr(self._sink, "size", 0))
+        )
+        log.warning(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=2)
 
     def _report(self, error):
         self.errors += 1

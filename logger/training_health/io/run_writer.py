@@ -1,5 +1,6 @@
 """Host side of the logger: turns per-step arrays into events of the format."""
 
+import threading
 import time
 
 import numpy as np
@@ -22,20 +23,20 @@ class RunWriter:
         self.layers = tuple(layers)
         self.global_names = tuple(fmt.GLOBAL_STATS) + tuple(metric_names)
         self.writer = writer if writer is not None else EventWriter(logdir)
-        self._metadata = {
-            fmt.TAG_LAYERS: fmt.layers_metadata(self.layers),
-            fmt.TAG_GLOBAL: fmt.global_metadata(self.global_names),
-            fmt.TAG_HISTOGRAMS: fmt.histograms_metadata(self.layers),
-            fmt.TAG_ALERTS: fmt.alerts_metadata(),
-        }
+        # Each tag's metadata goes with its first value in every event file
+        # (EventWriter.describe), so no dropped or lost event takes it along.
+        self.writer.describe(fmt.TAG_LAYERS, fmt.layers_metadata(self.layers))
+        self.writer.describe(fmt.TAG_GLOBAL, fmt.global_metadata(self.global_names))
+        self.writer.describe(fmt.TAG_HISTOGRAMS, fmt.histograms_metadata(self.layers))
+        self.writer.describe(fmt.TAG_ALERTS, fmt.alerts_metadata())
         self._last_step = None
+        # One caller at a time: a step's two events stay together and in
+        # step order, also when steps and alerts come from several threads.
+        self._lock = threading.Lock()
 
     def _emit(self, tag, step, value, wall_time):
-        metadata = self._metadata.pop(tag, None)  # metadata only on a tag's first value
-        event = fmt.make_event(
-            tag, step, value, metadata=metadata,
-            wall_time=time.time() if wall_time is None else wall_time,
-        )
+        event = fmt.make_event(tag, step, value,
+                               wall_time=time.time() if wall_time is None else wall_time)
         self.writer.write(event)
 
     def write_step(self, step, layer_values, global_values, wall_time=None):
@@ -52,13 +53,14 @@ class RunWriter:
                 "global_values must have shape (%d,); received %s"
                 % (len(self.global_names), global_values.shape)
             )
-        if self._last_step is not None and step <= self._last_step:
-            raise ValueError(
-                "steps must only increase; received step %d after %d" % (step, self._last_step)
-            )
-        self._last_step = step
-        self._emit(fmt.TAG_LAYERS, step, layer_values, wall_time)
-        self._emit(fmt.TAG_GLOBAL, step, global_values, wall_time)
+        with self._lock:
+            if self._last_step is not None and step <= self._last_step:
+                raise ValueError(
+                    "steps must only increase; received step %d after %d" % (step, self._last_step)
+                )
+            self._last_step = step
+            self._emit(fmt.TAG_LAYERS, step, layer_values, wall_time)
+            self._emit(fmt.TAG_GLOBAL, step, global_values, wall_time)
 
     def write_histograms(self, step, histograms, wall_time=None):
         histograms = np.asarray(histograms, dtype=np.float32)
@@ -67,14 +69,16 @@ class RunWriter:
             raise ValueError(
                 "histograms must have shape %s; received %s" % (expected, histograms.shape)
             )
-        self._emit(fmt.TAG_HISTOGRAMS, step, histograms, wall_time)
+        with self._lock:
+            self._emit(fmt.TAG_HISTOGRAMS, step, histograms, wall_time)
 
     def write_alerts(self, step, alerts, wall_time=None):
         """Alerts (records.Alert) found at `step`; nothing is written for none."""
         if not alerts:
             return
         value = np.array([fmt.encode_alert(a.to_json()) for a in alerts], dtype=object)
-        self._emit(fmt.TAG_ALERTS, step, value, wall_time)
+        with self._lock:
+            self._emit(fmt.TAG_ALERTS, step, value, wall_time)
 
     def flush(self):
         return self.writer.flush()
