@@ -101,6 +101,17 @@ def get_json(base, path):
 FROZEN = ".th-run-section[data-run=%s]" % support.DEMO_FROZEN
 
 
+def reveal(page, selector):
+    """The alert element at `selector`, its incident unfolded first when it is
+    a consequence (folded away under its incident's first alert)."""
+    item = page.query_selector(selector)
+    folded = item.evaluate("n => { const d = n.closest('details'); return d !== null && !d.open; }")
+    if folded:
+        item.evaluate_handle("n => n.closest('details').querySelector('summary')").as_element().click()
+    assert item.is_visible()
+    return item
+
+
 def test_heatmaps_are_drawn(tab, server):
     page = tab.page
     sections = page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
@@ -146,9 +157,20 @@ def test_stall_alert_is_listed_with_hint_and_click_moves_the_view(tab, server):
     page = tab.page
     served = get_json(server, "alerts?run=" + support.DEMO_FROZEN)["alerts"]
     stall = next(a for a in served if a["kind"] == "stalled" and not a["cleared"])
-    item = page.query_selector(".th-alert[data-kind=stalled][data-run=%s]" % support.DEMO_FROZEN)
+    # The stall follows from the dead conv layer: the incident shows the dead
+    # units with message and hint; the stall is one line folded under it.
+    root = next(a for a in served if a["incident"] == stall["incident"] and a["caused_by"] is None)
+    assert root["kind"] == "dead_units" and stall["caused_by"].startswith("dead_units@")
+    incident = page.query_selector(".th-incident[data-run=%s][data-incident='%d']"
+                                   % (support.DEMO_FROZEN, stall["incident"]))
+    head = incident.query_selector(":scope > .th-alert")
+    assert head.get_attribute("data-kind") == "dead_units"
+    assert root["message"] in head.inner_text() and "Try: " + root["hint"] in head.inner_text()
+    selector = ".th-consequence[data-kind=stalled][data-run=%s]" % support.DEMO_FROZEN
+    assert not page.query_selector(selector).is_visible()  # folded
+    item = reveal(page, selector)
     text = item.inner_text()
-    assert stall["message"] in text and "Try: " + stall["hint"] in text
+    assert stall["message"].split("; ")[0] in text and stall["hint"] not in text
     assert "step %d" % stall["step"] in text
     heatmap = FROZEN + " .th-heatmap-canvas[data-stat=grad_norm]"
     assert page.evaluate(RED_JS, heatmap)["count"] == 0  # no cursor yet
@@ -171,8 +193,8 @@ def test_layer_alert_click_opens_the_layer(tab, server):
     page = tab.page
     served = get_json(server, "alerts?run=" + support.DEMO_FROZEN)["alerts"]
     alert = next(a for a in served if a["layer"] == "conv2d" and not a["cleared"])
-    page.click(".th-alert[data-kind=%s][data-run=%s][data-layer=conv2d]"
-               % (alert["kind"], support.DEMO_FROZEN))
+    reveal(page, ".th-alert[data-kind=%s][data-run=%s][data-layer=conv2d]"
+           % (alert["kind"], support.DEMO_FROZEN)).click()
     page.wait_for_selector(FROZEN + " .th-detail[data-layer=conv2d] .th-hist-canvas")
     assert page.evaluate("document.body.dataset.focusLayer") == "conv2d"
     focused = page.eval_on_selector_all(FROZEN + " .th-layer-label.th-focused",
@@ -213,7 +235,7 @@ def test_drag_zooms_and_an_alert_outside_the_zoom_shows_all_steps(tab, server):
     stall = next(a for a in get_json(server, "alerts?run=" + support.DEMO_FROZEN)["alerts"]
                  if a["kind"] == "stalled")
     assert not first <= stall["step"] <= last
-    page.click(".th-alert[data-kind=stalled][data-run=%s]" % support.DEMO_FROZEN)
+    reveal(page, ".th-alert[data-kind=stalled][data-run=%s]" % support.DEMO_FROZEN).click()
     page.wait_for_function("document.body.dataset.focusStep === '%d'" % stall["step"])
     page.wait_for_selector(FROZEN + " .th-zoom-reset", state="detached")
     assert "Drag across a chart" in page.inner_text(FROZEN + " .th-zoom")

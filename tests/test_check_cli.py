@@ -13,7 +13,7 @@ from training_health.detectors import DetectorSuite
 from training_health.records import Alert
 from training_health.io.run_writer import RunWriter
 
-ALERT_KEYS = ["kind", "step", "layer", "severity", "message", "hint"]
+ALERT_KEYS = ["kind", "step", "layer", "severity", "message", "hint", "incident", "caused_by"]
 
 
 def write_stats(path, steps, logged_alerts=()):
@@ -62,7 +62,13 @@ def test_buggy_run_exits_1_with_exact_json(python_exe, tmp_path):
             assert isinstance(alert["step"], int)
             assert alert["layer"] is None or isinstance(alert["layer"], str)
             assert alert["severity"] in ("warning", "critical")
+            assert isinstance(alert["incident"], int)
+            assert alert["caused_by"] is None or isinstance(alert["caused_by"], str)
     frozen = body["runs"][0]["alerts"]
+    # one incident: the dead conv layer, the constant output and the stall follow from it
+    root = "dead_units@%d/conv" % frozen[0]["step"]
+    assert [(a["kind"], a["incident"], a["caused_by"]) for a in frozen] == [
+        ("dead_units", 1, None), ("saturation", 1, root), ("stalled", 1, root)]
     # the same alerts as replaying the detectors in-process over the same steps
     expected = [a for a in DetectorSuite().replay(steps) if not a.cleared]
     assert sorted((a["kind"], a["step"], a["layer"]) for a in frozen) == sorted(
@@ -93,10 +99,14 @@ def test_human_output_is_a_table_per_run(python_exe, tmp_path):
     result = check(python_exe, tmp_path / "logs")
     assert result.returncode == 1
     lines = result.stdout.splitlines()
-    assert lines[0].startswith("frozen: 3 alerts (200 steps)")
+    assert lines[0].startswith("frozen: 3 alerts in 1 incident (200 steps)")
     assert lines[1].split() == ["STEP", "SEVERITY", "KIND", "LAYER"]
-    assert any(line.split()[:4] == ["59", "critical", "stalled", "-"] for line in lines)
-    assert any(line.strip().startswith("hint: ") for line in lines)
+    # the incident's first alert with its message and hint, then one line per consequence
+    assert lines[2].split()[1:4] == ["critical", "dead_units", "conv"]
+    assert lines[4].strip().startswith("hint: ")
+    assert lines[5].strip().startswith("then step 58 critical saturation in out: output layer out")
+    assert lines[6].strip().startswith("then step 59 critical stalled: loss ")
+    assert len(lines) == 7 and sum("hint: " in line for line in lines) == 1
 
 
 def test_missing_logdir_exits_2_with_message(python_exe, tmp_path):

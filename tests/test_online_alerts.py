@@ -47,13 +47,21 @@ def test_frozen_cnn_alerts_written_logged_once_and_hooked(tmp_path, caplog):
     assert not any(t.name == "training-health-reader" for t in threading.enumerate())
     stall = next(a for a in cb.alerts if a.kind == "stalled")
     assert "255" in stall.hint or "254" in stall.hint  # the raw-pixel input range is named
-    # One log line per raised alert, not one per batch.
-    lines = [r for r in caplog.records if "] stalled at step" in r.getMessage()]
+    # One log line per raised alert, not one per batch; the stall follows
+    # from the dead conv layer: one short line, without the hint.
+    dead = next(a for a in cb.alerts if a.kind == "dead_units")
+    assert (dead.incident, dead.caused_by) == (1, None)
+    assert (stall.incident, stall.caused_by) == (1, "dead_units@%d/%s" % (dead.step, dead.layer))
+    lines = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
     assert len(lines) == 1
-    # The alerts are in the run's event files, in the format.
+    assert "then step %d critical stalled" % stall.step in lines[0]
+    assert "follows from dead_units@" in lines[0] and "Hint" not in lines[0]
+    # The alerts are in the run's event files, in the format, with their incidents.
     logged = read_run(str(tmp_path))[fmt.TAG_ALERTS]
     decoded = [a for _, value, _ in logged for a in fmt.decode_alerts(value)]
     assert {a["kind"] for a in decoded if not a.get("cleared")} == kinds
+    assert {(a["kind"], a["incident"], a["caused_by"]) for a in decoded if a["kind"] == "stalled"} \
+        == {("stalled", 1, stall.caused_by)}
 
 
 def test_stop_on_ends_training_early(tmp_path):

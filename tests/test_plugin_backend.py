@@ -21,6 +21,7 @@ from werkzeug import test as werkzeug_test
 
 from training_health import format as fmt
 from tensorboard_plugin_training_health import DEFAULT_SAMPLES, TrainingHealthLoader
+from tensorboard_plugin_training_health import plugin as health_plugin
 from training_health.records import LayerInfo
 from training_health.io.run_writer import RunWriter
 
@@ -180,7 +181,38 @@ def test_alerts(client):
                      ("dead_units", 210, "dense1", "warning")]
     assert body["alerts"][0]["hint"] == support.STALL_HINT
     assert body["alerts"][0]["cleared"] is False
+    # a stall does not lead to dead units: two incidents, grouped by the server
+    # (the records were written without incident fields)
+    assert [(a["incident"], a["caused_by"]) for a in body["alerts"]] == [(1, None), (2, None)]
     assert get_json(client, "/alerts?run=" + support.HEALTHY_RUN)["alerts"] == []
+
+
+def test_alert_records_get_their_incidents():
+    from training_health.detectors import incidents
+    from training_health.records import Alert
+
+    sequence = [Alert("nan_inf", 3, None, "critical", "m", "h"),
+                Alert("exploding_gradients", 3, "d1", "critical", "m", "h"),
+                Alert("dead_units", 20, "d0", "warning", "m", "h"),
+                Alert("dead_units", 90, "d0", "warning", "m", "", cleared=True)]
+    # written before incidents existed: no incident fields at all
+    old = [health_plugin._clean_alert({k: v for k, v in a.to_json().items()
+                                       if k not in ("incident", "caused_by")}, a.step)
+           for a in sequence]
+    grouped = health_plugin._with_incidents(old)
+    assert [(a["kind"], a["incident"], a["caused_by"]) for a in grouped] == [
+        ("exploding_gradients", 1, None), ("nan_inf", 1, "exploding_gradients@3/d1"),
+        ("dead_units", 1, "exploding_gradients@3/d1"),
+        ("dead_units", 1, "exploding_gradients@3/d1")]
+    # written by the logger with its incidents: kept as written (here a
+    # downsampled view without the root still names it)
+    logged = [health_plugin._clean_alert(a.to_json(), a.step)
+              for a in incidents.group(sequence)[1:]]
+    assert health_plugin._with_incidents(logged) == logged
+    assert logged[0]["caused_by"] == "exploding_gradients@3/d1"
+    # a kind this version does not know: shown, not grouped
+    future = old + [dict(old[0], kind="from_the_future", step=40)]
+    assert [a["incident"] for a in health_plugin._with_incidents(future)] == [None] * 5
 
 
 def test_histograms(client):

@@ -263,3 +263,23 @@ def test_a_run_with_no_new_step_for_minutes_is_shown_idle(tmp_path):
     assert "idle" not in fresh
     assert stopped.endswith("idle 2d"), stopped
     assert "10 steps/s" in stopped, "the rate it had while it ran"
+
+
+def test_an_alert_that_follows_from_another_is_one_short_line():
+    from training_health.cli.watch import format_alert
+    from training_health.detectors import incidents
+
+    root, nan, dead = incidents.group([
+        Alert("exploding_gradients", 3, "dense", "critical", "gradient norm 1e9 at step 3",
+              "lower the learning rate"),
+        Alert("nan_inf", 4, None, "critical", "non-finite values at step 4: loss nan; more",
+              "check the targets"),
+        Alert("dead_units", 20, "conv", "critical", "x" * 300, "He initialization")])
+    assert format_alert("run", root) == [
+        "[run] step 3: CRITICAL exploding_gradients dense: gradient norm 1e9 at step 3",
+        "    hint: lower the learning rate"]
+    assert format_alert("run", nan) == [
+        "[run]   then step 4 critical nan_inf: non-finite values at step 4: loss nan "
+        "(follows from exploding_gradients@3/dense)"]
+    (line,) = format_alert("run", dead)
+    assert "x" * 97 + "..." in line and "x" * 98 not in line and "hint" not in line

@@ -104,6 +104,12 @@ class Alert:
         message: what was measured, with the numbers.
         hint: likely causes and fixes, drawn from what was measured.
         cleared: True for the record that closes an episode.
+        incident: number of the incident the alert belongs to (1, 2, ... in
+            the run's order; see `detectors.incidents`), or None when not
+            grouped.
+        caused_by: for an alert that follows from an earlier one, that
+            alert's reference ("kind@step" or "kind@step/layer"); None for
+            the first alert of an incident.
     """
 
     kind: str
@@ -113,6 +119,8 @@ class Alert:
     message: str
     hint: str
     cleared: bool = False
+    incident: Optional[int] = None
+    caused_by: Optional[str] = None
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -135,4 +143,6 @@ class Alert:
             message=d.get("message", ""),
             hint=d.get("hint", ""),
             cleared=bool(d.get("cleared", False)),
+            incident=None if d.get("incident") is None else int(d["incident"]),
+            caused_by=None if d.get("caused_by") is None else str(d["caused_by"]),
         )

@@ -20,7 +20,9 @@ from tensorboard.plugins import base_plugin
 from werkzeug import wrappers
 
 from training_health import format as fmt
-from tensorboard_plugin_training_health import downsample
+from training_health.detectors import incidents
+from training_health.records import Alert
+from tensorboard_plugin_training_health import downsample, sweep
 from tensorboard_plugin_training_health.reader import Reader, UnreadableDataError
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
@@ -28,8 +30,10 @@ STATIC_FILES = {
     "/index.js": ("index.js", "text/javascript"),
     "/model.js": ("model.js", "text/javascript"),
     "/views.js": ("views.js", "text/javascript"),
+    "/sweep.js": ("sweep.js", "text/javascript"),
     "/style.css": ("style.css", "text/css"),
 }
+MAX_COMPARE_RUNS = 200  # runs on one comparison chart
 
 DEFAULT_WIDTH = 1000  # columns of a matrix / points of a series
 MAX_WIDTH = 20000
@@ -126,6 +130,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
     def __init__(self, context):
         hints = getattr(context, "sampling_hints", None) or {}
         self._reader = Reader(context.data_provider, sample_limit=hints.get(fmt.PLUGIN_NAME) or 0)
+        self._overview_rows = {}  # (experiment, run) -> (tag versions, overview row)
 
     def get_plugin_apps(self):
         return {
@@ -136,9 +141,12 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             "/layer": self.layer_route,
             "/alerts": self.alerts_route,
             "/histograms": self.histograms_route,
+            "/overview": self.overview_route,
+            "/compare": self.compare_route,
             "/index.js": self.static_route,
             "/model.js": self.static_route,
             "/views.js": self.static_route,
+            "/sweep.js": self.static_route,
             "/style.css": self.static_route,
         }
 
@@ -349,9 +357,14 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
         out.update(self._sampling(series))
         return out
 
-    def alerts_impl(self, ctx, experiment_id, run):
-        """Every alert record of `run` in step order (an empty list if none)."""
-        tags = self._reader.list_runs(ctx, experiment_id).get(run)
+    def alerts_impl(self, ctx, experiment_id, run, tags=None):
+        """Every alert record of `run` in step order (an empty list if none).
+
+        `tags`: the run's entry of `Reader.list_runs` when the caller has
+        it (the overview: one listing for every run). Defaults to None.
+        """
+        if tags is None:
+            tags = self._reader.list_runs(ctx, experiment_id).get(run)
         if tags is None:
             raise errors.NotFoundError("no Training Health data for run %r" % (run,))
         if fmt.TAG_ALERTS not in tags:  # nothing was ever raised
@@ -369,7 +382,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
                     continue
                 alerts.append(_clean_alert(record, int(step)))
         alerts.sort(key=lambda a: a["step"])
-        out = {"run": run, "alerts": alerts}
+        out = {"run": run, "alerts": _with_incidents(alerts)}
         out.update(self._sampling(series))
         return out
 
@@ -397,6 +410,139 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
         out.update(self._sampling(series))
         return out
 
+    # Many runs ---------------------------------------------------------------
+
+    @_json_route
+    def overview_route(self, request):
+        return self.overview_impl(
+            *self._ids(request),
+            points=_int_arg(request, "points", sweep.SPARK_POINTS, 1, sweep.MAX_SPARK_POINTS),
+        )
+
+    @_json_route
+    def compare_route(self, request):
+        return self.compare_impl(
+            *self._ids(request),
+            runs=request.args.getlist("run"),
+            stat=_arg(request, "stat"),
+            layer=_arg(request, "layer", required=False),
+            width=_int_arg(request, "width", DEFAULT_WIDTH, 1, MAX_WIDTH),
+            steps=_step_range(request),
+        )
+
+    def overview_impl(self, ctx, experiment_id, points=sweep.SPARK_POINTS):
+        """One row per run: health status, worst open alert, last loss, steps, loss sparkline.
+
+        A row is recomputed only when one of the run's tags got new data.
+        """
+        listing = self._reader.list_runs(ctx, experiment_id)
+        rows = []
+        for run, tags in sorted(listing.items()):
+            version = (points,) + tuple(sorted(
+                (tag, int(ts.max_step), float(ts.max_wall_time)) for tag, ts in tags.items()))
+            key = (experiment_id, run)
+            hit = self._overview_rows.get(key)
+            if hit is None or hit[0] != version:
+                hit = (version, self._overview_row(ctx, experiment_id, run, tags, points))
+                self._overview_rows[key] = hit
+            rows.append(hit[1])
+        for key in [k for k in self._overview_rows if k[0] == experiment_id and k[1] not in listing]:
+            del self._overview_rows[key]
+        return {"runs": rows, "statuses": list(sweep.STATUSES), "sample_limit": self._reader.sample_limit}
+
+    def _overview_row(self, ctx, experiment_id, run, tags, points):
+        try:
+            layers = (len(self._reader.metadata(tags[fmt.TAG_LAYERS])["layers"])
+                      if fmt.TAG_LAYERS in tags else 0)
+            series = (self._reader.read(ctx, experiment_id, run, fmt.TAG_GLOBAL)
+                      if fmt.TAG_GLOBAL in tags else None)
+            alerts = self.alerts_impl(ctx, experiment_id, run, tags)["alerts"]
+        except UnreadableDataError as e:
+            return sweep.error_row(run, str(e))
+        return sweep.overview_row(run, alerts, series, layers, points)
+
+    def compare_impl(self, ctx, experiment_id, runs, stat, layer=None, width=DEFAULT_WIDTH,
+                     steps=(None, None)):
+        """One statistic of one layer (or a global one, e.g. the loss) across runs.
+
+        `layer` None compares a global statistic or metric (`series` names),
+        else a column of the layer matrix. A run without that layer or
+        statistic gets an entry with `error` set and no values.
+        """
+        runs = list(dict.fromkeys(runs))
+        if not runs:
+            raise errors.InvalidArgumentError("missing query parameter 'run'; add ?run=A&run=B...")
+        if len(runs) > MAX_COMPARE_RUNS:
+            raise errors.InvalidArgumentError(
+                "at most %d runs can be compared; received %d" % (MAX_COMPARE_RUNS, len(runs)))
+        listing = self._reader.list_runs(ctx, experiment_id)
+        for run in runs:
+            if run not in listing:
+                raise errors.NotFoundError("no Training Health data for run %r" % (run,))
+        tag = fmt.TAG_GLOBAL if layer is None else fmt.TAG_LAYERS
+        entries, known_stats, layer_found = [], {}, False
+        for run in runs:
+            if tag not in listing[run]:
+                entries.append(_compare_error(run, "run %r logged no %s" % (run, tag)))
+                continue
+            series = self._reader.read(ctx, experiment_id, run, tag)
+            names = list(series.metadata["stats"])
+            known_stats.update(dict.fromkeys(names))
+            if layer is None:
+                index = (slice(None),)
+            else:
+                layer_names = [info.name for info in series.metadata["layers"]]
+                if layer not in layer_names:
+                    entries.append(_compare_error(run, "run %r has no layer %r" % (run, layer)))
+                    continue
+                layer_found = True
+                index = (slice(None), layer_names.index(layer))
+            if stat not in names:
+                entries.append(_compare_error(run, "run %r logged no %r" % (run, stat)))
+                continue
+            values = series.values[index + (names.index(stat),)]
+            entry = sweep.compare_entry(run, *_window(series.steps, values, *steps), width)
+            entry.update(self._sampling(series))
+            entries.append(entry)
+        if layer is not None and not layer_found:
+            raise errors.NotFoundError("none of the runs has a layer %r" % (layer,))
+        if known_stats and stat not in known_stats:
+            raise errors.InvalidArgumentError("unknown statistic %r%s; use one of %s" % (
+                stat, "" if layer is None else " of a layer", ", ".join(known_stats)))
+        return {"stat": stat, "layer": layer, "reduce": "mean", "runs": entries,
+                "sample_limit": self._reader.sample_limit}
+
+
+def _with_incidents(alerts):
+    """The alerts (clean dicts in step order) with their incidents.
+
+    A run logged by this version has `incident` and `caused_by` in every
+    record (the logger grouped them as it raised them). Records written
+    before incidents existed are grouped here, the same way
+    (`detectors.incidents`); records of a kind this version does not know
+    are left ungrouped.
+    """
+    if all(isinstance(a["incident"], int) for a in alerts):
+        return alerts
+    try:
+        records = [Alert.from_json(a) for a in alerts]
+    except ValueError:  # a kind from a newer version: shown, not grouped
+        return alerts
+    grouped = incidents.group(records)
+    # group() puts causes first within a step; the dicts follow that order
+    by_key = {}
+    for a in alerts:
+        by_key.setdefault((a["kind"], a["step"], a["layer"], a["cleared"]), []).append(a)
+    out = []
+    for g in grouped:
+        a = by_key[(g.kind, g.step, g.layer, g.cleared)].pop(0)
+        out.append(dict(a, incident=g.incident, caused_by=g.caused_by))
+    return out
+
+
+def _compare_error(run, message):
+    return {"run": run, "first_steps": [], "last_steps": [], "values": [], "error": message}
+
 
 def _clean_alert(record, step):
     """An alert dict with exactly the fields the UI shows, all plain types."""
@@ -410,6 +556,8 @@ def _clean_alert(record, step):
         alert_step = int(record.get("step", step))
     except (TypeError, ValueError):
         alert_step = step
+    incident = record.get("incident")
+    caused_by = record.get("caused_by")
     return {
         "kind": text("kind"),
         "step": alert_step,
@@ -418,4 +566,6 @@ def _clean_alert(record, step):
         "message": text("message"),
         "hint": text("hint"),
         "cleared": bool(record.get("cleared", False)),
+        "incident": incident if isinstance(incident, int) and not isinstance(incident, bool) else None,
+        "caused_by": None if caused_by is None else str(caused_by),
     }

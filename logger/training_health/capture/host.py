@@ -114,19 +114,26 @@ def default_detectors():
 def dispatch_alerts(alerts, raised, on_alert, stop_on, stop):
     """What the logger does with the detectors' findings, online.
 
-    Each raised alert is appended to `raised`, logged once as a warning and
-    handed to `on_alert` (whose exceptions are logged, never propagated);
-    an alert of a `stop_on` kind calls `stop()`. Cleared records are logged
-    at INFO level.
+    Each raised alert is appended to `raised`, logged once as a warning (an
+    alert that follows from an earlier one, `caused_by`, as one short line
+    without its hint) and handed to `on_alert` (whose exceptions are logged,
+    never propagated); an alert of a `stop_on` kind calls `stop()`. Cleared
+    records are logged at INFO level.
     """
+    from training_health.detectors import incidents
+
     for alert in alerts:
         where = " in %s" % alert.layer if alert.layer else ""
         if alert.cleared:
             log.info("training_health: %s%s cleared at step %d", alert.kind, where, alert.step)
             continue
         raised.append(alert)
-        log.warning("training_health: [%s] %s at step %d%s: %s Hint: %s", alert.severity,
-                    alert.kind, alert.step, where, alert.message, alert.hint)
+        if alert.caused_by:
+            log.warning("training_health:   then %s (follows from %s)",
+                        incidents.short_line(alert), alert.caused_by)
+        else:
+            log.warning("training_health: [%s] %s at step %d%s: %s Hint: %s", alert.severity,
+                        alert.kind, alert.step, where, alert.message, alert.hint)
         if on_alert is not None:
             try:
                 on_alert(alert)

@@ -4,7 +4,11 @@ For every run of the logdir, every logged step is fed to a fresh
 `DetectorSuite` (the same detectors the online logger runs), and the
 alerts already logged by the training process are added; the same
 (kind, layer, step) found both ways is listed once. Only raised alerts are
-listed, not the records that close an episode.
+listed, not the records that close an episode. Alerts are grouped into
+incidents (`detectors.incidents`): the table lists each incident's first
+alert with its message and hint, then one short line per alert that
+follows from it; `--json` lists every alert with its `incident` and
+`caused_by`.
 
 On a logdir of several runs (a sweep), one line per run comes first,
 worst first: its status (the severity of its worst alert, or OK), steps,
@@ -21,10 +25,10 @@ import sys
 from training_health import format as fmt
 from training_health.io import reader
 from training_health.records import SEVERITIES
-from training_health.detectors import DetectorSuite
+from training_health.detectors import DetectorSuite, incidents
 
 EXIT_OK, EXIT_ALERTS, EXIT_ERROR = 0, 1, 2
-JSON_KEYS = ("kind", "step", "layer", "severity", "message", "hint")
+JSON_KEYS = ("kind", "step", "layer", "severity", "message", "hint", "incident", "caused_by")
 
 
 def add_arguments(parser):
@@ -46,15 +50,17 @@ def check_run(run, suite=None):
             a new suite of the default detectors.
 
     Returns:
-        A list of `records.Alert` sorted by step, without cleared records.
+        A list of `records.Alert` sorted by step (causes before consequences
+        within a step), without cleared records, each with its `incident`
+        and `caused_by` (grouped over the replayed and logged records
+        together, cleared ones included).
     """
     suite = suite if suite is not None else DetectorSuite()
     found = {}
     for alert in suite.replay(run.steps) + list(run.alerts):
-        if alert.cleared:
-            continue
-        found.setdefault((alert.kind, alert.layer, alert.step), alert)
-    return sorted(found.values(), key=lambda a: (a.step, a.kind, a.layer or ""))
+        found.setdefault((alert.kind, alert.layer, alert.step, alert.cleared), alert)
+    ordered = sorted(found.values(), key=lambda a: (a.step, a.kind, a.layer or "", a.cleared))
+    return [a for a in incidents.group(ordered) if not a.cleared]
 
 
 def _as_json(results):
@@ -70,19 +76,23 @@ def _table(name, n_steps, alerts, out):
     if not alerts:
         print("%s: OK (%d steps, no alerts)" % (name, n_steps), file=out)
         return
-    plural = "" if len(alerts) == 1 else "s"
-    print("%s: %d alert%s (%d steps)" % (name, len(alerts), plural, n_steps), file=out)
+    groups = incidents.by_incident(alerts)
+    print("%s: %d alert%s in %d incident%s (%d steps)"
+          % (name, len(alerts), "" if len(alerts) == 1 else "s",
+             len(groups), "" if len(groups) == 1 else "s", n_steps), file=out)
     rows = [("STEP", "SEVERITY", "KIND", "LAYER")] + [
-        (str(a.step), a.severity, a.kind, a.layer or "-") for a in alerts
+        (str(root.step), root.severity, root.kind, root.layer or "-") for root, _ in groups
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     for i, row in enumerate(rows):
         print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip(), file=out)
         if i:
-            alert = alerts[i - 1]
-            print("      %s" % alert.message, file=out)
-            if alert.hint:
-                print("      hint: %s" % alert.hint, file=out)
+            root, consequences = groups[i - 1]
+            print("      %s" % root.message, file=out)
+            if root.hint:
+                print("      hint: %s" % root.hint, file=out)
+            for alert in consequences:
+                print("      then %s" % incidents.short_line(alert), file=out)
 
 
 def worst_alert(alerts):

@@ -142,10 +142,16 @@ def format_line(view, name_width, now=None):
 
 
 def format_alert(run_name, alert):
-    """The lines printed for a new (or resolved) alert."""
+    """The lines printed for a new (or resolved) alert: an alert that
+    follows from an earlier one (`caused_by`) is one short line."""
     where = " %s" % alert.layer if alert.layer else ""
     if alert.cleared:
         return ["[%s] step %d: resolved %s%s" % (run_name, alert.step, alert.kind, where)]
+    if alert.caused_by:
+        from training_health.detectors import incidents
+
+        return ["[%s]   then %s (follows from %s)"
+                % (run_name, incidents.short_line(alert), alert.caused_by)]
     lines = ["[%s] step %d: %s %s%s: %s" % (
         run_name, alert.step, alert.severity.upper(), alert.kind, where, alert.message)]
     if alert.hint:

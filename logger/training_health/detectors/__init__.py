@@ -4,11 +4,14 @@ Each detector watches one kind of problem (`records.KINDS`) and has
 `update(step, stats) -> list[Alert]` and `reset()`; none does I/O. A
 `DetectorSuite` runs several over the same stream: the online logger calls
 it every logged step, `training-health check` replays it over event files.
+The suite groups the alerts into incidents (`incidents.Incidents`): each
+alert it returns carries its `incident` and `caused_by`.
 """
 
 from training_health.detectors.base import Detector, Finding
 from training_health.detectors.dead_units import DeadUnitsDetector
 from training_health.detectors.exploding import ExplodingGradientsDetector
+from training_health.detectors.incidents import Incidents
 from training_health.detectors.nan_inf import NanInfDetector
 from training_health.detectors.oscillation import OscillatingLossDetector
 from training_health.detectors.saturation import SaturationDetector
@@ -35,9 +38,11 @@ class DetectorSuite:
     Args:
         detectors: a list of detector instances (objects with `update(step,
             stats)` and `reset()`). Defaults to `default_detectors()`.
+        incidents: the `incidents.Incidents` that groups the alerts. Defaults
+            to one with its default horizon.
     """
 
-    def __init__(self, detectors=None):
+    def __init__(self, detectors=None, incidents=None):
         if detectors is None:
             detectors = default_detectors()
         detectors = list(detectors)
@@ -48,6 +53,8 @@ class DetectorSuite:
                     "received %r" % (d,)
                 )
         self.detectors = detectors
+        self.incidents = incidents if incidents is not None else Incidents()
+        self._last_step = None
 
     def update(self, step, stats):
         """Feeds one logged step to every detector.
@@ -58,17 +65,23 @@ class DetectorSuite:
 
         Returns:
             The alerts raised or cleared at this step (`records.Alert`), in
-            detector order.
+            detector order except that causes come before their consequences,
+            each with its `incident` and `caused_by`.
         """
+        if self._last_step is not None and step <= self._last_step:
+            self.incidents.reset()  # the detectors reset themselves too: a new run
+        self._last_step = step
         alerts = []
         for detector in self.detectors:
             alerts.extend(detector.update(step, stats))
-        return alerts
+        return self.incidents.assign(alerts) if alerts else alerts
 
     def reset(self):
-        """Resets every detector (call at the start of training)."""
+        """Resets every detector and the incidents (call at the start of training)."""
         for detector in self.detectors:
             detector.reset()
+        self.incidents.reset()
+        self._last_step = None
 
     def replay(self, steps):
         """Resets, then feeds every `StepStats` of `steps`; returns all alerts."""
@@ -85,6 +98,7 @@ __all__ = [
     "DetectorSuite",
     "ExplodingGradientsDetector",
     "Finding",
+    "Incidents",
     "NanInfDetector",
     "OscillatingLossDetector",
     "SaturationDetector",

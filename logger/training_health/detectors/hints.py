@@ -290,6 +290,20 @@ def hint_for(kind, stats, layer=None, alive_at=None):
         add(high_update_ratio(stats))
         add(input_range(stats))
         fallback = "lower the learning rate (try 10x lower) or use a learning-rate schedule"
+    elif kind == "constant_output":
+        add(input_range(stats))
+        add(single_unit_softmax(stats))
+        add(dead_layers(stats))
+        add(saturated_layers(stats))
+        fallback = ("check that the loss matches the output activation and the label "
+                    "encoding (softmax + categorical_crossentropy on one-hot labels, sigmoid + "
+                    "binary_crossentropy on 0/1 labels, from_logits=True on a linear output), "
+                    "that the output activation can express the targets (no ReLU or sigmoid "
+                    "for negative or large regression targets), and that the inputs are scaled")
+    elif kind == "overfitting":
+        fallback = ("the model fits the training data but no longer generalises: add "
+                    "regularisation (dropout, weight decay), augment or add data, or stop "
+                    "earlier (keras.callbacks.EarlyStopping(restore_best_weights=True))")
     else:
         raise ValueError("unknown alert kind %r" % (kind,))
     if not clauses:

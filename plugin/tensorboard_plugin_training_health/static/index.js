@@ -2,13 +2,17 @@
 // module and calls render() with no arguments; an offline report may call
 // render({source}) with an InlineSource instead.
 
-import {DataError, HEATMAP_STATS, LOG_STATS, Latest, Model, defaultSource, orderAlerts} from './model.js';
+import {
+  DataError, HEATMAP_STATS, LOG_STATS, Latest, Model, defaultSource, groupIncidents, orderAlerts,
+} from './model.js';
 import {
   HistogramStrip, Heatmap, LineChart, SEVERITY_COLOR, StepAxis, Tooltip, alertPanel,
   describeLayer, el, emptyState, formatStep, runSelector,
 } from './views.js';
+import {CompareRuns, RunOverview} from './sweep.js';
 
 const POLL_SECONDS = 15;
+const MANY_RUNS = 8; // above this many runs the tab opens with the run overview
 const LABEL_WIDTH = 170; // px of the layer-name column left of every chart
 const STYLE_MARK = 'data-training-health-style';
 
@@ -76,11 +80,14 @@ class App {
         this.status);
     this.focusBar = el('div', {className: 'th-focus', attrs: {'aria-live': 'polite'}});
     this.alertSlot = el('div', {className: 'th-alert-slot'});
+    this.overviewSlot = el('div', {className: 'th-overview-slot'});
+    this.compareSlot = el('div', {className: 'th-compare-slot'});
+    this.compare = new CompareRuns({model: this.model, tooltip: this.tooltip});
     this.main = el('main', {className: 'th-main'});
     this.root.replaceChildren(
         el('header', {className: 'th-header'},
             el('h1', {className: 'th-title', text: 'Training Health'}), this.selectorSlot, controls),
-        this.focusBar, this.alertSlot, this.main, this.tooltip.node);
+        this.focusBar, this.overviewSlot, this.alertSlot, this.compareSlot, this.main, this.tooltip.node);
     window.addEventListener('resize', () => {
       clearTimeout(this.resizeTimer);
       this.resizeTimer = setTimeout(() => this.loadSelection(), 250);
@@ -120,16 +127,58 @@ class App {
       return;
     }
     const names = this.runs.map((r) => r.run);
+    const many = this.runs.length > MANY_RUNS;
     if (this.selected === null || this.root.dataset.empty === 'true') {
-      this.selected = names.slice();
+      this.selected = many ? [] : names.slice(); // many runs: the overview picks
     }
     this.selected = this.selected.filter((name) => names.includes(name));
     this.root.dataset.empty = 'false';
-    this.selectorSlot.replaceChildren(
-        runSelector(this.runs, this.selected, (chosen) => this.select(chosen)));
+    if (!(many && await this.showOverview(token))) {
+      if (!this.runsLatest.isCurrent(token)) return;
+      this.overviewSlot.replaceChildren();
+      this.root.dataset.overview = 'off';
+      this.selectorSlot.replaceChildren(
+          runSelector(this.runs, this.selected, (chosen) => this.select(chosen)));
+    }
+    if (!this.runsLatest.isCurrent(token)) return;
     const changed = this.selected.some((name) => this.versions.get(name) !== this.version(name)) ||
-        this.selected.length !== this.views.size;
+        this.selected.length !== this.views.size || this.root.dataset.rendered === undefined;
     if (changed) await this.loadSelection();
+  }
+
+  /**
+   * Shows the run overview instead of the run checkboxes; false when the
+   * source has no overview (e.g. an offline report), true once drawn.
+   */
+  async showOverview(token) {
+    let body;
+    try {
+      body = await this.model.overview();
+    } catch (e) {
+      return false;
+    }
+    if (!this.runsLatest.isCurrent(token)) return true;
+    if (!this.overview) this.overview = new RunOverview({onSelect: (chosen) => this.select(chosen)});
+    this.overview.update(body.runs, this.selected);
+    if (this.overview.node.parentNode !== this.overviewSlot) this.overviewSlot.replaceChildren(this.overview.node);
+    this.selectorSlot.replaceChildren(el('span', {className: 'th-label', text: `${body.runs.length} runs`}));
+    this.root.dataset.overview = 'drawn';
+    return true;
+  }
+
+  /** "Compare runs" over the loaded runs (two or more). */
+  drawCompare(bundles, width) {
+    const loaded = bundles.filter((b) => b.layers || b.series);
+    if (loaded.length < 2) {
+      this.compareSlot.replaceChildren();
+      return;
+    }
+    const union = (lists) => [...new Set([].concat(...lists))];
+    const globalNames = union(loaded.map((b) => (b.series ? b.series.names : [])));
+    const layerStats = union(loaded.map((b) => (b.layers ? b.layers.stats : [])));
+    const layers = union(loaded.map((b) => (b.layers ? b.layers.layers.map((l) => l.name) : [])));
+    if (this.compare.node.parentNode !== this.compareSlot) this.compareSlot.replaceChildren(this.compare.node);
+    this.compare.update(loaded.map((b) => b.run), globalNames, layerStats, layers, width);
   }
 
   version(run) {
@@ -141,6 +190,8 @@ class App {
     this.root.dataset.empty = 'true';
     this.selectorSlot.replaceChildren();
     this.alertSlot.replaceChildren();
+    this.overviewSlot.replaceChildren();
+    this.compareSlot.replaceChildren();
     this.focusBar.replaceChildren();
     this.views.clear();
     this.main.replaceChildren(emptyState(problem));
@@ -181,8 +232,10 @@ class App {
       sections.push(el('p', {className: 'th-hint-empty', text: 'Select a run above to see its health.'}));
     }
     this.main.replaceChildren(...sections);
+    this.drawCompare(bundles, width);
     const alertsByRun = bundles.filter((b) => b.alerts).map((b) => [b.run, b.alerts.alerts]);
-    this.alertSlot.replaceChildren(alertPanel(orderAlerts(alertsByRun), (a) => this.pickAlert(a)));
+    this.alertSlot.replaceChildren(
+        alertPanel(groupIncidents(orderAlerts(alertsByRun)), (a) => this.pickAlert(a)));
     if (this.focus && !this.views.has(this.focus.run)) this.focus = null;
     this.applyFocus();
     this.root.dataset.rendered = String(token);

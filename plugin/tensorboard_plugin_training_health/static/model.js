@@ -32,12 +32,16 @@ export class DataError extends Error {
   }
 }
 
-/** The canonical key of a request: `route?k=v&...` with keys sorted. */
+/**
+ * The canonical key of a request: `route?k=v&...` with keys sorted; an
+ * array value repeats its key (`run=a&run=b`), in the array's order.
+ */
 export function queryKey(route, params = {}) {
   const keys = Object.keys(params).filter((k) => params[k] !== undefined && params[k] !== null);
   keys.sort();
+  const pair = (k, v) => encodeURIComponent(k) + '=' + encodeURIComponent(String(v));
   const query = keys
-      .map((k) => encodeURIComponent(k) + '=' + encodeURIComponent(String(params[k])))
+      .map((k) => (Array.isArray(params[k]) ? params[k].map((v) => pair(k, v)).join('&') : pair(k, params[k])))
       .join('&');
   return query ? `${route}?${query}` : route;
 }
@@ -157,6 +161,14 @@ export class Model {
   histograms(run, layer, limit) {
     return this.source.get('histograms', {run, layer, limit});
   }
+  /** One row per run: health status, worst open alert, last loss, steps, loss sparkline. */
+  overview() {
+    return this.source.get('overview');
+  }
+  /** `stat` of `layer` (null: a whole-model statistic such as the loss) across `runs`. */
+  compare(runs, stat, layer, width, window = null) {
+    return this.source.get('compare', Object.assign({run: runs, stat, layer, width}, windowParams(window)));
+  }
 }
 
 function windowParams(window) {
@@ -200,5 +212,35 @@ export function orderAlerts(alertsByRun) {
         ((SEVERITY_RANK[b.severity] || 0) - (SEVERITY_RANK[a.severity] || 0)) ||
         (b.step - a.step);
   });
+  return out;
+}
+
+/**
+ * Alerts in `orderAlerts` order grouped into incidents:
+ * [{root, consequences}]. An alert joins the incident of its run with the
+ * same `incident` number (the server sends one with every alert; one
+ * without is an incident of its own); the root is the alert without
+ * `caused_by` (the earliest member when the root was not sent), the
+ * consequences are in step order. Incidents come in the order of their
+ * most pressing member, as `orderAlerts` ranked them.
+ */
+export function groupIncidents(alerts) {
+  const groups = new Map();
+  const out = [];
+  for (const a of alerts) {
+    const key = a.incident === null || a.incident === undefined ? null : `${a.run}\u0000${a.incident}`;
+    let group = key === null ? undefined : groups.get(key);
+    if (!group) {
+      group = {root: null, consequences: []};
+      out.push(group);
+      if (key !== null) groups.set(key, group);
+    }
+    if (!a.caused_by && group.root === null) group.root = a;
+    else group.consequences.push(a);
+  }
+  for (const group of out) {
+    group.consequences.sort((a, b) => a.step - b.step);
+    if (group.root === null) group.root = group.consequences.shift();
+  }
   return out;
 }

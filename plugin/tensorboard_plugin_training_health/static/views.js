@@ -816,40 +816,67 @@ export function runSelector(runs, selected, onChange) {
   return el('div', {className: 'th-runs'}, el('span', {className: 'th-label', text: 'Runs'}), list);
 }
 
-/** The alert list; `onPick(alert)` when one is clicked or activated by keyboard. */
-export function alertPanel(alerts, onPick) {
+/** One alert as a clickable element (`onPick(alert)` on click or Enter/Space). */
+function alertItem(tag, a, onPick, className, ...children) {
+  const item = el(tag, {
+    className: `th-alert th-${a.severity === 'critical' ? 'critical' : 'warning'}` +
+        (a.clearedAt !== null ? ' th-cleared' : '') + className,
+    attrs: {tabindex: 0, role: 'button'},
+    dataset: {kind: a.kind, step: a.step, run: a.run, layer: a.layer === null ? '' : a.layer},
+  }, ...children);
+  item.addEventListener('click', () => onPick(a));
+  item.addEventListener('keydown', (e) => {
+    if (e.key === 'Enter' || e.key === ' ') {
+      e.preventDefault();
+      onPick(a);
+    }
+  });
+  return item;
+}
+
+function alertWhere(a) {
+  return `${a.run} · ${a.layer === null ? 'whole model' : a.layer} · step ${formatStep(a.step)}`;
+}
+
+/**
+ * The alert panel: one entry per incident (`groupIncidents`), its first
+ * alert with message and hint, and, folded under it, one short line per
+ * alert that follows from it. `onPick(alert)` when an alert is clicked or
+ * activated by keyboard.
+ */
+export function alertPanel(incidents, onPick) {
+  const alerts = incidents.flatMap((i) => [i.root, ...i.consequences]);
   const active = alerts.filter((a) => a.clearedAt === null);
   const critical = active.filter((a) => a.severity === 'critical').length;
   const summary = alerts.length === 0 ? 'No alerts in the selected runs.' :
       `${active.length} active alert${active.length === 1 ? '' : 's'}` +
       (critical ? ` (${critical} critical)` : '') +
-      (alerts.length > active.length ? `, ${alerts.length - active.length} cleared` : '');
-  const items = alerts.map((a) => {
-    const item = el('li', {
-      className: `th-alert th-${a.severity === 'critical' ? 'critical' : 'warning'}` +
-          (a.clearedAt !== null ? ' th-cleared' : ''),
-      attrs: {tabindex: 0, role: 'button'},
-      dataset: {kind: a.kind, step: a.step, run: a.run, layer: a.layer === null ? '' : a.layer},
-    },
-    el('div', {className: 'th-alert-head'},
-        el('span', {className: 'th-badge', text: a.severity}),
-        el('span', {className: 'th-alert-kind', text: a.kind.replace(/_/g, ' ')}),
-        el('span', {className: 'th-alert-where',
-                    text: `${a.run} · ${a.layer === null ? 'whole model' : a.layer} · step ${formatStep(a.step)}`}),
-        a.clearedAt !== null ?
-            el('span', {className: 'th-alert-cleared', text: `cleared at step ${formatStep(a.clearedAt)}`}) : null),
-    el('div', {className: 'th-alert-message', text: a.message}),
-    a.hint ? el('div', {className: 'th-alert-hint'},
-        el('span', {className: 'th-hint-label', text: 'Try: '}),
-        el('span', {className: 'th-hint-text', text: a.hint})) : null);
-    item.addEventListener('click', () => onPick(a));
-    item.addEventListener('keydown', (e) => {
-      if (e.key === 'Enter' || e.key === ' ') {
-        e.preventDefault();
-        onPick(a);
-      }
-    });
-    return item;
+      (alerts.length > active.length ? `, ${alerts.length - active.length} cleared` : '') +
+      ` in ${incidents.length} incident${incidents.length === 1 ? '' : 's'}`;
+  const items = incidents.map(({root, consequences}) => {
+    const a = root;
+    const head = alertItem('div', a, onPick, '',
+        el('div', {className: 'th-alert-head'},
+            el('span', {className: 'th-badge', text: a.severity}),
+            el('span', {className: 'th-alert-kind', text: a.kind.replace(/_/g, ' ')}),
+            el('span', {className: 'th-alert-where', text: alertWhere(a)}),
+            a.clearedAt !== null ?
+                el('span', {className: 'th-alert-cleared', text: `cleared at step ${formatStep(a.clearedAt)}`}) : null),
+        el('div', {className: 'th-alert-message', text: a.message}),
+        a.hint ? el('div', {className: 'th-alert-hint'},
+            el('span', {className: 'th-hint-label', text: 'Try: '}),
+            el('span', {className: 'th-hint-text', text: a.hint})) : null);
+    const more = consequences.length ? el('details', {className: 'th-incident-more'},
+        el('summary', {text: `${consequences.length} more alert${consequences.length === 1 ? '' : 's'} ` +
+                             `follow${consequences.length === 1 ? 's' : ''} from it`}),
+        el('ul', {className: 'th-consequences'}, ...consequences.map((c) => alertItem('li', c, onPick,
+            ' th-consequence',
+            el('span', {className: 'th-badge', text: c.severity}),
+            el('span', {className: 'th-alert-kind', text: c.kind.replace(/_/g, ' ')}),
+            el('span', {className: 'th-alert-where', text: alertWhere(c)}),
+            el('span', {className: 'th-alert-message', text: c.message.split('; ')[0]}))))) : null;
+    return el('li', {className: 'th-incident', dataset: {run: a.run, incident: a.incident ?? ''}},
+        head, more);
   });
   return el('section', {className: 'th-alerts'},
       el('h2', {className: 'th-section-title', text: 'Alerts'},
