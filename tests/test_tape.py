@@ -112,3 +112,67 @@ def test_output_statistics_do_not_wait_for_the_backward_pass(tmp_path):
     assert any("gradient_tape/" in name for op in grad_ops for name in upstream(op))
     waiting = sorted({op.name for op in act_ops if any("gradient_tape/" in n for n in upstream(op))})
     assert not waiting, waiting[:5]
+
+
+def test_stop_on_an_alert_of_the_tape_monitor_requests_the_stop(tmp_path):
+    # The alert path with the detectors on: NaN inputs give a nan_inf alert.
+    model, opt, loss_fn = setup()
+    monitor = HealthMonitor(str(tmp_path), model, opt, stop_on=["nan_inf"])
+    train_step = tf.function(tape_step(model, opt, loss_fn, monitor))
+    x = np.full((16, 8), np.nan, np.float32)
+    y = np.zeros(16, np.int64)
+    for _ in range(3):
+        train_step(x, y)
+    monitor.flush()
+    assert monitor.stop_requested
+    assert "nan_inf" in [a.kind for a in monitor.alerts]
+    monitor.close()
+
+
+class BuggyDetector:
+    """A user's detector with a bug: raises at every step from step 2 on."""
+
+    def update(self, step, stats):
+        if step >= 2:
+            raise ZeroDivisionError("a bug in a user's detector")
+        return []
+
+    def reset(self):
+        pass
+
+
+def test_an_error_in_the_collecting_thread_is_logged_and_close_still_restores_and_closes(tmp_path, caplog):
+    import logging
+    import time
+
+    from training_health.detectors import DetectorSuite
+    from training_health.io import reader
+
+    model, opt, loss_fn = setup()
+    monitor = HealthMonitor(str(tmp_path), model, opt, detectors=DetectorSuite([BuggyDetector()]),
+                            collect_secs=0.05)
+    train_step = tape_step(model, opt, loss_fn, monitor)
+    rng = np.random.default_rng(0)
+    caplog.set_level(logging.WARNING, "training_health")
+    for _ in range(6):
+        train_step(tf.constant(rng.normal(size=(16, 8)), tf.float32), tf.constant(rng.integers(0, 2, 16)))
+        time.sleep(0.1)  # the background thread collects (and fails) while training goes on
+    monitor.close()  # does not raise
+    assert all("call" not in layer.__dict__ for layer in model.layers)  # the layers are unwrapped
+    failures = [r for r in caplog.records if "could not process" in r.getMessage()]
+    assert failures and all(r.exc_info and r.exc_info[0] is ZeroDivisionError for r in failures)
+    assert len(failures) <= 2  # once from the thread, once from close(); not once per step
+    (run,) = reader.read_logdir(str(tmp_path))  # the writer was closed: its file is complete
+    assert [s.step for s in run.steps][:3] == [0, 1, 2]
+
+
+def test_eager_record_takes_numpy_inputs(tmp_path):
+    from training_health.io import reader
+
+    model, opt, loss_fn = setup()
+    monitor = HealthMonitor(str(tmp_path), model, opt, detectors=None)
+    x = np.random.default_rng(0).normal(size=(16, 8)).astype("float32")
+    tape_step(model, opt, loss_fn, monitor)(x, np.zeros(16, np.int64))  # eager, numpy batch
+    monitor.close()
+    (run,) = reader.read_logdir(str(tmp_path))
+    assert run.steps[0].global_values["input_mean"] == pytest.approx(float(x[:8].mean()), rel=1e-4)  # activation_examples=8

@@ -151,7 +151,7 @@ class HealthMonitor:
             self._pending.pop(tf.compat.v1.get_default_graph(), None)
         rec.grads_and_vars = (grads, list(variables))
         rec.loss = loss
-        flat_inputs = [t for t in tf.nest.flatten(inputs) if t is not None]
+        flat_inputs = [tf.convert_to_tensor(t) for t in tf.nest.flatten(inputs) if t is not None]
         before = [(part.read_value(), scale) for part, scale in self._snapshot]
         done = self._program.record(rec, flat_inputs, before, self.optimizer)
         with tf.control_dependencies([done]):
