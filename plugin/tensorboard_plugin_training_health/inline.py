@@ -98,7 +98,7 @@ def script_json(data):
 
 # The tab's modules in dependency order. Each imports the others only with
 # `import {...} from './name.js';` statements, which bundle() removes.
-MODULES = ("model.js", "views.js", "index.js")
+MODULES = ("model.js", "views.js", "sweep.js", "index.js")
 _IMPORT = re.compile(r"^import\s*\{[^}]*\}\s*from\s*'\./[\w]+\.js';[ \t]*\n", re.M)
 _EXPORT = re.compile(r"^export\s+(?=(async\s+)?function|class|const|let)", re.M)
 
