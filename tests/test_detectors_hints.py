@@ -73,14 +73,26 @@ def test_every_kind_has_a_fallback_and_unknown_kinds_are_refused():
 
 
 def test_initializer_is_suspected_when_inputs_and_learning_rate_are_fine():
-    text = hints.hint_for("dead_units", make_step(0))
+    text = hints.hint_for("saturation", make_step(0, layer_overrides={"hidden": {"weight_norm": 9.0}}))
     assert "inputs are scaled (-3..3) and the learning rate is usual" in text
     assert "check the initializers" in text
     # raw inputs or a high learning rate are the likelier causes: no suspicion then
     assert "check the initializers" not in hints.hint_for(
-        "dead_units", make_step(0, input_max=255.0))
+        "saturation", make_step(0, input_max=255.0))
     assert "check the initializers" not in hints.hint_for(
-        "dead_units", make_step(0, learning_rate=0.5))
+        "saturation", make_step(0, learning_rate=0.5))
+
+
+def test_units_dead_from_the_first_step_blame_the_initializers_not_the_learning_rate():
+    # dead before any update: a high learning rate cannot be the cause
+    text = hints.hint_for("dead_units", make_step(0, learning_rate=0.5), "conv")
+    assert text.startswith("inputs are scaled (-3..3) and the units were already dead at the "
+                           "first step, before any update")
+    assert "check the initializers (a negative constant bias_initializer" in text
+    assert "learning rate" not in text
+    # with raw inputs, the input scale comes first
+    raw = hints.hint_for("dead_units", make_step(0, input_max=255.0, learning_rate=0.5), "conv")
+    assert raw.startswith("inputs range -3..255") and "learning rate" not in raw
 
 
 def test_nan_loss_with_finite_inputs_and_activations_points_at_the_targets():
@@ -111,3 +123,22 @@ def test_units_that_died_during_training_are_told_apart_from_a_bad_start():
         100, layer_fn=lambda s: {"conv": {"dead_frac_window": 0.95, "dead_frac": 0.97}})))
     assert [a.layer for a in born_dead] == ["conv"]
     assert "check the initializers" in born_dead[0].hint and "died" not in born_dead[0].hint
+
+
+def test_a_learning_rate_far_too_low_is_named_with_the_factor():
+    from test_detectors import raised, run, stream
+    from training_health.detectors import StalledDetector
+
+    # Adam at 1e-6: weights move by ~3e-6 of their norm per step, the loss stays where it began
+    steps = stream(200, loss=lambda s, r: 1.1 + 0.02 * r.standard_normal(),
+                   global_fn=lambda s: {"learning_rate": 1e-6},
+                   layer_fn=lambda s: {n: {"update_ratio": 3e-6} for n in ("conv", "hidden", "out")})
+    alerts = raised(run(StalledDetector(), steps))
+    assert [(a.kind, a.step, a.severity) for a in alerts] == [("stalled", 49, "warning")]
+    assert "the weights move by 3.0e-06 of their norm per step" in alerts[0].message
+    assert ("the learning rate (1.0e-06) looks roughly 300x too low; raise it (about 3.3e-04)"
+            in alerts[0].hint)
+    # the same tiny updates after the loss came down from its start: a converged tail
+    tail = stream(200, loss=lambda s, r: (1.1 if s < 10 else 0.4) + 0.02 * r.standard_normal(),
+                  layer_fn=lambda s: {n: {"update_ratio": 3e-6} for n in ("conv", "hidden", "out")})
+    assert run(StalledDetector(), tail) == []

@@ -88,6 +88,7 @@ KINDS = (
     "nan_inf",
     "saturation",
     "oscillating_loss",
+    "constant_output",
 )
 
 

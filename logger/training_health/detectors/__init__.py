@@ -9,6 +9,7 @@ alert it returns carries its `incident` and `caused_by`.
 """
 
 from training_health.detectors.base import Detector, Finding
+from training_health.detectors.constant_output import ConstantOutputDetector
 from training_health.detectors.dead_units import DeadUnitsDetector
 from training_health.detectors.exploding import ExplodingGradientsDetector
 from training_health.detectors.incidents import Incidents
@@ -28,6 +29,7 @@ def default_detectors():
         DeadUnitsDetector(),
         SaturationDetector(),
         OscillatingLossDetector(),
+        ConstantOutputDetector(),
         StalledDetector(),
     ]
 
@@ -93,6 +95,7 @@ class DetectorSuite:
 
 
 __all__ = [
+    "ConstantOutputDetector",
     "DeadUnitsDetector",
     "Detector",
     "DetectorSuite",

@@ -20,6 +20,11 @@ LOW_LEARNING_RATE = 1e-6
 # Update-to-weight ratio ||dW||/||W|| per step: ~1e-3 is typical (CS231n);
 # above 1e-1 every step rewrites a tenth of the weights.
 HIGH_UPDATE_RATIO = 1e-1
+TYPICAL_UPDATE_RATIO = 1e-3
+# Two orders of magnitude below typical: the learning rate is too low (a
+# converged run's tail keeps ~1e-5 from gradient noise, but its loss has
+# come down from where it started; see StalledDetector).
+LOW_UPDATE_RATIO = 1e-5
 # Fractions of a layer's units that make it worth naming in a hint.
 DEAD_HINT_FRAC = 0.5
 SATURATED_HINT_FRAC = 0.5
@@ -99,6 +104,35 @@ def learning_rate(stats, kind):
         if lr > HIGH_LEARNING_RATE:
             return "learning rate %s is high: try 10x lower" % _fmt(lr)
     return None
+
+
+def median_update_ratio(stats):
+    """Median over the layers with weights of ||dW||/||W|| at this step
+    (layers with an exactly zero gradient left out), or None."""
+    grads = _column(stats, "grad_norm")
+    ratios = sorted(r for r, g, info in zip(_column(stats, "update_ratio"), grads, stats.layers)
+                    if info.has_weights and r is not None and r > 0 and g != 0)
+    if not ratios:
+        return None
+    n = len(ratios)
+    return ratios[n // 2] if n % 2 else 0.5 * (ratios[n // 2 - 1] + ratios[n // 2])
+
+
+def low_update_ratio(stats):
+    """Clause for weights that move orders of magnitude less than usual:
+    the learning rate is too low, by about the same factor (an update is
+    proportional to the learning rate, under SGD and Adam alike)."""
+    ratio = median_update_ratio(stats)
+    if ratio is None or ratio >= LOW_UPDATE_RATIO:
+        return None
+    factor = TYPICAL_UPDATE_RATIO / ratio
+    lr = _num(stats.global_values.get("learning_rate"))
+    rate = " (%s)" % _fmt(lr) if lr else ""
+    target = " (about %s)" % _fmt(lr * factor) if lr else ""
+    return (
+        "weights move by %.1e of their norm per step, where ~1e-3 is typical: the learning "
+        "rate%s looks roughly %s too low; raise it%s" % (ratio, rate, _orders(factor), target)
+    )
 
 
 def high_update_ratio(stats):
@@ -182,20 +216,28 @@ def large_weights(stats, layer=None):
     )
 
 
-def initializer_suspect(stats, kind):
+def initializer_suspect(stats, kind, from_start=False):
     """Clause blaming the initialization when inputs and learning rate look fine.
 
     Pinned or dead units need large pre-activations; with inputs inside
     [-INPUT_LIMIT, INPUT_LIMIT] and a usual learning rate, what remains is
-    the scale of the initial weights and biases.
+    the scale of the initial weights and biases. With `from_start` (the
+    units were so from the first logged step, before updates counted) the
+    learning rate is not considered.
     """
     lo = _num(stats.global_values.get("input_min"))
     hi = _num(stats.global_values.get("input_max"))
     lr = _num(stats.global_values.get("learning_rate"))
     if lo is None or hi is None or max(abs(lo), abs(hi)) > INPUT_LIMIT:
         return None
-    if lr is not None and not (LOW_LEARNING_RATE <= lr <= HIGH_LEARNING_RATE):
+    if not from_start and lr is not None and not (LOW_LEARNING_RATE <= lr <= HIGH_LEARNING_RATE):
         return None
+    if from_start:
+        return (
+            "inputs are scaled (%s..%s) and the units were already dead at the first step, "
+            "before any update: the %s; check the initializers (a negative constant "
+            "bias_initializer, a large kernel stddev); the defaults (glorot_uniform, zeros) "
+            "are safe" % (_fmt(lo), _fmt(hi), "pre-activations start below zero for every example"))
     what = {
         "saturation": "pre-activations are too large for a bounded activation",
         "dead_units": "pre-activations are below zero for every example",
@@ -239,7 +281,8 @@ def hint_for(kind, stats, layer=None, alive_at=None):
             clauses.append(clause)
 
     if kind == "stalled":
-        add(learning_rate(stats, kind))
+        slow = low_update_ratio(stats)
+        add(slow if slow else learning_rate(stats, kind))
         add(input_range(stats))
         add(dead_layers(stats))
         add(single_unit_softmax(stats))
@@ -247,13 +290,18 @@ def hint_for(kind, stats, layer=None, alive_at=None):
         fallback = ("check the learning rate, that layers are trainable, and the "
                     "output activation against the loss")
     elif kind == "dead_units":
-        add(learning_rate(stats, kind))
-        add(input_range(stats))
-        add(large_weights(stats, layer))
-        if alive_at is not None:
+        if alive_at is not None:  # they died during training: the updates
+            add(learning_rate(stats, kind))
+            add(input_range(stats))
+            add(large_weights(stats, layer))
             add(died_during_training(alive_at))
         else:
-            add(initializer_suspect(stats, kind))
+            # Dead since the first logged step, before any update counted:
+            # the learning rate is not the cause; the initializers and biases
+            # come first, then the input scale.
+            add(input_range(stats))
+            add(large_weights(stats, layer))
+            add(initializer_suspect(stats, kind, from_start=True))
         fallback = ("lower the learning rate, use He initialization, LeakyReLU, "
                     "or BatchNormalization before the ReLU")
     elif kind == "vanishing_gradients":
@@ -317,6 +365,17 @@ def _fmt(x):
     if abs(x) >= 1e4 or abs(x) < 1e-3:
         return "%.1e" % x
     return "%.4g" % x
+
+
+def _orders(factor):
+    """A factor as a round figure: "10x", "300x", "1e5x"."""
+    exponent = int(math.floor(math.log10(factor)))
+    mantissa = int(round(factor / 10 ** exponent))
+    if mantissa == 10:
+        mantissa, exponent = 1, exponent + 1
+    if exponent < 3:
+        return "%dx" % (mantissa * 10 ** exponent)
+    return "%de%dx" % (mantissa, exponent)
 
 
 def _pct(frac):

@@ -45,7 +45,11 @@ class StalledDetector(Detector):
       0 on at least `cut_fraction` of the steps of the window (nothing flows
       through it: dead units, a disconnected layer), or at least half of
       the layers with weights moved by less than `min_update_ratio` of their
-      norm per step (median over the window);
+      norm per step (median over the window), or the weights move by less
+      than `low_update_ratio` (median over layers and window) while the
+      loss is still within `min_progress` of where the run started (a
+      learning rate orders of magnitude too small; a converged run's tail
+      moves as little, but its loss has come down);
     - the loss is above `converged_loss`: a loss that converged near zero
       and stays flat is success, not a stall.
 
@@ -71,6 +75,13 @@ class StalledDetector(Detector):
             must be exactly 0 for it to count as cut off. Defaults to 0.9: a
             healthy layer's gradient is never exactly 0, while a layer behind
             dead ReLUs gets one only when a rare example sparks a unit.
+        low_update_ratio: median update ratio below which weights that
+            have not taken the loss anywhere since the start count as not
+            learning. Defaults to 1e-5: two orders of magnitude below the
+            typical 1e-3.
+        min_progress: relative fall of the loss from the median of the run's
+            first `min_observations` logged losses that counts as having
+            learnt. Defaults to 0.1.
         converged_loss: losses below this are never called stalled.
             Defaults to 1e-3.
         clear_patience: steps with moving weights that close the episode
@@ -82,13 +93,16 @@ class StalledDetector(Detector):
     kind = "stalled"
 
     def __init__(self, patience=50, min_observations=10, min_delta=1e-3, min_update_ratio=1e-7,
-                 cut_fraction=0.9, converged_loss=1e-3, clear_patience=50, start_from_step=0):
+                 cut_fraction=0.9, low_update_ratio=1e-5, min_progress=0.1, converged_loss=1e-3,
+                 clear_patience=50, start_from_step=0):
         super().__init__(0, 1, clear_patience, start_from_step)
         self.window = check_int("patience", patience, minimum=1)
         self.min_window_observations = check_int("min_observations", min_observations, minimum=4)
         self.min_delta = check_float("min_delta", min_delta, 0.0)
         self.min_update_ratio = check_float("min_update_ratio", min_update_ratio, 0.0)
         self.cut_fraction = check_float("cut_fraction", cut_fraction, 0.0, 1.0, low_open=True)
+        self.low_update_ratio = check_float("low_update_ratio", low_update_ratio, 0.0)
+        self.min_progress = check_float("min_progress", min_progress, 0.0, 1.0)
         self.converged_loss = check_float("converged_loss", converged_loss, 0.0)
         self._reset_state()
 
@@ -104,6 +118,7 @@ class StalledDetector(Detector):
         self._layers = StepWindow(0)
         self._open_finding = None
         self._judged_at = None  # step of the last judgement of the window
+        self._start_losses = []  # the run's first logged losses
 
     def _clear(self):
         self._steps.clear()
@@ -151,6 +166,8 @@ class StalledDetector(Detector):
             return {}
         metrics = {k: float(v) for k, v in g.items()
                    if k not in _NOT_METRICS and finite(v)}
+        if len(self._start_losses) < self.min_window_observations:
+            self._start_losses.append(float(loss))
         self._append(step, float(loss), g.get("learning_rate"), metrics, stats)
         if self._judged_at is not None and step - self._judged_at < max(1, self.window // 10):
             return {}  # not judged at this step: the key keeps its state
@@ -228,13 +245,33 @@ class StalledDetector(Detector):
         n_layers = int(columns.sum())
         frozen = int(frozen_columns.sum())
         if frozen * 2 < n_layers:
-            return None
+            return self._slow_from_start(ratios, measured, losses)
         if np.all(2 * zero_update[columns] > counts[columns]):
             return ("the weights are not learning (no gradient or update in all %d layers)"
                     % n_layers, True)
         return ("%d of %d layers with weights are not learning (zero gradient or update "
                 "ratio < %.0e per step)"
                 % (frozen, n_layers, self.min_update_ratio), frozen == n_layers)
+
+
+    def _slow_from_start(self, ratios, measured, losses):
+        """(why, False) when the weights move orders of magnitude less than
+        usual and the loss is still about where the run started, else None."""
+        if not self._start_losses:
+            return None
+        start = float(np.median(self._start_losses))
+        if float(losses.mean()) < (1.0 - self.min_progress) * start:
+            return None  # it learnt: a converged tail, not a learning rate too low
+        per_layer = [float(np.median(ratios[measured[:, j], j]))
+                     for j in range(ratios.shape[1]) if measured[:, j].any()]
+        if not per_layer:
+            return None
+        typical = float(np.median(per_layer))
+        if not 0 < typical < self.low_update_ratio:
+            return None
+        return ("the weights move by %.1e of their norm per step (median over layers; ~1e-3 is "
+                "typical) and the loss is within %d%% of where it started (%.4g)"
+                % (typical, round(100 * self.min_progress), start), False)
 
 
 _NOT_METRICS = frozenset(GLOBAL_STATS)
