@@ -66,6 +66,11 @@ class HealthCallback(keras.callbacks.Callback):
         on_alert: callable taking each raised `Alert` (for a webhook or a
             pager), called on the training thread at the next batch end.
             Exceptions it raises are logged, not propagated. Defaults to None.
+        storage_options: options for the fsspec filesystem of a bucket
+            logdir (credentials, endpoint: ``{"key": ..., "secret": ...,
+            "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}``),
+            merged over the client's own configuration and environment
+            variables. Defaults to None.
     """
 
     # Batch hooks only count batches and occasionally read a small buffer:
@@ -74,9 +79,9 @@ class HealthCallback(keras.callbacks.Callback):
 
     def __init__(self, logdir, every_n_batches=1, histogram_every=100, layers=None,
                  dead_window=50, flush_every=50, activation_examples=8, detectors="default",
-                 stop_on=(), on_alert=None):
+                 stop_on=(), on_alert=None, storage_options=None):
         super().__init__()
-        host.check_logdir(logdir)
+        host.check_logdir(logdir, storage_options)
         host.check_options(every_n_batches, histogram_every, dead_window, flush_every, layers,
                            stop_on, activation_examples, on_alert)
         self.logdir = str(logdir)
@@ -89,6 +94,7 @@ class HealthCallback(keras.callbacks.Callback):
         self.detectors = host.default_detectors() if detectors == "default" else detectors
         self.stop_on = tuple(stop_on)
         self.on_alert = on_alert
+        self.storage_options = storage_options
         self.alerts = []  # every alert raised so far, for the caller
         self._program = None
         self._program_model = None
@@ -133,7 +139,7 @@ class HealthCallback(keras.callbacks.Callback):
             self.detectors.reset()
         previous = self._host
         self._host = host.Host(self.logdir, self._program, self.detectors, self.stop_on,
-                               self.on_alert, self._stop)
+                               self.on_alert, self._stop, storage_options=self.storage_options)
         self._host.alerts = self.alerts
         if previous is not None:  # the same run goes on in the same files
             previous.close()

@@ -19,6 +19,8 @@ import os
 import sys
 import tempfile
 
+from training_health.cli import storage
+
 EXIT_OK, EXIT_ERROR = 0, 2
 DEFAULT_POINTS = 500
 DEFAULT_HISTOGRAMS = 50  # snapshots per layer; the tab asks for up to 200
@@ -37,6 +39,7 @@ def add_arguments(parser):
                              "(default: %d)" % DEFAULT_HISTOGRAMS)
     parser.add_argument("--run", action="append", dest="runs", metavar="RUN",
                         help="include only this run (repeatable; default: every run)")
+    storage.add_argument(parser)
 
 
 def snapshot(logdir, points=DEFAULT_POINTS, runs=None, histograms=DEFAULT_HISTOGRAMS,
@@ -99,13 +102,14 @@ def _snapshot_of_copy(path, points, runs, histograms):
     return data
 
 
-def write_report(logdir, output, points=DEFAULT_POINTS, runs=None, histograms=DEFAULT_HISTOGRAMS):
+def write_report(logdir, output, points=DEFAULT_POINTS, runs=None, histograms=DEFAULT_HISTOGRAMS,
+                 storage_options=None):
     """Writes the report of `logdir` to `output`; returns (bytes written, run names).
 
     Args: as `snapshot`; `output` is the HTML file to write (its directory
     is created).
     """
-    data = snapshot(logdir, points, runs, histograms)
+    data = snapshot(logdir, points, runs, histograms, storage_options)
     names = [entry["run"] for entry in data["runs"]["runs"]]
     if not names:
         raise ValueError("no Training Health data under %s (log a run with "
@@ -149,7 +153,7 @@ def run(args):
 
     try:
         size, names = write_report(args.logdir, args.output, args.points, args.runs,
-                                   args.histograms)
+                                   args.histograms, storage.options(args))
     except FileNotFoundError as e:
         return fail(str(e))
     except (ValueError, fmt.FormatError) as e:

@@ -62,12 +62,16 @@ def check_int(name, value, minimum):
         raise ValueError("`%s` must be an integer >= %d; received %r" % (name, minimum, value))
 
 
-def check_logdir(logdir):
+def check_logdir(logdir, storage_options=None):
     """Fails now (not at the first write) for a logdir that is not a path or
-    URL string, or a bucket URL whose client library is missing (the error
-    names the extra to install)."""
+    URL string, storage options that are not a dict, or a bucket URL whose
+    client library is missing (the error names the extra to install)."""
     if not isinstance(logdir, str) and not hasattr(logdir, "__fspath__"):
         raise ValueError("`logdir` must be a path or URL string; received %r" % (logdir,))
+    if storage_options is not None and not isinstance(storage_options, dict):
+        raise ValueError(
+            "`storage_options` must be a dict of fsspec options (e.g. {'client_kwargs': "
+            "{'endpoint_url': 'http://127.0.0.1:9000'}}) or None; received %r" % (storage_options,))
     from training_health.io import remote
 
     if remote.is_url(str(logdir)):

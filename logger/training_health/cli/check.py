@@ -23,6 +23,7 @@ import json
 import sys
 
 from training_health import format as fmt
+from training_health.cli import storage
 from training_health.io import reader
 from training_health.records import SEVERITIES
 from training_health.detectors import DetectorSuite, incidents
@@ -39,6 +40,7 @@ def add_arguments(parser):
         action="store_true",
         help='print {"runs": [{"run": ..., "alerts": [...]}]} instead of tables',
     )
+    storage.add_argument(parser)
 
 
 def check_run(run, suite=None):
@@ -134,7 +136,7 @@ def _fail(message):
 def run(args):
     """Runs the subcommand; returns the exit status."""
     try:
-        runs = reader.read_logdir(args.logdir)
+        runs = reader.read_logdir(args.logdir, storage.options(args))
     except FileNotFoundError:
         return _fail("no such log directory: %s" % args.logdir)
     except fmt.FormatError as e:

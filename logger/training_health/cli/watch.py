@@ -22,6 +22,8 @@ import shutil
 import sys
 import time
 
+from training_health.cli import storage
+
 EXIT_OK, EXIT_ERROR = 0, 2
 RATE_WINDOW_SECS = 30.0  # steps/s is measured over the last 30 s of logged wall time
 # A run whose newest step was logged longer ago than this is shown as idle
@@ -44,6 +46,7 @@ def add_arguments(parser):
         help="seconds between refreshes (default: 5)",
     )
     parser.add_argument("--once", action="store_true", help="read and print once, then exit")
+    storage.add_argument(parser)
 
 
 @dataclasses.dataclass
@@ -268,7 +271,7 @@ class _Screen:
 def _loop(args, out, err):
     from training_health import format as fmt
 
-    watcher = Watcher(args.logdir)
+    watcher = Watcher(args.logdir, storage.options(args))
     screen = _Screen(out)
     waiting_said = False
     first = True
