@@ -23,11 +23,20 @@ def test_zero_loss_without_gradient_from_the_first_step_is_not_convergence():
     alerts = run(ConstantOutputDetector(), steps)
     assert [(a.kind, a.step, a.layer, a.severity) for a in alerts] == [
         ("constant_output", 10, None, "critical")]
-    assert "exactly 0 on every step, the loss is 0 at step 10" in alerts[0].message
+    assert "exactly 0 on every step; the loss is 0 at step 10" in alerts[0].message
     assert "out applies softmax to a single unit" in alerts[0].hint
     assert run(StalledDetector(), steps) == []  # a zero loss reads as converged there
     suite = raised(DetectorSuite().replay(steps))
     assert suite[0].kind == "constant_output" and suite[0].caused_by is None
+
+
+def test_a_loss_exactly_the_same_on_every_batch_from_the_first_step():
+    # Keras's categorical crossentropy on a one-unit softmax: the loss is 0 on
+    # every batch while a (meaningless) gradient still reaches the weights
+    steps = stream(60, layers=ONE_UNIT_SOFTMAX, loss=lambda s, r: 0.0)
+    alerts = run(ConstantOutputDetector(), steps)
+    assert [(a.step, a.severity) for a in alerts] == [(10, "critical")]
+    assert "the loss is exactly the same on every batch, whatever the examples" in alerts[0].message
 
 
 def test_a_gradient_that_dies_later_is_not_still_from_the_first_step():

@@ -17,13 +17,15 @@ import dataclasses
 import math
 import time
 
-from benchmarks.scenarios import buggy, healthy, heldout
+from benchmarks.scenarios import buggy, healthy, heldout, heldout2
 from benchmarks.scenarios.common import Scenario
 
-SCENARIOS = {s.name: s for s in buggy.SCENARIOS + healthy.SCENARIOS + heldout.SCENARIOS}
+SCENARIOS = {s.name: s for s in
+             buggy.SCENARIOS + healthy.SCENARIOS + heldout.SCENARIOS + heldout2.SCENARIOS}
 BUGGY = tuple(s.name for s in buggy.SCENARIOS)
 HEALTHY = tuple(s.name for s in healthy.SCENARIOS)
 HELDOUT = tuple(s.name for s in heldout.SCENARIOS)
+HELDOUT2 = tuple(s.name for s in heldout2.SCENARIOS)
 
 
 @dataclasses.dataclass
@@ -48,6 +50,7 @@ class Result:
     steps_per_epoch: int
     onset: int
     seconds: float
+    cause: object = None
 
     @property
     def kinds(self):
@@ -71,6 +74,26 @@ class Result:
         """Steps from the problem's onset to the first alert of the expected kind."""
         first = self.first_expected_step
         return None if first is None else max(first - self.onset, 0)
+
+    @property
+    def first_hint(self):
+        """The hint the user reads first about the expected problem: that of
+        the first alert of the incident holding the first alert of the
+        expected kind (None when there is no such alert)."""
+        first = [a for a in self.alerts if a.kind == self.expected]
+        if not first:
+            return None
+        alert = min(first, key=lambda a: a.step)
+        roots = [a for a in self.alerts
+                 if a.incident == alert.incident and a.caused_by is None] if alert.incident else []
+        return (roots[0] if roots else alert).hint
+
+    @property
+    def cause_named(self):
+        """Whether that hint names the cause the scenario built in (None: not scored)."""
+        if self.cause is None:
+            return None
+        return self.first_hint is not None and self.cause in self.first_hint
 
     @property
     def within_first_epoch(self):
@@ -114,5 +137,5 @@ def run_scenario(scenario, logdir, seed=0, max_epochs=None, every_n_batches=1):
     steps_per_epoch = math.ceil(n / fit_kwargs.get("batch_size", 32))
     return Result(
         scenario.name, scenario.expected, check.check_run(run), list(callback.alerts),
-        len(run.steps), steps_per_epoch, scenario.onset, seconds,
+        len(run.steps), steps_per_epoch, scenario.onset, seconds, scenario.cause,
     )

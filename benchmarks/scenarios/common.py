@@ -16,6 +16,9 @@ class Scenario:
         build: callable() -> (compiled model, x, y, fit kwargs).
         description: what the run is and why it is (un)healthy.
         onset: the step at which the problem starts (0: from the start).
+        cause: for a buggy run, text that the hint the user reads first (of
+            the incident holding the first alert of the expected kind) must
+            contain to name the cause the run built in; None: not scored.
     """
 
     name: str
@@ -23,6 +26,7 @@ class Scenario:
     build: Callable
     description: str
     onset: int = 0
+    cause: Optional[str] = None
 
 
 def teacher_classification(n, dim, classes, seed, priors=None, noise=0.0):

@@ -22,12 +22,15 @@ class ConstantOutputDetector(Detector):
     Two conditions:
 
     - still from the first step (model-wide, critical): the global gradient
-      norm has been exactly 0 on every logged step since the first one, for
-      at least `still_patience` steps. The loss cannot move, whatever its
-      value: a loss of exactly 0 here is not convergence but a loss that
-      does not fit the output (softmax over one unit, a loss given
-      probabilities it cannot differentiate through). A healthy run's
-      gradient is never exactly 0 at its first step.
+      norm has been exactly 0 on every logged step since the first one, or
+      the loss has had exactly the same value on every one of them (every
+      batch holds other examples, so a loss that never changes does not
+      depend on them), for at least `still_patience` steps. The loss cannot
+      move, whatever its value: a loss of exactly 0 here is not convergence
+      but a loss that does not fit the output (softmax over one unit, a loss
+      given probabilities it cannot differentiate through). A healthy run's
+      gradient is never exactly 0 at its first step, and its batch losses
+      differ.
     - collapsed (per output layer with a bounded activation, warning): over
       the last `patience` steps the output's spread across the batch
       (`act_example_std`, relative to the activation's range) stayed at or
@@ -76,7 +79,9 @@ class ConstantOutputDetector(Detector):
 
     def _reset_state(self):
         self._first_step = None
-        self._still = True  # the gradient has been exactly 0 since the first step
+        self._no_gradient = True  # the gradient has been exactly 0 since the first step
+        self._same_loss = True  # every loss since the first step equals the first one
+        self._first_loss = None
         self._losses = StepWindow(1)
         self._spreads = {}  # output layer name -> StepWindow of relative spreads
 
@@ -86,11 +91,17 @@ class ConstantOutputDetector(Detector):
         if self._first_step is None:
             self._first_step = step
         grad = g.get("grad_norm")
-        if self._still:
-            self._still = grad is not None and finite(grad) and float(grad) == 0.0
-            if self._still and step - self._first_step >= self.still_patience:
-                out[MODEL] = self._still_finding(step, stats)
         loss = g.get("loss")
+        if self._no_gradient:
+            self._no_gradient = grad is not None and finite(grad) and float(grad) == 0.0
+        if self._same_loss:
+            if self._first_loss is None and loss is not None and finite(loss):
+                self._first_loss = float(loss)
+            self._same_loss = (loss is not None and finite(loss)
+                               and float(loss) == self._first_loss)
+        if ((self._no_gradient or self._same_loss)
+                and step - self._first_step >= self.still_patience):
+            out[MODEL] = self._still_finding(step, stats)
         if loss is None or not finite(loss):
             return out
         self._losses.append(step, (float(loss),))
@@ -114,11 +125,13 @@ class ConstantOutputDetector(Detector):
 
     def _still_finding(self, step, stats):
         loss = stats.global_values.get("loss")
+        what = ("the global gradient norm is exactly 0 on every step" if self._no_gradient else
+                "the loss is exactly the same on every batch, whatever the examples")
         return Finding(
             "critical",
-            "no gradient at all since the first step (%d): the global gradient norm is exactly 0 "
-            "on every step, the loss is %s at step %d and cannot move"
-            % (self._first_step, "%.4g" % float(loss) if finite(loss) else "not finite", step),
+            "nothing has moved since the first step (%d): %s; the loss is %s at step %d and "
+            "cannot move" % (self._first_step, what,
+                             "%.4g" % float(loss) if finite(loss) else "not finite", step),
             hints.hint_for(self.kind, stats),
             immediate=True,
         )
