@@ -91,6 +91,9 @@ def test_keeps_keras_async_batch_dispatch():
     assert type(cb).on_train_batch_end is not keras.callbacks.Callback.on_train_batch_end
     assert cb.async_safe is True
     callbacks = keras.callbacks.CallbackList([cb])
+    if not hasattr(callbacks, "_async_train"):
+        pytest.skip("Keras %s dispatches every batch hook synchronously (asynchronous "
+                    "dispatch came in Keras 3.6)" % keras.__version__)
     assert callbacks._async_train == bool(backend.IS_THREAD_SAFE)
 
 
@@ -108,6 +111,9 @@ def test_write_failure_is_reported_once_and_training_continues(tmp_path):
     assert np.isfinite(model.predict(x[:2], verbose=0)).all()
 
 
+@pytest.mark.skipif(not hasattr(keras.Model, "_symbolic_build"),
+                    reason="Keras %s builds no model from a batch (Keras 3.0.2 does)"
+                    % keras.__version__)
 def test_layers_called_inside_a_loop_are_skipped_with_one_warning(tmp_path, caplog):
     class RowWise(keras.Model):
         def __init__(self):

@@ -120,6 +120,13 @@ class HealthCallback(keras.callbacks.Callback):
             self._train_function = None
         if self._program is None and _is_built(model):
             self._build(model)
+        if self._program is None and not hasattr(model, "_symbolic_build"):
+            raise RuntimeError(
+                "HealthCallback builds a model whose layers are created by its first step "
+                "(model %r is not built yet) through Keras's symbolic build, which Keras has "
+                "since 3.0.2; found Keras %s. Build the model before fit (call it on a batch, "
+                "e.g. model(x[:1]), or model.build(input_shape)), or upgrade Keras: "
+                "pip install 'keras>=3.0.2'" % (model.name, keras.__version__))
         self._batches = 0
         self._last_batch = -1
         self._keras_train_function = model.train_function

@@ -76,12 +76,24 @@ def select_layers(model, patterns=None):
     return unique
 
 
+def _flatten(structure):
+    """keras.tree.flatten, which Keras has since 3.1; Keras 3.0 (TensorFlow
+    2.16's first Keras) flattens with tf.nest, which orders lists and dicts
+    the same way."""
+    tree = getattr(keras, "tree", None)
+    if tree is not None:
+        return tree.flatten(structure)
+    import tensorflow as tf
+
+    return tf.nest.flatten(structure)
+
+
 def output_layers(model):
     """Ids of the layers that produce the model's outputs (empty when the
     model has no symbolic outputs, as a subclassed model)."""
     found = set()
     try:
-        outputs = keras.tree.flatten(model.outputs)
+        outputs = _flatten(model.outputs)
     except (AttributeError, ValueError):
         return found
     for tensor in outputs:
