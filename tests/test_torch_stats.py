@@ -23,6 +23,17 @@ import training_health.torch as tht  # noqa: E402
 
 EXAMPLES = 8
 
+# Both ways the capture computes a statistic: with the host reading the
+# device (a CPU: branches for rare non-finite values) and without (an
+# accelerator: every value computed without a branch), tried here on the CPU.
+PATHS = pytest.mark.parametrize("host_is_device", [True, False], ids=["cpu_path", "accelerator_path"])
+
+
+def monitor_on(host_is_device, *args, **kwargs):
+    monitor = tht.HealthMonitor(*args, **kwargs)
+    monitor._program.host_is_device = host_is_device
+    return monitor
+
 
 def make_model():
     torch.manual_seed(0)
@@ -93,22 +104,26 @@ def expected_row(truth, step_index, layers, dead_window):
         cols.update(ref.weight_stats(before, after) if before else {k: np.nan for k in fmt.WEIGHT_STATS})
         out = s["outputs"][name]
         cols.update(ref.activation_stats(ref.activation_sample(out, EXAMPLES), BOUNDS.get(name)))
-        cols["dead_frac"] = ref.dead_fraction(out)
-        window = [truth.steps[j]["outputs"][name]
+        # Dead units of a ReLU output over the whole batch; of any other
+        # output over the activation sample (as the Keras capture does).
+        seen = (lambda a: a) if info.is_relu_family else (lambda a: ref.activation_sample(a, EXAMPLES))
+        cols["dead_frac"] = ref.dead_fraction(seen(out))
+        window = [seen(truth.steps[j]["outputs"][name])
                   for j in range(max(0, step_index - dead_window + 1), step_index + 1)]
         cols["dead_frac_window"] = ref.dead_fraction_window(window)
         rows[name] = [cols[k] for k in fmt.LAYER_STATS]
     return rows
 
 
-def test_every_column_matches_the_numpy_reference(tmp_path):
+@PATHS
+def test_every_column_matches_the_numpy_reference(tmp_path, host_is_device):
     model = make_model()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
     truth = Truth(model, optimizer)
     g = torch.Generator().manual_seed(1)
     dead_window = 2
-    with tht.HealthMonitor(str(tmp_path), model, optimizer, dead_window=dead_window,
-                           flush_every=2, histogram_every=0, detectors=None) as monitor:
+    with monitor_on(host_is_device, str(tmp_path), model, optimizer, dead_window=dead_window,
+                    flush_every=2, histogram_every=0, detectors=None) as monitor:
         for _ in range(4):
             x = torch.randn(24, 3, 16, 16, generator=g) * 2 + 0.5
             y = torch.randint(0, 10, (24,), generator=g)
@@ -168,15 +183,16 @@ def test_histograms_match_the_numpy_reference(tmp_path):
                                    atol=1e-6, err_msg=layer.name)
 
 
-def test_non_finite_values_are_counted_and_masked(tmp_path):
+@PATHS
+def test_non_finite_values_are_counted_and_masked(tmp_path, host_is_device):
     """A NaN in a gradient and an Inf in an output: counted, and the other
     statistics taken over the finite entries (as the reference does)."""
     torch.manual_seed(3)
     model = nn.Sequential(nn.Linear(4, 6), nn.ReLU(), nn.Linear(6, 2))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
     model[1].register_forward_hook(lambda m, i, o: o.index_fill(1, torch.tensor([0]), float("inf")))
-    monitor = tht.HealthMonitor(str(tmp_path), model, optimizer, detectors=None,
-                                histogram_every=0, activation_examples=None)
+    monitor = monitor_on(host_is_device, str(tmp_path), model, optimizer, detectors=None,
+                         histogram_every=0, activation_examples=None)
     x = torch.randn(5, 4)
     optimizer.zero_grad()
     model(x).sum().backward()
@@ -203,3 +219,79 @@ def test_non_finite_values_are_counted_and_masked(tmp_path):
     assert relu["act_nonfinite"] == 5
     for k in fmt.ACTIVATION_STATS:
         np.testing.assert_allclose(relu[k], want[k], rtol=1e-5, atol=1e-7, err_msg=k)
+
+
+def test_a_large_gradient_with_non_finite_entries(tmp_path):
+    """Above the sample size: the exact count and the finite part's norm,
+    on both paths."""
+    for host_is_device in (True, False):
+        torch.manual_seed(4)
+        model = nn.Sequential(nn.Linear(200, 100))  # 20000 weights
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+        logdir = tmp_path / str(host_is_device)
+        monitor = monitor_on(host_is_device, str(logdir), model, optimizer, detectors=None,
+                             histogram_every=0)
+        optimizer.zero_grad()
+        model(torch.randn(3, 200)).sum().backward()
+        model[0].weight.grad[5, :7] = float("nan")
+        model[0].weight.grad[50, 3] = float("-inf")
+        grads = [p.grad.double().numpy().copy() for p in model.parameters()]
+        optimizer.step()
+        monitor.step(torch.tensor(0.5))
+        monitor.close()
+        (run,) = reader.read_logdir(str(logdir))
+        values = dict(zip(fmt.LAYER_STATS, run.steps[0].layer_values[0]))
+        want = ref.gradient_stats(grads)
+        assert values["grad_nonfinite"] == 8, host_is_device
+        np.testing.assert_allclose(values["grad_norm"], want["grad_norm"], rtol=1e-5)
+
+
+SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
+
+
+def test_the_step_never_waits_for_the_device(tmp_path, monkeypatch):
+    """On the accelerator path no call in the training thread reads a value
+    back from the device (what would wait for it): counted by wrapping every
+    Tensor method that does, over steps with activations, gradients,
+    weights, dead units, histograms and the input, between two reads of
+    the buffer (every flush_every steps, on the background thread)."""
+    import threading
+
+    model = make_model()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    monitor = monitor_on(False, str(tmp_path), model, optimizer, flush_every=1000,
+                         histogram_every=2)
+    g = torch.Generator().manual_seed(5)
+    batches = [(torch.randn(16, 3, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g))
+               for _ in range(6)]
+
+    def train(x, y):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        return loss
+
+    for x, y in batches[:2]:  # the first steps make the cached constants
+        monitor.step(train(x, y))
+    calls = []
+    main = threading.current_thread()
+    for name in SYNCING:
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *args, __original=original, __name=name, **kwargs):
+            if threading.current_thread() is main:
+                calls.append(__name)
+            return __original(self, *args, **kwargs)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    for x, y in batches[2:]:
+        loss = train(x, y)
+        before = len(calls)
+        monitor.step(loss)
+        assert calls[before:] == [], "monitor.step read the device: %s" % calls[before:]
+    assert calls == []  # (not in the hooks either)
+    monkeypatch.undo()
+    monitor.close()
+    (run,) = reader.read_logdir(str(tmp_path))
+    assert [s.step for s in run.steps] == [1, 2, 3, 4, 5, 6]

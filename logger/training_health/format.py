@@ -52,8 +52,9 @@ DEAD_UNIT_STATS = (
     "dead_frac",  # fraction of units (last axis) <= 0 for every example of the batch
     "dead_frac_window",  # fraction of units <= 0 on every batch of the window
 )
-# Column order of the per-layer matrix.
-LAYER_STATS = GRADIENT_STATS + WEIGHT_STATS + ACTIVATION_STATS + DEAD_UNIT_STATS
+# Column order of the per-layer matrix: the groups one after another.
+LAYER_GROUPS = (GRADIENT_STATS, WEIGHT_STATS, ACTIVATION_STATS, DEAD_UNIT_STATS)
+LAYER_STATS = sum(LAYER_GROUPS, ())
 
 # The input batch's statistics, part of the global vector.
 INPUT_STATS = ("input_mean", "input_std", "input_min", "input_max", "input_nonfinite")

@@ -3,15 +3,18 @@
 Each function here computes, on the tensors' own device and without any
 transfer to the host, what the numpy function of the same name in
 `training_health.statistics` computes (the tests check one against the
-other on the same batch). They return tensors; nothing here branches on a
+other on the same batches). They return tensors; nothing here branches on a
 tensor's value, so no call waits for the device.
+
+Every layer's statistics of one kind are computed together: the layers'
+samples are concatenated into one vector and reduced per layer with segment
+sums, so a step costs a few dozen kernels whatever the number of layers (on
+a GPU each kernel launch costs about as much as a small kernel itself). On
+whole tensors only fused multi-tensor reductions run (`torch._foreach_norm`).
 
 Layout: PyTorch keeps the unit (channel) axis of an image-like output at
 axis 1 (NCHW); the statistics take units on the last axis, as Keras does.
-`units_last` moves it there.
 """
-
-import math
 
 import torch
 
@@ -21,14 +24,8 @@ from training_health import statistics as ref
 _NAN = float("nan")
 
 
-def units_last(a, unit_axis):
-    """`a` with its unit axis moved last (a view)."""
-    return a if unit_axis in (-1, a.dim() - 1) else a.movedim(unit_axis, -1)
-
-
-# -- sampling (the rule is `statistics.sampling`) ----------------------------------
 class Sampler:
-    """Fixed sample indices per tensor size, kept on one device."""
+    """Fixed sample indices per tensor size (`statistics.sampling`), kept on one device."""
 
     def __init__(self, device):
         self.device = device
@@ -46,137 +43,271 @@ class Sampler:
                 self._flat[n] = idx.to(self.device)
         return self._flat[n]
 
-    def sample(self, t, copy=False):
-        """(flat float32 sample of t, scale), as `statistics.sample`.
-        copy=True: never a view of `t` (for a value that `t`'s in-place
-        update must not change)."""
+    def sample(self, t):
+        """(flat sample of t, scale), as `statistics.sample`: a view of a
+        small tensor, a gathered copy of a large one."""
         flat = t.detach().reshape(-1)
         idx = self.flat_indices(flat.numel())
         if idx is None:
-            out = flat.float()
-            return (out.clone() if copy and out.data_ptr() == flat.data_ptr() else out), 1.0
-        return flat.index_select(0, idx).float(), flat.numel() / float(ref.SAMPLE_ELEMENTS)
+            return flat, 1.0
+        return flat.index_select(0, idx), flat.numel() / float(ref.SAMPLE_ELEMENTS)
 
-    def activation_sample(self, a, examples):
-        """`statistics.activation_sample` of `a` (units last), float32."""
+    def activation_sample(self, a, examples, unit_axis):
+        """`statistics.activation_sample` of `a` (batch first; units at
+        `unit_axis`) as [examples, values], units last: the first `examples`
+        examples and, of a large output, a fixed set of positions, selected
+        before the units are moved last (only the sample is copied)."""
         a = a.detach()
         if examples is not None:
             a = a[:examples]
-            if a.dim() >= 3:
-                positions = int(math.prod(a.shape[1:-1]))
-                key = (positions, a.shape[-1], examples)
-                if key not in self._positions:
-                    idx = ref.sample_position_indices(positions, a.shape[-1], examples)
-                    self._positions[key] = None if idx is None else torch.as_tensor(idx).to(self.device)
-                idx = self._positions[key]
-                if idx is not None:
-                    a = a.reshape(a.shape[0], positions, a.shape[-1]).index_select(1, idx)
-        return a.float()
+        units = a.shape[unit_axis]
+        if a.dim() < 3:
+            return a.reshape(a.shape[0], -1)
+        if unit_axis != a.dim() - 1:  # [k, units, positions...] -> [k, units, positions]
+            a = a.reshape(a.shape[0], units, -1)
+            positions, axis = a.shape[2], 2
+        else:  # [k, positions..., units] -> [k, positions, units]
+            a = a.reshape(a.shape[0], -1, units)
+            positions, axis = a.shape[1], 1
+        if examples is not None:
+            key = (positions, units, examples)
+            if key not in self._positions:
+                idx = ref.sample_position_indices(positions, units, examples)
+                self._positions[key] = None if idx is None else torch.as_tensor(idx).to(self.device)
+            idx = self._positions[key]
+            if idx is not None:
+                a = a.index_select(axis, idx)
+        if axis == 2:
+            a = a.transpose(1, 2)
+        return a.reshape(a.shape[0], -1)
 
 
-# -- per-tensor parts ----------------------------------------------------------------
-def gradient_parts(grads, sampler):
-    """[5] float32: sum of finite squares, non-finite count, zeros (scaled)
-    in the samples, entries, max |g| over the samples, of a list of
-    gradients (one layer's)."""
-    sq, bad, zeros, peak = [], [], [], []
-    n = 0
-    for g in grads:
-        g = g.detach()
-        finite = torch.isfinite(g)
-        sq.append(torch.where(finite, g, 0).float().square().sum())
-        bad.append(g.numel() - finite.sum())
-        s, scale = sampler.sample(g)
-        zeros.append((s == 0).sum() * scale)
-        peak.append(torch.where(torch.isfinite(s), s.abs(), 0).max())
-        n += g.numel()
-    return torch.stack([torch.stack(sq).sum(), torch.stack(bad).sum().float(),
-                        torch.stack(zeros).sum().float(), torch.full((), float(n), device=sq[0].device),
-                        torch.stack(peak).max()])
+class Segments:
+    """Segment reductions over a concatenation of pieces, and the small
+    constant tensors a step needs (segment ids, scales, bounds), made once
+    per layout and kept on the device: no step copies from the host."""
+
+    def __init__(self, device):
+        self.device = device
+        self._cache = {}
+
+    def const(self, values, dtype=torch.float32):
+        """`values` (a sequence of numbers) as a tensor on the device, cached."""
+        key = (tuple(values), dtype)
+        if key not in self._cache:
+            self._cache[key] = torch.tensor(list(values), dtype=dtype).to(self.device)
+        return self._cache[key]
+
+    def ids(self, lengths):
+        """int64 [sum(lengths)]: the index of the piece of each position."""
+        key = ("ids", tuple(lengths))
+        if key not in self._cache:
+            self._cache[key] = torch.repeat_interleave(
+                torch.arange(len(lengths)), torch.as_tensor(list(lengths), dtype=torch.int64)
+            ).to(self.device)
+        return self._cache[key]
+
+    def sum(self, values, ids, count):
+        return torch.zeros(count, dtype=values.dtype, device=values.device).index_add_(0, ids, values)
+
+    def max(self, values, ids, count, empty=float("-inf")):
+        out = torch.full((count,), empty, dtype=values.dtype, device=values.device)
+        return out.scatter_reduce_(0, ids, values, "amax")
+
+
+def _f32(t):
+    return t if t.dtype == torch.float32 else t.float()
+
+
+# -- gradients -----------------------------------------------------------------------
+def finite_norms(grads, segments, host_is_device):
+    """(sum of squares of the finite entries, count of the others) of each
+    gradient tensor, exact, as two float32 [tensors] vectors.
+
+    host_is_device (a CPU): one fused reduction per tensor, and the masking
+    passes only for the rare tensor whose norm is not finite. Otherwise (an
+    accelerator, where reading a value would wait for the device) the
+    masking passes run for every tensor, as a few fused kernels."""
+    norms = torch.stack(torch._foreach_norm(grads)).float()
+    if host_is_device:
+        sq, bad = norms.square(), torch.zeros_like(norms)
+        for i, ok in enumerate(torch.isfinite(norms).tolist()):
+            if not ok:
+                g = grads[i].detach()
+                finite = torch.isfinite(g)
+                sq[i] = torch.where(finite, g, 0).float().square().sum()
+                bad[i] = float(g.numel()) - finite.sum()
+        return sq, bad
+    # g - g is 0 where g is finite and NaN where it is not: its 0-"norm"
+    # counts those; g + (g - g) keeps the finite entries, NaN elsewhere.
+    nan_where_bad = torch._foreach_sub(grads, grads)
+    bad = torch.stack(torch._foreach_norm(nan_where_bad, 0)).float()
+    kept = torch._foreach_add(grads, nan_where_bad)
+    torch._foreach_mul_(kept, kept)
+    flat = torch.nan_to_num_(torch.cat([_f32(k.reshape(-1)) for k in kept]), nan=0.0)
+    lengths = segments.const([g.numel() for g in grads], torch.int64)
+    masked = torch.segment_reduce(flat, "sum", lengths=lengths)
+    return torch.where(bad == 0, norms.square(), masked), bad
+
+
+def gradient_parts(grads, owners, layers, sampler, segments, host_is_device):
+    """Per-layer sums of every layer's gradients at once: [layers, 5] =
+    (sum of finite squares, non-finite count, zeros (scaled), entries,
+    max |g|), as `statistics.gradient_stats` adds them up.
+
+    grads: the gradient tensors; owners: each one's layer index (0 ..
+    layers - 1). Norms and non-finite counts cover every entry
+    (`finite_norms`); zeros and max |g| each tensor's sample."""
+    sq, bad = finite_norms(grads, segments, host_is_device)
+    samples, scales = zip(*(sampler.sample(g) for g in grads))
+    flat = torch.cat([_f32(s) for s in samples])
+    t_ids = segments.ids([s.numel() for s in samples])
+    n_t = len(grads)
+    scale = segments.const(scales)
+    zeros = segments.sum((flat == 0).float(), t_ids, n_t) * scale
+    peak = segments.max(torch.where(torch.isfinite(flat), flat.abs(), 0.0), t_ids, n_t, 0.0)
+    entries = segments.const([float(g.numel()) for g in grads])
+    owner = segments.const(owners, torch.int64)
+    per_tensor = torch.stack([sq, bad, zeros, entries], dim=1)
+    sums = torch.zeros(layers, 4, device=flat.device).index_add_(0, owner, per_tensor)
+    peaks = segments.max(peak, owner, layers, 0.0)
+    return torch.cat([sums, peaks[:, None]], dim=1)
 
 
 def gradient_columns(parts):
-    """The gradient columns [4] from `gradient_parts`, in GRADIENT_STATS order."""
-    sq, bad, zeros, n, peak = parts.unbind()
-    return torch.stack([sq.sqrt(), peak, zeros / n, bad])
+    """[layers, 4] gradient columns (GRADIENT_STATS order) from `gradient_parts`
+    (NaN for a layer without gradients)."""
+    sq, bad, zeros, n, peak = parts.unbind(1)
+    nan = torch.full_like(sq, _NAN)
+    has = n > 0
+    return torch.stack([torch.where(has, sq.sqrt(), nan), torch.where(has, peak, nan),
+                        torch.where(has, zeros / torch.where(has, n, 1.0), nan),
+                        torch.where(has, bad, nan)], dim=1)
 
 
-def weight_parts(before, after):
-    """[3]: scaled sums of squares of W_before and dW, and the count of
-    entries finite in both, over samples `before`, `after` ((sample,
-    scale) pairs of one layer's weights)."""
-    sq_b, sq_u, count = [], [], []
-    for (b, scale), (a, _) in zip(before, after):
-        both = torch.isfinite(b) & torch.isfinite(a)
-        sq_b.append(torch.where(both, b, 0).square().sum() * scale)
-        sq_u.append(torch.where(both, a - b, 0).square().sum() * scale)
-        count.append(both.sum().float())
-    return torch.stack([torch.stack(sq_b).sum(), torch.stack(sq_u).sum(), torch.stack(count).sum()])
+# -- weights ----------------------------------------------------------------------------
+def weight_samples(params, sampler):
+    """One flat copy of every parameter's sample (and their scales)."""
+    samples, scales = zip(*(sampler.sample(p) for p in params))
+    return torch.cat([_f32(s) for s in samples]), scales, [s.numel() for s in samples]
 
 
-def weight_columns(parts):
-    """[weight_norm, update_ratio] from `weight_parts` (NaN where undefined)."""
-    sq_b, sq_u, count = parts.unbind()
+def weight_columns(before, after, scales, lengths, owners, layers, segments):
+    """[layers, 2]: weight_norm (W_before) and update_ratio of every layer
+    (`statistics.weight_stats`) from the flat samples before and after the
+    update (`weight_samples`)."""
+    device = before.device
+    t_ids = segments.ids(lengths)
+    scale = segments.const(scales)
+    owner = segments.const(owners, torch.int64)
+    both = torch.isfinite(before) & torch.isfinite(after)
+    b = torch.where(both, before, 0.0)
+    d = torch.where(both, after - before, 0.0)
+    per_tensor = torch.stack([segments.sum(b.square(), t_ids, len(lengths)) * scale,
+                              segments.sum(d.square(), t_ids, len(lengths)) * scale,
+                              segments.sum(both.float(), t_ids, len(lengths))], dim=1)
+    sq_b, sq_u, count = torch.zeros(layers, 3, device=device).index_add_(0, owner, per_tensor).unbind(1)
     norm = sq_b.sqrt()
     nan = torch.full_like(norm, _NAN)
-    norm_out = torch.where(count > 0, norm, nan)
-    ratio = torch.where((count > 0) & (norm > 0), sq_u.sqrt() / norm, nan)
-    return torch.stack([norm_out, ratio])
+    return torch.stack([torch.where(count > 0, norm, nan),
+                        torch.where((count > 0) & (norm > 0), sq_u.sqrt() / torch.where(norm > 0, norm, 1.0),
+                                    nan)], dim=1)
 
 
-def activation_columns(a, bounds):
-    """The activation columns [6] of a sample `a` (units last, batch first),
-    in ACTIVATION_STATS order: `statistics.activation_stats`."""
-    finite = torch.isfinite(a)
-    n = a.numel()
-    count = finite.sum()
-    z = torch.where(finite, a, 0)
-    mean = z.sum() / count
-    var = torch.where(finite, (a - mean).square(), 0).sum() / count
+# -- activations --------------------------------------------------------------------------
+def activation_columns(samples, bounds, segments, masked=True):
+    """[layers, 6] activation columns (ACTIVATION_STATS order) of layer
+    output samples of one batch size ([examples, values] each,
+    `Sampler.activation_sample`): `statistics.activation_stats`. bounds:
+    each layer's (lo, hi) or None.
+
+    masked=False skips the masking of non-finite values (fewer passes); its
+    result is right only when every value is finite, which its second
+    return value, a finite-only probe (the sum of all values), tells.
+    Returns (columns, probe)."""
+    k = samples[0].shape[0]
+    x = torch.cat([_f32(s) for s in samples], dim=1)  # [k, all values]
+    layers = len(samples)
+    widths = [s.shape[1] for s in samples]
+    ids = segments.ids(widths)
+    n = segments.const([float(k * w) for w in widths])
+    if masked:
+        finite = torch.isfinite(x)
+        z = torch.where(finite, x, 0.0)
+        count = segments.sum(finite.sum(0).float(), ids, layers)
+    else:
+        finite, z, count = None, x, n
+    col_sum = z.sum(0)
+    mean = segments.sum(col_sum, ids, layers) / count
+    centered = x - mean[ids]
+    if masked:
+        centered = torch.where(finite, centered, 0.0)
+    var = segments.sum(centered.square().sum(0), ids, layers) / count
     nan = torch.full_like(mean, _NAN)
-    batch = a.shape[0] if a.dim() else 1
-    if batch >= 2:
-        per_example = z.reshape(batch, -1)
-        example_std = per_example.std(dim=0, unbiased=False).mean()
+    if k >= 2:
+        # std across the examples of each value (k is small: row-wise passes)
+        per_value = (z - col_sum / k).square().mean(dim=0).sqrt()
+        example_std = segments.sum(per_value, ids, layers) / segments.const([float(w) for w in widths])
     else:
         example_std = nan
-    if bounds is not None:
-        lo, hi = bounds
-        eps = fmt.SATURATION_EPS * (hi - lo)
-        saturated = (finite & ((a <= lo + eps) | (a >= hi - eps))).sum() / float(max(n, 1))
-    else:
-        saturated = nan
-    return torch.stack([
-        torch.where(count > 0, mean, nan),
-        torch.where(count > 0, var.sqrt(), nan),
-        example_std,
-        (a == 0).sum() / float(max(n, 1)),
-        saturated,
-        (n - count).float(),
-    ]).float()
+    lo = segments.const([b[0] if b else _NAN for b in bounds])
+    hi = segments.const([b[1] if b else _NAN for b in bounds])
+    eps = fmt.SATURATION_EPS * (hi - lo)
+    at_bound = (x <= (lo + eps)[ids]) | (x >= (hi - eps)[ids])
+    if masked:
+        at_bound = at_bound & finite
+    saturated = torch.where(torch.isfinite(lo), segments.sum(at_bound.sum(0).float(), ids, layers) / n,
+                            nan)
+    columns = torch.stack([torch.where(count > 0, mean, nan), torch.where(count > 0, var.sqrt(), nan),
+                           example_std, segments.sum((x == 0).sum(0).float(), ids, layers) / n,
+                           saturated, n - count], dim=1)
+    return columns, col_sum.sum()
 
 
-def units_active(a):
-    """Bool [units]: `statistics.units_active` of a whole output (units last)."""
+def sample_units_active(samples, units):
+    """Bool [sum of units]: `statistics.units_active` of each layer's sample
+    ([examples, positions * units], units last), layer after layer."""
+    return torch.cat([(s > 0).any(dim=0).reshape(-1, u).any(dim=0) for s, u in zip(samples, units)])
+
+
+def units_active(a, unit_axis, nonnegative=False):
+    """Bool [units]: the units of a whole output (batch first, units at
+    `unit_axis`) that are > 0 somewhere (`statistics.units_active`),
+    reduced in the output's own layout (no copy of it).
+
+    nonnegative=True: the output has no negative values (ReLU, ReLU6); a
+    unit is then active where the sum of its values, NaN left out, is > 0
+    (one reduction, no temporary of the output's size)."""
+    a = a.detach()
     if a.dim() < 2:
         a = a.reshape(-1, 1)
-    return (a.detach().reshape(-1, a.shape[-1]) > 0).any(dim=0)
+        unit_axis = 1
+    if unit_axis == a.dim() - 1:
+        per_unit, dims = a.reshape(-1, a.shape[-1]), (0,)
+    else:  # [batch, units, positions]
+        per_unit, dims = a.reshape(a.shape[0], a.shape[unit_axis], -1), (0, 2)
+    if nonnegative:
+        return torch.nansum(per_unit, dims) > 0
+    positive = per_unit > 0
+    for d in sorted(dims, reverse=True):
+        positive = positive.any(dim=d)
+    return positive
 
 
 def input_columns(inputs):
     """[5] `statistics.input_stats` over a list of tensors, in INPUT_STATS order."""
-    flat = torch.cat([x.detach().reshape(-1).float() for x in inputs])
+    flat = torch.cat([_f32(x.detach().reshape(-1)) for x in inputs])
     finite = torch.isfinite(flat)
     count = finite.sum()
-    z = torch.where(finite, flat, 0)
+    z = torch.where(finite, flat, 0.0)
     mean = z.sum() / count
-    std = (torch.where(finite, flat - mean, 0).square().sum() / count).sqrt()
+    std = (torch.where(finite, flat - mean, 0.0).square().sum() / count).sqrt()
     inf = torch.full_like(mean, float("inf"))
     return torch.stack([mean, std, torch.where(finite, flat, inf).min(),
                         torch.where(finite, flat, -inf).max(), (flat.numel() - count).float()])
 
 
-# -- histograms ------------------------------------------------------------------------
+# -- histograms (every `histogram_every` steps) ---------------------------------------------
 def gradient_histogram(grads, sampler):
     """[HIST_ROW]: `statistics.gradient_histogram` of one layer's gradients."""
     lo, hi = fmt.GRAD_LOG10_RANGE
@@ -188,6 +319,7 @@ def gradient_histogram(grads, sampler):
     for g in grads:
         n += g.numel()
         part, scale = sampler.sample(g)
+        part = _f32(part)
         finite = torch.isfinite(part)
         zeros = zeros + (part == 0).sum() * scale
         bad = bad + (~finite).sum() * scale
@@ -202,7 +334,7 @@ def gradient_histogram(grads, sampler):
 
 def activation_histogram(a):
     """[HIST_ROW]: `statistics.activation_histogram` of an activation sample."""
-    flat = a.reshape(-1).float()
+    flat = _f32(a.reshape(-1))
     n = flat.numel()
     finite = torch.isfinite(flat)
     inf = torch.full((), float("inf"), device=flat.device)

@@ -126,6 +126,9 @@ class _Layer:
         self.params = [p for p in module.parameters(recurse=False) if p.requires_grad]
         self.activation = _activation(module)
         self.bounds = ACTIVATION_BOUNDS.get(self.activation)
+        # Dead units of a ReLU-family output cover the whole batch; of any
+        # other output, the activation sample (as in Keras).
+        self.whole_batch_units = LayerInfo(name, activation=self.activation).is_relu_family
         cls = type(module).__name__
         # A module whose outputs keep units at axis 1 (see
         # `TorchProgram._unit_axis_first`).
@@ -136,12 +139,10 @@ class _Layer:
         self.captured = False
         self.is_output = False
         # Appended by the forward hook at every training forward of the step
-        # (several with gradient accumulation): the activation columns and
-        # the units that fired.
-        self.acts = []
-        self.active = []
-        self.samples = []  # activation samples (for the histograms)
-        self.seen = []  # (units at axis 1, units) of each output
+        # (several with gradient accumulation); `end_step` empties them.
+        self.samples = []  # activation samples [examples, values], units last
+        self.active = []  # whole-batch unit activity (ReLU family)
+        self.seen = []  # units of each output
 
 
 class TorchProgram(host.RowSource):
@@ -153,8 +154,9 @@ class TorchProgram(host.RowSource):
         layers, every_n_batches, histogram_every, dead_window,
         activation_examples: see `training_health.torch.HealthMonitor`.
         rows: capacity of the ring buffer (steps).
-        gather: callable(list of tensors) -> tensors of the whole step
-            under data parallelism (see `training_health.torch`), or None.
+        gather: under data parallelism, an object whose `examples(t)`,
+            `any(flags)` and `mean(value)` give the whole step's values
+            (see `training_health.torch`), or None.
     """
 
     def __init__(self, model, optimizer, layers, every_n_batches, histogram_every, dead_window,
@@ -169,14 +171,19 @@ class TorchProgram(host.RowSource):
         self.activation_examples = activation_examples
         self.rows = int(rows)
         self.gather = gather
-        params = [p for p in self.inner.parameters()]
+        params = list(self.inner.parameters())
         self.device = params[0].device if params else torch.device("cpu")
         self.sampler = ops.Sampler(self.device)
+        # On a CPU the host is the device: reading a value waits for
+        # nothing, so rare cases (non-finite values) may be handled by a
+        # branch; on an accelerator every statistic is computed without one.
+        self.host_is_device = self.device.type == "cpu"
+        self.segments = ops.Segments(self.device)
         self.global_names = tuple(fmt.GLOBAL_STATS)
         self.width = len(self.global_names) + len(self.layers) * len(fmt.LAYER_STATS)
         self.buffer = torch.zeros(self.rows, self.width, device=self.device)
         self.row_steps = np.zeros(self.rows, np.int64)
-        self.count = 0  # rows written (host counter: no device read)
+        self.count = 0  # rows written (a host counter: no device read)
         self.hist_slots = (max(2, self.rows // max(1, self.histogram_every) + 2)
                            if self.histogram_every else 0)
         if self.hist_slots:
@@ -186,21 +193,18 @@ class TorchProgram(host.RowSource):
         self.hist_count = 0
         self.step = 0  # optimizer steps seen
         self.start = 0
-        self._lock = threading.Lock()  # row/histogram buffers vs the host's reads
-        self._owner = {}  # id(param) -> layer index
-        for i, layer in enumerate(self.layers):
-            for p in layer.params:
-                self._owner.setdefault(id(p), i)
-        self._unit_offsets = None
-        self._last_active = None  # int64 [all units], step each unit last fired
+        self._lock = threading.Lock()  # the buffers vs the host's reads
+        # The monitored parameters, layer after layer, and their owners.
+        self._params = [p for layer in self.layers for p in layer.params]
+        self._param_owner = [i for i, layer in enumerate(self.layers) for _ in layer.params]
+        self._owner = {id(p): i for p, i in zip(self._params, self._param_owner)}
+        self._last_active = None  # int64 [all units], the step each unit last fired
         self._inputs = []
-        self._grad_parts = None
-        self._grad_samples = None  # for histograms
-        self._before = None
-        self._weight_parts = None
+        self._grads = None  # (gradient parts [L + 1, 5], per-layer gradients for histograms)
+        self._before = None  # flat sample of the weights before the update
+        self._weights = None  # [L, 2] weight columns of the step
         self._output_ids = {}
-        self._root_output = None
-        self._last_output = None  # (channels first, shape) of the last output hooked
+        self._last_output = None  # (units at axis 1, shape) of the last output hooked
         self._handles = []
         self._install()
 
@@ -258,15 +262,13 @@ class TorchProgram(host.RowSource):
             a = a.reshape(-1, 1)
         first = self._unit_axis_first(layer, a)
         self._last_output = (first, tuple(a.shape))
-        if first:
-            a = a.movedim(1, -1)
-        sample = self.sampler.activation_sample(a, self.activation_examples)
-        if self.gather is not None:
-            sample = self.gather.examples(sample)
-        layer.acts.append(ops.activation_columns(sample, layer.bounds))
-        layer.active.append(ops.units_active(a))
-        layer.samples.append(sample)
-        layer.seen.append((first, int(a.shape[-1])))
+        unit_axis = 1 if first else a.dim() - 1
+        if layer.whole_batch_units:
+            active = ops.units_active(a, unit_axis, layer.activation in ("relu", "relu6"))
+            layer.active.append(self.gather.any(active) if self.gather is not None else active)
+        sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
+        layer.samples.append(self.gather.examples(sample) if self.gather is not None else sample)
+        layer.seen.append(int(a.shape[unit_axis]))
         if not torch.compiler.is_compiling():
             self._output_ids[id(t)] = index
 
@@ -293,32 +295,30 @@ class TorchProgram(host.RowSource):
         self._output_ids = {}
 
     def _before_update(self, optimizer, args, kwargs):
-        per_layer = [[] for _ in self.layers]
-        unowned = []
+        grads, owners, per_layer = [], [], [[] for _ in self.layers]
+        unowned = len(self.layers)  # one more row: gradients of unmonitored parameters
         for group in optimizer.param_groups:
             for p in group["params"]:
-                if p.grad is None:
+                if p.grad is None or p.grad.is_sparse:
                     continue
-                owner = self._owner.get(id(p))
-                (unowned if owner is None else per_layer[owner]).append(p.grad)
-        self._grad_parts = ([ops.gradient_parts(g, self.sampler) if g else None for g in per_layer],
-                            ops.gradient_parts(unowned, self.sampler) if unowned else None)
-        if self.histogram_every and (self.step + 1) % self.histogram_every == 0:
-            self._grad_samples = per_layer
-        self._before = [[self.sampler.sample(p, copy=True) for p in layer.params]
-                        for layer in self.layers]
+                owner = self._owner.get(id(p), unowned)
+                grads.append(p.grad)
+                owners.append(owner)
+                if owner != unowned:
+                    per_layer[owner].append(p.grad)
+        parts = (ops.gradient_parts(grads, owners, unowned + 1, self.sampler, self.segments,
+                                    self.host_is_device) if grads else None)
+        self._grads = (parts, per_layer)
+        if self._params:
+            self._before = ops.weight_samples(self._params, self.sampler)
 
     def _after_update(self, optimizer, args, kwargs):
         if self._before is None:
             return
-        parts = []
-        for layer, before in zip(self.layers, self._before):
-            if not before:
-                parts.append(None)
-                continue
-            after = [self.sampler.sample(p) for p in layer.params]
-            parts.append(ops.weight_parts(before, after))
-        self._weight_parts = parts
+        before, scales, lengths = self._before
+        after, _, _ = ops.weight_samples(self._params, self.sampler)
+        self._weights = ops.weight_columns(before, after, scales, lengths, self._param_owner,
+                                           len(self.layers), self.segments)
         self._before = None
 
     # -- the row ---------------------------------------------------------------------
@@ -330,101 +330,105 @@ class TorchProgram(host.RowSource):
         for layer in self.layers:
             if layer.seen:
                 layer.captured = True
-                layer.units = layer.seen[0][1]
+                layer.units = layer.seen[0]
         try:
+            active = self._track_units(step)
             if step % self.every_n_batches != 0:
-                self._track_units(step)
                 return False
-            row = self._row(step, loss, learning_rate)
+            row = self._row(step, loss, learning_rate, active)
             hist = self._histograms() if self.hist_slots and step % self.histogram_every == 0 else None
             with self._lock:
                 slot = self.count % self.rows
-                self.buffer[slot].copy_(row, non_blocking=True)
+                self.buffer[slot].copy_(row)
                 self.row_steps[slot] = step
                 self.count += 1
                 if hist is not None:
                     hslot = self.hist_count % self.hist_slots
-                    self.hist[hslot].copy_(hist, non_blocking=True)
+                    self.hist[hslot].copy_(hist)
                     self.hist_steps[hslot] = step
                     self.hist_count += 1
             return True
         finally:
             for layer in self.layers:
-                layer.acts.clear()
-                layer.active.clear()
                 layer.samples.clear()
+                layer.active.clear()
                 layer.seen.clear()
             self._inputs = []
-            self._grad_parts = None
-            self._grad_samples = None
-            self._weight_parts = None
+            self._grads = None
+            self._weights = None
             self._before = None
 
+    def _captured(self):
+        """The captured layers' indices that have a sample this step."""
+        return [i for i, layer in enumerate(self.layers) if layer.captured and layer.samples]
+
     def _track_units(self, step):
-        """Updates each unit's last step of firing; returns (active, last
-        active) over every captured unit, or (None, None)."""
-        layers = [l for l in self.layers if l.captured]
-        if not layers:
-            return None, None
-        total = sum(l.units for l in self.layers if l.captured)
-        if self._last_active is None or self._last_active.numel() != total:
-            self._last_active = torch.full((total,), self.start - 1, dtype=torch.int64,
-                                           device=self.device)
+        """Updates each unit's last step of firing; returns (indices, units,
+        active, last active) over the captured layers, or None."""
+        captured = self._captured()
+        if not captured:
+            return None
+        units = [self.layers[i].units for i in captured]
         parts = []
-        for l in layers:
-            if l.active:
-                a = l.active[0]
-                for more in l.active[1:]:
+        for i in captured:
+            layer = self.layers[i]
+            if layer.active:
+                a = layer.active[0]
+                for more in layer.active[1:]:
                     a = a | more
             else:
-                a = torch.zeros(l.units, dtype=torch.bool, device=self.device)
+                a = ops.sample_units_active(layer.samples[:1], [layer.units])
+                if self.gather is not None:
+                    a = self.gather.any(a)
             parts.append(a)
         active = torch.cat(parts)
-        if self.gather is not None:
-            active = self.gather.any(active)
-        self._last_active = torch.where(active, torch.full_like(self._last_active, step),
-                                        self._last_active)
-        return active, self._last_active
+        key = tuple(zip(captured, units))
+        if self._last_active is None or self._last_active[0] != key:
+            self._last_active = (key, torch.full((sum(units),), self.start - 1, dtype=torch.int64,
+                                                 device=self.device))
+        last = torch.where(active, step, self._last_active[1])
+        self._last_active = (key, last)
+        return captured, units, active, last
 
-    def _row(self, step, loss, learning_rate):
+    def _row(self, step, loss, learning_rate, units_state):
         device = self.device
-        nan = torch.full((), float("nan"), device=device)
-        active, last = self._track_units(step)
         n_layers = len(self.layers)
-        table = torch.full((n_layers, len(fmt.LAYER_STATS)), float("nan"), device=device)
-        grad_parts, unowned = self._grad_parts if self._grad_parts is not None else (
-            [None] * n_layers, None)
-        col = {k: i for i, k in enumerate(fmt.LAYER_STATS)}
-        g0, w0, a0, d0 = (col[fmt.GRADIENT_STATS[0]], col[fmt.WEIGHT_STATS[0]],
-                          col[fmt.ACTIVATION_STATS[0]], col[fmt.DEAD_UNIT_STATS[0]])
-        gathered = []
-        for i, layer in enumerate(self.layers):
-            parts = grad_parts[i]
-            if parts is not None:
-                table[i, g0:g0 + len(fmt.GRADIENT_STATS)] = ops.gradient_columns(parts)
-                gathered.append(parts)
-            if self._weight_parts is not None and self._weight_parts[i] is not None:
-                table[i, w0:w0 + len(fmt.WEIGHT_STATS)] = ops.weight_columns(self._weight_parts[i])
-            if layer.acts:
-                table[i, a0:a0 + len(fmt.ACTIVATION_STATS)] = layer.acts[0]
-        if active is not None:
-            threshold = max(step - self.dead_window + 1, self.start)
-            k = 0
-            for i, layer in enumerate(self.layers):
-                if not layer.captured:
-                    continue
-                seg = slice(k, k + layer.units)
-                k += layer.units
-                dead = 1.0 - active[seg].float().mean()
-                dead_window = (last[seg] < threshold).float().mean()
-                table[i, d0:d0 + 2] = torch.stack([dead, dead_window])
-        if unowned is not None:
-            gathered.append(unowned)
-        if gathered:
-            total = torch.stack(gathered).sum(dim=0)
-            grad_norm, grad_bad = total[0].sqrt(), total[1]
+        nan = torch.full((), float("nan"), device=device)
+        parts = self._grads[0] if self._grads is not None else None
+        blocks = {}
+        if parts is not None:
+            blocks[fmt.GRADIENT_STATS] = ops.gradient_columns(parts[:n_layers])
+            grad_norm = parts[:, 0].sum().sqrt()
+            grad_bad = parts[:, 1].sum()
         else:
-            grad_norm, grad_bad = nan, nan
+            grad_norm = grad_bad = nan
+        if self._weights is not None:
+            blocks[fmt.WEIGHT_STATS] = self._weights
+        if units_state is not None:
+            captured, units, active, last = units_state
+            index = self.segments.const(captured, torch.int64)
+            samples = [self.layers[i].samples[0] for i in captured]
+            bounds = [self.layers[i].bounds for i in captured]
+            if self.host_is_device:
+                # Read the probe, and mask only when some value is not
+                # finite (rare).
+                acts, probe = ops.activation_columns(samples, bounds, self.segments, masked=False)
+                if not torch.isfinite(probe).item():
+                    acts, _ = ops.activation_columns(samples, bounds, self.segments)
+            else:
+                acts, _ = ops.activation_columns(samples, bounds, self.segments)
+            ids = self.segments.ids(units)
+            threshold = max(step - self.dead_window + 1, self.start)
+            per_unit = self.segments.const([float(u) for u in units])
+            dead = torch.stack([
+                1.0 - self.segments.sum(active.float(), ids, len(units)) / per_unit,
+                self.segments.sum((last < threshold).float(), ids, len(units)) / per_unit], dim=1)
+            for group, values in ((fmt.ACTIVATION_STATS, acts), (fmt.DEAD_UNIT_STATS, dead)):
+                full = torch.full((n_layers, len(group)), float("nan"), device=device)
+                blocks[group] = full.index_copy_(0, index, values.float())
+        table = torch.cat([blocks[g].float() if g in blocks else
+                           torch.full((n_layers, len(g)), float("nan"), device=device)
+                           for g in fmt.LAYER_GROUPS], dim=1)
         if isinstance(loss, torch.Tensor):
             loss_value = loss.detach().float().reshape(-1).mean().to(device)
             if self.gather is not None:
@@ -433,8 +437,8 @@ class TorchProgram(host.RowSource):
             loss_value = nan
         else:
             loss_value = torch.full((), float(loss), device=device)
-        inputs = self._inputs[0] if self._inputs else torch.full((len(fmt.INPUT_STATS),),
-                                                                 float("nan"), device=device)
+        inputs = (self._inputs[0] if self._inputs
+                  else torch.full((len(fmt.INPUT_STATS),), float("nan"), device=device))
         if isinstance(learning_rate, torch.Tensor):
             lr = learning_rate.detach().float().reshape(-1)[0].to(device)
         else:
@@ -450,12 +454,11 @@ class TorchProgram(host.RowSource):
     def _histograms(self):
         rows = []
         nan_row = torch.full((fmt.HIST_ROW,), float("nan"), device=self.device)
-        grads = self._grad_samples or [[] for _ in self.layers]
-        for i, _ in enumerate(self.layers):
-            g = ops.gradient_histogram(grads[i], self.sampler) if grads[i] else nan_row
-            samples = self.layers[i].samples
-            a = samples[0] if samples else None
-            rows.append(torch.stack([g, ops.activation_histogram(a) if a is not None else nan_row]))
+        per_layer = self._grads[1] if self._grads is not None else [[] for _ in self.layers]
+        for i, layer in enumerate(self.layers):
+            g = ops.gradient_histogram(per_layer[i], self.sampler) if per_layer[i] else nan_row
+            a = ops.activation_histogram(layer.samples[0]) if layer.samples else nan_row
+            rows.append(torch.stack([g, a]))
         return torch.stack(rows)
 
     # -- host.RowSource ----------------------------------------------------------------
