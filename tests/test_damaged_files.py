@@ -230,3 +230,19 @@ def test_tab_on_tensorboards_default_backend(tmp_path):
         wait_until(lambda: last_step("flipped_bytes") == 40, 60, what="the data server to read")
         assert last_step("bad_length") == DAMAGED_STEP - 1
         assert last_step("garbage") == DAMAGED_STEP - 1
+
+
+def test_tab_skips_an_alert_record_that_is_not_json(tmp_path):
+    from test_plugin_backend import get_json, make_client
+    from training_health import format as fmt
+    from training_health.io.run_writer import RunWriter
+
+    run = write_sample_run(tmp_path / "logs" / "run1", steps=STEPS)
+    writer = RunWriter(str(tmp_path / "logs" / "run1"), run.layers, run.metric_names)
+    writer.writer.write(fmt.make_event(fmt.TAG_ALERTS, 41, np.array([b"\xff not json"], dtype=object)))
+    writer.writer.write(fmt.make_event(fmt.TAG_ALERTS, 42, np.array(
+        [b'{"kind": "stalled", "step": Infinity, "severity": "warning"}'], dtype=object)))
+    writer.close()
+    client, _ = make_client(tmp_path / "logs")
+    alerts = get_json(client, "/alerts?run=run1")["alerts"]
+    assert [(a["kind"], a["step"]) for a in alerts] == [("dead_units", 40), ("stalled", 42)]

@@ -11,6 +11,7 @@ See `http_api.md` for every route.
 
 import functools
 import json
+import logging
 import os
 
 import numpy as np
@@ -24,6 +25,8 @@ from training_health.detectors import incidents
 from training_health.records import Alert
 from tensorboard_plugin_training_health import downsample, sweep
 from tensorboard_plugin_training_health.reader import Reader, UnreadableDataError
+
+log = logging.getLogger("training_health")
 
 STATIC_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "static")
 STATIC_FILES = {
@@ -375,8 +378,10 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
         for step, value in zip(series.steps, series.values):
             try:
                 records = fmt.decode_alerts(value)
-            except fmt.FormatError as e:
-                raise UnreadableDataError("run %r holds an alert that is not JSON: %s" % (run, e)) from e
+            except fmt.FormatError as e:  # a damaged record: the run's other alerts are still shown
+                log.warning("training_health: run %r: the alerts at step %d are not JSON (%s); skipped",
+                            run, int(step), e)
+                continue
             for record in records:
                 if not isinstance(record, dict):
                     continue
@@ -554,7 +559,7 @@ def _clean_alert(record, step):
     layer = record.get("layer")
     try:
         alert_step = int(record.get("step", step))
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         alert_step = step
     incident = record.get("incident")
     caused_by = record.get("caused_by")

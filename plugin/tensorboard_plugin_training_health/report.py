@@ -77,23 +77,31 @@ def snapshot(logdir, points=DEFAULT_POINTS, runs=None, histograms=DEFAULT_HISTOG
         return _snapshot_of_copy(tmp, points, runs, histograms)
 
 
-def _snapshot_of_copy(path, points, runs, histograms):
+def load_plugin(path):
+    """(plugin, data provider) as TensorBoard's Python backend builds them for
+    the local logdir `path`, keeping every step (the plugin downsamples)."""
     from training_health import format as fmt
     from tensorboard.backend.event_processing import data_provider
-    from tensorboard.context import RequestContext
     from tensorboard.backend.event_processing import plugin_event_multiplexer
     from tensorboard.plugins import base_plugin
 
-    from tensorboard_plugin_training_health import TrainingHealthLoader, inline
+    from tensorboard_plugin_training_health import TrainingHealthLoader
 
-    multiplexer = plugin_event_multiplexer.EventMultiplexer(
-        tensor_size_guidance={fmt.PLUGIN_NAME: 0})  # keep every step; the plugin downsamples
+    multiplexer = plugin_event_multiplexer.EventMultiplexer(tensor_size_guidance={fmt.PLUGIN_NAME: 0})
     multiplexer.AddRunsFromDirectory(path)
     multiplexer.Reload()
     provider = data_provider.MultiplexerDataProvider(multiplexer, path)
     context = base_plugin.TBContext(logdir=path, data_provider=provider,
                                     sampling_hints={fmt.PLUGIN_NAME: 0})
-    plugin = TrainingHealthLoader().load(context)
+    return TrainingHealthLoader().load(context), provider
+
+
+def _snapshot_of_copy(path, points, runs, histograms):
+    from tensorboard.context import RequestContext
+
+    from tensorboard_plugin_training_health import inline
+
+    plugin, _ = load_plugin(path)
     data = inline.snapshot(plugin, runs=runs, width=points)
     for key, answer in data.items():  # fewer histogram snapshots than the tab's default
         if key.split("?", 1)[0] == "histograms":

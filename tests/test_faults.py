@@ -1,0 +1,66 @@
+"""The fault-injection suite (benchmarks/faults.py) with smaller counts: real
+training processes killed with SIGKILL at random moments, a full disk, an
+unwritable or removed logdir, a bucket outage, and fuzzed event files and
+requests through every reader and route. Seeded and bounded."""
+
+import os
+import random
+import re
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO_ROOT
+
+sys.path.insert(0, REPO_ROOT)
+from benchmarks import faults  # noqa: E402
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(autouse=True)
+def quiet():
+    faults.logging_setup()
+
+
+def test_kill_9_at_random_moments_loses_no_flushed_step(tmp_path):
+    lines = []
+    trials, lost, reader_errors = faults.kill_trials(4, random.Random(0), str(tmp_path), lines.append)
+    assert (trials, lost, reader_errors) == (4, 0, 0), "\n".join(lines)
+    assert lines[-1].startswith("  clean run")  # the next run in the same logdir went cleanly
+
+
+def _mount_or_skip(tmp_path):
+    if not faults.can_mount(str(tmp_path)):
+        pytest.skip("mounting a tmpfs needs root")
+
+
+@pytest.mark.parametrize("case", ["full_disk", "unwritable", "removed", "bucket_outage"])
+def test_training_finishes_with_one_warning_and_nothing_written_is_lost(tmp_path, case):
+    if case in ("full_disk", "unwritable"):
+        _mount_or_skip(tmp_path)
+    if case == "bucket_outage":
+        pytest.importorskip("moto.server")
+        pytest.importorskip("s3fs")
+    lines = []
+    ok, reader_errors, missing = getattr(faults, case)(str(tmp_path), lines.append)
+    assert ok and reader_errors == 0 and missing == 0, "\n".join(lines)
+
+
+def test_fuzzed_files_and_requests_never_crash_a_reader_or_answer_500(tmp_path):
+    lines = []
+    inputs, uncaught = faults.fuzz(str(tmp_path), 40, 400, random.Random(1), lines.append)
+    assert inputs == 40 + 4 * 20 + 400
+    assert uncaught == 0, "\n".join(lines)
+
+
+def test_benchmark_prints_its_contract_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "faults.py"), "--kill-trials", "2",
+         "--fuzz-files", "2", "--fuzz-requests", "10", "--skip-faults", "--workdir", str(tmp_path)],
+        capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    last = result.stdout.strip().splitlines()[-1]
+    assert re.fullmatch(r"kill_trials=2 lost_flushed_steps=0 reader_errors=0 fuzz_inputs=\d+ uncaught=0", last), \
+        result.stdout[-3000:]
