@@ -152,6 +152,10 @@ def test_foreign_records_and_values_that_do_not_match_are_skipped(tmp_path, capl
     (read,) = reader.read_logdir(tmp_path / "r")
     assert [s.step for s in read.steps] == list(STEPS)
     assert any("is not an event" in m for m in (r.getMessage() for r in caplog.records))
+    from tensorboard_plugin_training_health import report
+
+    (entry,) = report.snapshot(str(tmp_path / "r"))["runs"]["runs"]  # TensorBoard's reader raises on them
+    assert entry["last_step"] == 40
 
 
 def test_check_replays_alerts_from_everything_readable(tmp_path, python_exe):

@@ -39,6 +39,7 @@ from tensorboard.util import tensor_util
 
 from training_health import format as fmt
 from training_health.io import remote
+from training_health.io import crc32c
 from training_health.io.crc32c import masked_crc32c
 from training_health.records import Alert, StepStats
 
@@ -433,10 +434,19 @@ def read_logdir(logdir, storage_options=None):
     return runs
 
 
+def _is_event(body, path):
+    try:
+        event_pb2.Event.FromString(body)
+        return True
+    except message.DecodeError as e:
+        log.warning("training_health: a record of %s is not an event (%s); left out", path, e)
+        return False
+
+
 def copy_event_files(logdir, dest, storage_options=None):
     """Copies the event files of `logdir` into the local directory `dest`,
-    leaving out damaged bytes (each skipped region is logged as a warning)
-    and a last record that is not complete.
+    leaving out damaged bytes and records that are not events (each logged
+    as a warning) and a last record that is not complete.
 
     For readers that stop at the first damaged record of a file, such as
     TensorBoard's own: they read the copy as far as `RunReader` reads the
@@ -459,15 +469,16 @@ def copy_event_files(logdir, dest, storage_options=None):
         os.makedirs(run_dir, exist_ok=True)
         for path in files:
             data = remote.read_bytes(path, 0, storage_options)
-            _, consumed, damage = split_records(data, path)
-            kept, pos = [], 0
+            records, consumed, damage = split_records(data, path)
             for found in damage:
                 log.warning("training_health: %s", found.message())
-                kept.append(data[pos:found.start])
-                pos = found.end
-            kept.append(data[pos:consumed])
+            events = [body for body in records if _is_event(body, path)]
+            if not damage and len(events) == len(records):
+                kept = data[:consumed]
+            else:  # framed again: only whole records that are events
+                kept = b"".join(crc32c.record(body) for body in events)
             name = path.rsplit("/", 1)[-1] if remote.is_url(path) else os.path.basename(path)
             with open(os.path.join(run_dir, name), "wb") as f:
-                f.write(b"".join(kept))
+                f.write(kept)
     return dest
 
