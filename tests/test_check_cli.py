@@ -124,14 +124,22 @@ def test_logdir_without_health_data_exits_2(python_exe, tmp_path):
 
 
 def test_unreadable_data_exits_2(python_exe, tmp_path):
-    write_stats(tmp_path / "run", stream(20))
-    (path,) = (tmp_path / "run").glob("*tfevents*")
-    data = bytearray(path.read_bytes())
-    data[-20] ^= 0xFF
-    path.write_bytes(bytes(data))
+    # Data of a newer format version (damaged bytes are skipped instead:
+    # test_damaged_files.py).
+    steps = stream(20)
+    names = list(steps[0].global_values)
+    writer = RunWriter(str(tmp_path / "run"), steps[0].layers, metric_names=names[len(fmt.GLOBAL_STATS):])
+    metadata = fmt.layers_metadata(steps[0].layers)
+    content = json.loads(metadata.plugin_data.content)
+    content["format_version"] = fmt.FORMAT_VERSION + 1
+    metadata.plugin_data.content = json.dumps(content).encode()
+    writer.writer.describe(fmt.TAG_LAYERS, metadata)
+    writer.write_step(0, steps[0].layer_values,
+                      np.array([steps[0].global_values[n] for n in names], dtype=np.float32))
+    writer.close()
     result = check(python_exe, tmp_path / "run")
     assert result.returncode == 2
-    assert "checksum mismatch" in result.stderr
+    assert "upgrade training-health" in result.stderr
 
 
 def test_check_does_not_import_tensorflow(python_exe, tmp_path):

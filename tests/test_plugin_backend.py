@@ -274,9 +274,11 @@ def test_static_files_served(client):
 def test_newer_format_version_is_a_clear_400(tmp_path):
     layers = (LayerInfo("d", "Dense", "relu", None, 4, True, True),)
     writer = RunWriter(str(tmp_path / "future"), layers)
-    content = json.loads(writer._metadata[fmt.TAG_LAYERS].plugin_data.content)
+    metadata = fmt.layers_metadata(layers)
+    content = json.loads(metadata.plugin_data.content)
     content["format_version"] = fmt.FORMAT_VERSION + 1
-    writer._metadata[fmt.TAG_LAYERS].plugin_data.content = json.dumps(content).encode()
+    metadata.plugin_data.content = json.dumps(content).encode()
+    writer.writer.describe(fmt.TAG_LAYERS, metadata)
     writer.write_step(1, np.zeros((1, len(fmt.LAYER_STATS))), np.zeros(len(fmt.GLOBAL_STATS)))
     writer.close()
     client, _ = make_client(tmp_path)
