@@ -24,13 +24,34 @@ from training_health import statistics as ref
 _NAN = float("nan")
 
 
+_POSITIONS = {}  # (positions, units, examples, device) -> index tensor or None
+
+
+def _constant_when_compiling(fn):
+    """Under torch.compile, `fn` runs while tracing and its result is a
+    constant of the graph (it reads numpy: tracing into it would break the
+    graph); outside, a plain call."""
+    mark = getattr(torch.compiler, "assume_constant_result", None)
+    return mark(fn) if mark is not None else fn
+
+
+@_constant_when_compiling
+def position_indices(positions, units, examples, device):
+    """`statistics.sample_position_indices` as an int64 tensor on `device`
+    (a string), or None; made once per shape."""
+    key = (positions, units, examples, device)
+    if key not in _POSITIONS:
+        idx = ref.sample_position_indices(positions, units, examples)
+        _POSITIONS[key] = None if idx is None else torch.as_tensor(idx, dtype=torch.int64).to(device)
+    return _POSITIONS[key]
+
+
 class Sampler:
     """Fixed sample indices per tensor size (`statistics.sampling`), kept on one device."""
 
     def __init__(self, device):
         self.device = device
         self._flat = {}  # n -> LongTensor of sampled flat indices, or None
-        self._positions = {}
 
     def flat_indices(self, n):
         if n not in self._flat:
@@ -70,11 +91,7 @@ class Sampler:
             a = a.reshape(a.shape[0], -1, units)
             positions, axis = a.shape[1], 1
         if examples is not None:
-            key = (positions, units, examples)
-            if key not in self._positions:
-                idx = ref.sample_position_indices(positions, units, examples)
-                self._positions[key] = None if idx is None else torch.as_tensor(idx).to(self.device)
-            idx = self._positions[key]
+            idx = position_indices(positions, units, examples, str(self.device))
             if idx is not None:
                 a = a.index_select(axis, idx)
         if axis == 2:
@@ -192,26 +209,35 @@ def weight_samples(params, sampler):
     return torch.cat([_f32(s) for s in samples]), scales, [s.numel() for s in samples]
 
 
-def weight_columns(before, after, scales, lengths, owners, layers, segments):
+def weight_columns(before, after, scales, lengths, owners, layers, segments, masked=True):
     """[layers, 2]: weight_norm (W_before) and update_ratio of every layer
     (`statistics.weight_stats`) from the flat samples before and after the
-    update (`weight_samples`)."""
+    update (`weight_samples`). masked=False: as in `activation_columns`
+    (right only when every sampled value is finite). Returns (columns,
+    probe)."""
     device = before.device
     t_ids = segments.ids(lengths)
+    n_t = len(lengths)
     scale = segments.const(scales)
     owner = segments.const(owners, torch.int64)
-    both = torch.isfinite(before) & torch.isfinite(after)
-    b = torch.where(both, before, 0.0)
-    d = torch.where(both, after - before, 0.0)
-    per_tensor = torch.stack([segments.sum(b.square(), t_ids, len(lengths)) * scale,
-                              segments.sum(d.square(), t_ids, len(lengths)) * scale,
-                              segments.sum(both.float(), t_ids, len(lengths))], dim=1)
+    delta = after - before
+    if masked:
+        both = torch.isfinite(before) & torch.isfinite(after)
+        b_sq = torch.where(both, before, 0.0).square()
+        d_sq = torch.where(both, delta, 0.0).square()
+        count = segments.sum(both.float(), t_ids, n_t)
+    else:
+        b_sq, d_sq = before.square(), delta.square()
+        count = segments.const([float(n) for n in lengths])
+    sq_b, sq_u = segments.sum(b_sq, t_ids, n_t), segments.sum(d_sq, t_ids, n_t)
+    per_tensor = torch.stack([sq_b * scale, sq_u * scale, count], dim=1)
     sq_b, sq_u, count = torch.zeros(layers, 3, device=device).index_add_(0, owner, per_tensor).unbind(1)
     norm = sq_b.sqrt()
     nan = torch.full_like(norm, _NAN)
-    return torch.stack([torch.where(count > 0, norm, nan),
-                        torch.where((count > 0) & (norm > 0), sq_u.sqrt() / torch.where(norm > 0, norm, 1.0),
-                                    nan)], dim=1)
+    columns = torch.stack([torch.where(count > 0, norm, nan),
+                           torch.where((count > 0) & (norm > 0),
+                                       sq_u.sqrt() / torch.where(norm > 0, norm, 1.0), nan)], dim=1)
+    return columns, sq_b.sum() + sq_u.sum()
 
 
 # -- activations --------------------------------------------------------------------------
@@ -231,36 +257,47 @@ def activation_columns(samples, bounds, segments, masked=True):
     widths = [s.shape[1] for s in samples]
     ids = segments.ids(widths)
     n = segments.const([float(k * w) for w in widths])
+    width = segments.const([float(w) for w in widths])
+    nan = torch.full((layers,), _NAN, device=x.device)
     if masked:
         finite = torch.isfinite(x)
         z = torch.where(finite, x, 0.0)
         count = segments.sum(finite.sum(0).float(), ids, layers)
+        col_sum = z.sum(0)
+        mean = segments.sum(col_sum, ids, layers) / count
+        centered = torch.where(finite, x - mean[ids], 0.0)
+        var = segments.sum(centered.square().sum(0), ids, layers) / count
+        spread = (z - col_sum / k).square().sum(0)  # per value, across the examples
+        nonfinite = n - count
     else:
-        finite, z, count = None, x, n
-    col_sum = z.sum(0)
-    mean = segments.sum(col_sum, ids, layers) / count
-    centered = x - mean[ids]
-    if masked:
-        centered = torch.where(finite, centered, 0.0)
-    var = segments.sum(centered.square().sum(0), ids, layers) / count
-    nan = torch.full_like(mean, _NAN)
-    if k >= 2:
-        # std across the examples of each value (k is small: row-wise passes)
-        per_value = (z - col_sum / k).square().mean(dim=0).sqrt()
-        example_std = segments.sum(per_value, ids, layers) / segments.const([float(w) for w in widths])
-    else:
-        example_std = nan
-    lo = segments.const([b[0] if b else _NAN for b in bounds])
-    hi = segments.const([b[1] if b else _NAN for b in bounds])
-    eps = fmt.SATURATION_EPS * (hi - lo)
-    at_bound = (x <= (lo + eps)[ids]) | (x >= (hi - eps)[ids])
-    if masked:
-        at_bound = at_bound & finite
-    saturated = torch.where(torch.isfinite(lo), segments.sum(at_bound.sum(0).float(), ids, layers) / n,
-                            nan)
+        # Per value (column) first, then per layer: the variance as the
+        # spread within columns plus the spread of the column means (no
+        # cancellation), and the columns' spread is example_std's too.
+        col_sum = x.sum(0)
+        col_mean = col_sum / k
+        spread = (x - col_mean).square().sum(0)
+        mean = segments.sum(col_sum, ids, layers) / n
+        between = segments.sum((col_mean - mean[ids]).square(), ids, layers)
+        var = (segments.sum(spread, ids, layers) + k * between) / n
+        count, nonfinite = n, torch.zeros_like(n)
+    example_std = (segments.sum((spread / k).sqrt(), ids, layers) / width) if k >= 2 else nan
+    zeros = segments.sum((x == 0).sum(0).float(), ids, layers) / n
+    saturated = nan
+    bounded = [i for i, b in enumerate(bounds) if b is not None]
+    if bounded:  # only the bounded layers' values
+        part = torch.cat([_f32(samples[i]) for i in bounded], dim=1)
+        b_ids = segments.ids([widths[i] for i in bounded])
+        lo = segments.const([bounds[i][0] for i in bounded])
+        hi = segments.const([bounds[i][1] for i in bounded])
+        eps = fmt.SATURATION_EPS * (hi - lo)
+        at_bound = (part <= (lo + eps)[b_ids]) | (part >= (hi - eps)[b_ids])
+        if masked:
+            at_bound = at_bound & torch.isfinite(part)
+        counts = segments.sum(at_bound.sum(0).float(), b_ids, len(bounded))
+        saturated = nan.index_copy(0, segments.const(bounded, torch.int64),
+                                   counts / segments.const([float(k * widths[i]) for i in bounded]))
     columns = torch.stack([torch.where(count > 0, mean, nan), torch.where(count > 0, var.sqrt(), nan),
-                           example_std, segments.sum((x == 0).sum(0).float(), ids, layers) / n,
-                           saturated, n - count], dim=1)
+                           example_std, zeros, saturated, nonfinite], dim=1)
     return columns, col_sum.sum()
 
 

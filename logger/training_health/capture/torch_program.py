@@ -92,7 +92,8 @@ def _activation(module):
         if cls == "Hardtanh" and (module.min_val, module.max_val) == (0.0, 6.0):
             name = "relu6"
         return name
-    if cls.startswith(("Linear", "Conv", "LazyLinear", "LazyConv", "Bilinear")):
+    linear = (torch.nn.Linear, torch.nn.Bilinear, torch.nn.modules.conv._ConvNd)
+    if isinstance(module, linear):
         return "linear"
     if cls in ("RNN",):
         return getattr(module, "nonlinearity", "tanh")
@@ -317,8 +318,13 @@ class TorchProgram(host.RowSource):
             return
         before, scales, lengths = self._before
         after, _, _ = ops.weight_samples(self._params, self.sampler)
-        self._weights = ops.weight_columns(before, after, scales, lengths, self._param_owner,
-                                           len(self.layers), self.segments)
+        args = (before, after, scales, lengths, self._param_owner, len(self.layers), self.segments)
+        if self.host_is_device:  # mask only when some value is not finite (rare)
+            self._weights, probe = ops.weight_columns(*args, masked=False)
+            if not torch.isfinite(probe).item():
+                self._weights, _ = ops.weight_columns(*args)
+        else:
+            self._weights, _ = ops.weight_columns(*args)
         self._before = None
 
     # -- the row ---------------------------------------------------------------------
@@ -353,7 +359,7 @@ class TorchProgram(host.RowSource):
                 layer.samples.clear()
                 layer.active.clear()
                 layer.seen.clear()
-            self._inputs = []
+            self._inputs.clear()  # (the same list: a compiled forward's hooks append to it)
             self._grads = None
             self._weights = None
             self._before = None

@@ -1,0 +1,248 @@
+"""Overhead of the PyTorch HealthMonitor against a plain loop and hand-written loggers.
+
+Trains each benchmark model four ways in ONE process, interleaving the
+variants round by round (so machine noise hits all of them alike), with
+`--instances` models per variant:
+
+  plain         the training loop alone
+  health        + training_health.torch.HealthMonitor (statistics every step)
+  summarywriter + torch.utils.tensorboard.SummaryWriter.add_histogram of every
+                  parameter's gradient, every step
+  itemlogger    + each layer's gradient norm as a scalar, every step
+                  (`.item()` per layer, then SummaryWriter.add_scalar)
+
+Models: `resnet18` (a ResNet-18: 4 stages of 2 basic blocks, BatchNorm, 11.2M
+parameters, on 32x32 images) and `transformer` (a small nn.TransformerEncoder
+classifier: 4 layers, d_model 256, 4 heads, sequences of 64 tokens), both
+trained with SGD + momentum (ResNet) or AdamW (Transformer). Runs on CUDA when
+a GPU is visible (`--device` to choose), else on the CPU; needs only PyTorch,
+tensorboard and numpy (and this package).
+
+A step is timed from before the forward pass to after the logger's call,
+with the device synchronised at both ends of each timed block of `--steps`
+steps (not inside it). Prints, per model, the median time per step of each
+variant and the ratios to plain, and the bytes the HealthMonitor wrote per
+monitored layer per step (its event files go to a temporary folder, removed
+at the end). The last line holds the largest ratio over the models (the
+budget must hold on each):
+
+  health_monitor_vs_plain=R1 summarywriter_vs_plain=R2 bytes_per_layer_step=B
+
+Usage: python benchmarks/overhead_torch.py [--rounds 5] [--steps 20] [--instances 2]
+       [--models resnet18,transformer] [--batch 32] [--device cpu|cuda]
+"""
+
+import argparse
+import os
+import shutil
+import statistics
+import tempfile
+import time
+
+import torch
+from torch import nn
+
+import training_health.torch as tht
+
+
+class BasicBlock(nn.Module):
+    def __init__(self, cin, cout, stride):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, stride, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(cout)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(cout)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.shortcut = nn.Sequential()
+        if stride != 1 or cin != cout:
+            self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        out = self.relu1(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu2(out + self.shortcut(x))
+
+
+class ResNet18(nn.Module):
+    """ResNet-18 for 32x32 images (3x3 stem, no max-pool), 10 classes."""
+
+    def __init__(self, classes=10):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(64)
+        self.relu = nn.ReLU(inplace=True)
+        stages, cin = [], 64
+        for cout, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
+            stages.append(nn.Sequential(BasicBlock(cin, cout, stride), BasicBlock(cout, cout, 1)))
+            cin = cout
+        self.layers = nn.Sequential(*stages)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(512, classes)
+
+    def forward(self, x):
+        x = self.layers(self.relu(self.bn1(self.conv1(x))))
+        return self.fc(torch.flatten(self.pool(x), 1))
+
+
+class TinyTransformer(nn.Module):
+    """Token embedding + position embedding, 4 encoder layers, mean-pool, 10 classes."""
+
+    def __init__(self, vocab=1000, d_model=256, heads=4, depth=4, seq=64, classes=10):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, d_model)
+        self.pos = nn.Parameter(torch.zeros(1, seq, d_model))
+        layer = nn.TransformerEncoderLayer(d_model, heads, 4 * d_model, dropout=0.1, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, depth, enable_nested_tensor=False)
+        self.head = nn.Linear(d_model, classes)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens) + self.pos).mean(dim=1))
+
+
+def make(kind, device, seed):
+    torch.manual_seed(seed)
+    if kind == "resnet18":
+        model = ResNet18().to(device)
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
+    elif kind == "transformer":
+        model = TinyTransformer().to(device)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=3e-4)
+    else:
+        raise ValueError("unknown model %r; use resnet18 or transformer" % (kind,))
+    return model, optimizer
+
+
+def make_batches(kind, device, batch, n=8):
+    g = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(n):
+        if kind == "resnet18":
+            x = torch.randn(batch, 3, 32, 32, generator=g)
+        else:
+            x = torch.randint(0, 1000, (batch, 64), generator=g)
+        y = torch.randint(0, 10, (batch,), generator=g)
+        out.append((x.to(device), y.to(device)))
+    return out
+
+
+class Variant:
+    """One model instance trained with one kind of logging."""
+
+    def __init__(self, name, kind, device, seed, logdir):
+        self.name = name
+        self.model, self.optimizer = make(kind, device, seed)
+        self.monitor = self.writer = None
+        self.step_count = 0
+        if name == "health":
+            self.monitor = tht.HealthMonitor(logdir, self.model, self.optimizer, detectors="default")
+        elif name in ("summarywriter", "itemlogger"):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(logdir)
+            self.named = [(n, p) for n, p in self.model.named_parameters()]
+            self.layers = {}
+            for n, p in self.named:
+                self.layers.setdefault(n.rsplit(".", 1)[0], []).append(p)
+
+    def train_step(self, x, y):
+        self.optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(self.model(x), y)
+        loss.backward()
+        self.optimizer.step()
+        self.step_count += 1
+        if self.monitor is not None:
+            self.monitor.step(loss)
+        elif self.name == "summarywriter":
+            for n, p in self.named:
+                self.writer.add_histogram("grad/" + n, p.grad, self.step_count)
+        elif self.name == "itemlogger":
+            for layer, params in self.layers.items():
+                norm = torch.sqrt(sum(p.grad.detach().float().square().sum() for p in params))
+                self.writer.add_scalar("grad_norm/" + layer, norm.item(), self.step_count)
+
+    def close(self):
+        if self.monitor is not None:
+            self.monitor.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def bench_model(kind, args, device, tmp):
+    names = ["plain", "health", "summarywriter", "itemlogger"]
+    variants = {n: [Variant(n, kind, device, seed=i, logdir=os.path.join(tmp, kind, n, str(i)))
+                    for i in range(args.instances)] for n in names}
+    batches = make_batches(kind, device, args.batch)
+    for vs in variants.values():  # warm-up: allocator, cudnn autotune, the monitor's first step
+        for v in vs:
+            for x, y in batches[:3]:
+                v.train_step(x, y)
+    sync(device)
+    times = {n: [] for n in names}
+    per_instance = {n: [[] for _ in range(args.instances)] for n in names}
+    for _ in range(args.rounds):
+        for i in range(args.instances):
+            for n in names:
+                v = variants[n][i]
+                sync(device)
+                t0 = time.perf_counter()
+                for s in range(args.steps):
+                    x, y = batches[s % len(batches)]
+                    v.train_step(x, y)
+                sync(device)
+                per_step = (time.perf_counter() - t0) / args.steps * 1000.0
+                times[n].append(per_step)
+                per_instance[n][i].append(per_step)
+    health = variants["health"]
+    for v in health:
+        v.monitor.flush()
+    layers = len(health[0].monitor._program.layers)
+    steps = sum(v.step_count for v in health)
+    size = sum(os.path.getsize(os.path.join(d, f)) for v in health
+               for d, _, files in os.walk(v.monitor.logdir) for f in files)
+    for vs in variants.values():
+        for v in vs:
+            v.close()
+    medians = {n: statistics.median(t) for n, t in times.items()}
+    print("%s on %s, batch %d, %d rounds x %d instances x %d steps per variant" % (
+        kind, device, args.batch, args.rounds, args.instances, args.steps))
+    for n in names:
+        inst = " ".join("%.1f" % statistics.median(t) for t in per_instance[n])
+        print("  %-14s %8.2f ms/step  (x%.3f)  per instance: %s" % (
+            n, medians[n], medians[n] / medians["plain"], inst))
+    print("  monitored layers: %d, bytes per layer per step: %.0f" % (layers, size / (layers * steps)))
+    return (medians["health"] / medians["plain"], medians["summarywriter"] / medians["plain"],
+            size / (layers * steps))
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--instances", type=int, default=2)
+    parser.add_argument("--models", default="resnet18,transformer")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+        print("device: %s" % torch.cuda.get_device_name(device))
+    else:
+        print("device: cpu, %d threads" % torch.get_num_threads())
+    tmp = tempfile.mkdtemp(prefix="th-bench-torch-")
+    try:
+        results = [bench_model(kind, args, device, tmp) for kind in args.models.split(",")]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print("health_monitor_vs_plain=%.2f summarywriter_vs_plain=%.2f bytes_per_layer_step=%d" % (
+        max(r[0] for r in results), max(r[1] for r in results), round(max(r[2] for r in results))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,407 @@
+"""PyTorch models and training set-ups through `training_health.torch.HealthMonitor`.
+
+A zoo (MLP, CNN with BatchNorm, LSTM, GRU, Embedding, TransformerEncoder, a
+residual block) trained with AdamW over two parameter groups; gradient
+accumulation; bf16 autocast and GradScaler; torch.compile; evaluation under
+no_grad; and the model's outputs and weights with and without the monitor.
+Gradient and weight columns are checked against `training_health.statistics`
+from what the test itself saw of each step.
+"""
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+from training_health import format as fmt  # noqa: E402
+from training_health import statistics as ref  # noqa: E402
+from training_health.io import reader  # noqa: E402
+import training_health.torch as tht  # noqa: E402
+
+
+class Residual(nn.Module):
+    def __init__(self, width=12):
+        super().__init__()
+        self.fc1 = nn.Linear(width, width)
+        self.act = nn.ReLU()
+        self.fc2 = nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + self.fc2(self.act(self.fc1(x)))
+
+
+class SeqClassifier(nn.Module):
+    """Embedding -> recurrent layer (sequence first, as PyTorch's default) -> Linear."""
+
+    def __init__(self, cell):
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.rnn = cell(8, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, tokens):  # tokens [batch, time]
+        out, _ = self.rnn(self.embed(tokens).transpose(0, 1))
+        return self.head(out[-1])
+
+
+class TinyTransformer(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 16)
+        layer = nn.TransformerEncoderLayer(16, 2, 32, dropout=0.0, batch_first=True)
+        self.encoder = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, tokens):
+        return self.head(self.encoder(self.embed(tokens)).mean(dim=1))
+
+
+def zoo():
+    torch.manual_seed(0)
+    return {
+        "mlp": (nn.Sequential(nn.Linear(12, 32), nn.Tanh(), nn.Linear(32, 3)), "dense"),
+        "cnn_bn": (nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+                                 nn.Flatten(), nn.Linear(8 * 7 * 7, 3)), "image"),
+        "lstm": (SeqClassifier(nn.LSTM), "tokens"),
+        "gru": (SeqClassifier(nn.GRU), "tokens"),
+        "transformer": (TinyTransformer(), "tokens"),
+        "residual": (nn.Sequential(nn.Linear(12, 12), Residual(), nn.GELU(), nn.Linear(12, 3)), "dense"),
+    }
+
+
+def batch(kind, g, n=10):
+    if kind == "dense":
+        x = torch.randn(n, 12, generator=g)
+    elif kind == "image":
+        x = torch.randn(n, 3, 16, 16, generator=g)
+    else:
+        x = torch.randint(0, 50, (n, 7), generator=g)
+    return x, torch.randint(0, 3, (n,), generator=g)
+
+
+def two_groups(model):
+    """AdamW with biases (and norms) in a second group without weight decay."""
+    decay = [p for n, p in model.named_parameters() if p.dim() > 1]
+    no_decay = [p for n, p in model.named_parameters() if p.dim() <= 1]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": 0.1},
+                              {"params": no_decay, "weight_decay": 0.0, "lr": 3e-3}], lr=1e-3)
+
+
+def keep_first(store, key, pick=lambda o: o):
+    """A forward hook that keeps a module's first output of a step in `store`."""
+    def hook(module, inputs, output):
+        if key not in store:
+            store[key] = pick(output).detach()
+    return hook
+
+
+def direct_params(model, layer):
+    return [(n, p) for n, p in model.named_parameters() if n.rsplit(".", 1)[0] == layer]
+
+
+def check_columns(run, model, seen):
+    """Gradient and weight columns of every step against the reference from `seen`."""
+    for stats, step in zip(run.steps, seen):
+        for j, info in enumerate(stats.layers):
+            names = [n for n, _ in direct_params(model, info.name)]
+            values = dict(zip(fmt.LAYER_STATS, stats.layer_values[j]))
+            if not names:
+                assert np.isnan(values["grad_norm"]) and not info.has_weights
+                continue
+            want = ref.gradient_stats([step["grads"][n] for n in names])
+            want.update(ref.weight_stats([step["before"][n] for n in names],
+                                         [step["after"][n] for n in names]))
+            for k in fmt.GRADIENT_STATS + fmt.WEIGHT_STATS:
+                np.testing.assert_allclose(values[k], want[k], rtol=5e-5, atol=1e-7,
+                                           err_msg="%s step %d %s" % (info.name, stats.step, k))
+
+
+def snapshot(model, attr):
+    return {n: (p.grad if attr == "grad" else p).detach().double().numpy().copy()
+            for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn_bn", "lstm", "gru", "transformer", "residual"])
+def test_zoo_with_adamw_two_groups(tmp_path, name):
+    model, kind = zoo()[name]
+    optimizer = two_groups(model)
+    called = {}
+    for n, m in model.named_modules():
+        m.register_forward_hook(keep_first(called, n, lambda o: torch.zeros(())))
+    g = torch.Generator().manual_seed(1)
+    seen = []
+    with tht.HealthMonitor(str(tmp_path), model, optimizer, flush_every=2, histogram_every=2) as monitor:
+        for _ in range(3):
+            x, y = batch(kind, g)
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            before, grads = snapshot(model, "param"), snapshot(model, "grad")
+            optimizer.step()
+            seen.append(dict(before=before, grads=grads, after=snapshot(model, "param")))
+            monitor.step(loss)
+    (run,) = reader.read_logdir(str(tmp_path))
+    assert [s.step for s in run.steps] == [1, 2, 3]
+    layers = run.steps[0].layers
+    names = dict(model.named_modules())
+    assert all(info.name in names for info in layers)
+    # every module with parameters of its own is monitored
+    owners = {n.rsplit(".", 1)[0] for n, _ in model.named_parameters()}
+    assert owners <= {info.name for info in layers}
+    check_columns(run, model, seen)
+    last = run.steps[-1]
+    for j, info in enumerate(layers):
+        values = dict(zip(fmt.LAYER_STATS, last.layer_values[j]))
+        # (MultiheadAttention uses its out_proj's weights without calling it)
+        assert info.has_activation == (info.name in called), info.name
+        if not info.has_activation:
+            assert np.isnan(values["act_mean"])
+            continue
+        assert np.isfinite(values["act_mean"]) and np.isfinite(values["act_std"]), info.name
+        assert 0 <= values["dead_frac"] <= 1
+    np.testing.assert_allclose(last.global_values["learning_rate"], 1e-3)
+    assert np.isfinite(last.global_values["loss"])
+
+
+def test_rnn_units_and_examples_follow_the_batch_axis(tmp_path):
+    """An LSTM without batch_first: examples are its axis 1, units the last."""
+    model, kind = zoo()["lstm"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    outputs = {}
+    model.rnn.register_forward_hook(keep_first(outputs, "rnn", lambda o: o[0]))
+    g = torch.Generator().manual_seed(2)
+    with tht.HealthMonitor(str(tmp_path), model, optimizer, activation_examples=4) as monitor:
+        x, y = batch(kind, g)
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        monitor.step(loss)
+    (run,) = reader.read_logdir(str(tmp_path))
+    j = [i.name for i in run.steps[0].layers].index("rnn")
+    assert run.steps[0].layers[j].units == 16
+    out = outputs["rnn"].transpose(0, 1).double().numpy()  # [batch, time, units]
+    want = ref.activation_stats(ref.activation_sample(out, 4), (-1.0, 1.0))  # h = o * tanh(c)
+    values = dict(zip(fmt.LAYER_STATS, run.steps[0].layer_values[j]))
+    for k in fmt.ACTIVATION_STATS:
+        np.testing.assert_allclose(values[k], want[k], rtol=1e-5, atol=1e-7, equal_nan=True, err_msg=k)
+
+
+def test_gradient_accumulation_gives_one_row_per_optimizer_step(tmp_path):
+    model, kind = zoo()["cnn_bn"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    g = torch.Generator().manual_seed(3)
+    seen, first_outputs = [], []
+    conv_out = {}
+    model[0].register_forward_hook(keep_first(conv_out, "conv"))
+    with tht.HealthMonitor(str(tmp_path), model, optimizer) as monitor:
+        for _ in range(3):  # optimizer steps
+            optimizer.zero_grad()
+            conv_out.clear()
+            for _ in range(4):  # micro-batches
+                x, y = batch(kind, g, n=6)
+                (nn.functional.cross_entropy(model(x), y) / 4).backward()
+            first_outputs.append(conv_out["conv"])
+            before, grads = snapshot(model, "param"), snapshot(model, "grad")
+            optimizer.step()
+            seen.append(dict(before=before, grads=grads, after=snapshot(model, "param")))
+            monitor.step()
+    (run,) = reader.read_logdir(str(tmp_path))
+    assert [s.step for s in run.steps] == [1, 2, 3]
+    check_columns(run, model, seen)
+    # Activation statistics from the step's first micro-batch.
+    for stats, out in zip(run.steps, first_outputs):
+        a = np.moveaxis(out.double().numpy(), 1, -1)
+        want = ref.activation_stats(ref.activation_sample(a, 8))
+        values = dict(zip(fmt.LAYER_STATS, stats.layer_values[0]))
+        np.testing.assert_allclose(values["act_mean"], want["act_mean"], rtol=1e-5, atol=1e-7)
+
+
+def test_bf16_autocast_on_the_cpu(tmp_path):
+    model, kind = zoo()["cnn_bn"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(4)
+    with tht.HealthMonitor(str(tmp_path), model, optimizer) as monitor:
+        for _ in range(2):
+            x, y = batch(kind, g)
+            optimizer.zero_grad()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                out = model(x)
+            assert out.dtype == torch.bfloat16
+            loss = nn.functional.cross_entropy(out.float(), y)
+            loss.backward()
+            optimizer.step()
+            monitor.step(loss)
+    (run,) = reader.read_logdir(str(tmp_path))
+    values = run.steps[-1].layer_values
+    cols = [fmt.LAYER_STATS.index(k) for k in ("grad_norm", "act_std", "update_ratio")]
+    assert np.isfinite(values[0, cols]).all()
+
+
+def test_grad_scaler_statistics_are_of_the_unscaled_gradients(tmp_path):
+    if not hasattr(torch, "amp") or not hasattr(torch.amp, "GradScaler"):
+        pytest.skip("torch.amp.GradScaler needs a newer torch")
+    model, kind = zoo()["mlp"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    scaler = torch.amp.GradScaler("cpu", init_scale=1024.0)
+    g = torch.Generator().manual_seed(5)
+    seen = []
+    with tht.HealthMonitor(str(tmp_path), model, optimizer) as monitor:
+        for _ in range(2):
+            x, y = batch(kind, g)
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            scaler.scale(loss).backward()
+            before = snapshot(model, "param")
+            scaler.step(optimizer)  # unscales the gradients, then steps
+            seen.append(dict(before=before, grads=snapshot(model, "grad"),
+                             after=snapshot(model, "param")))
+            scaler.update()
+            monitor.step(loss)
+        # A step the scaler skips (its gradients overflow): the row says
+        # nothing about gradients or weights, and no alert is raised.
+        scaler.update(1e38)
+        x, y = batch(kind, g)
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        scaler.scale(loss * 1e10).backward()
+        scaler.step(optimizer)
+        scaler.update()
+        monitor.step(loss)
+    (run,) = reader.read_logdir(str(tmp_path))
+    check_columns(run, model, seen)
+    skipped = run.steps[2]
+    assert np.isnan(skipped.layer_values[:, fmt.LAYER_STATS.index("grad_norm")]).all()
+    assert np.isnan(skipped.layer_values[:, fmt.LAYER_STATS.index("update_ratio")]).all()
+    assert not [a for a in run.alerts if a.kind == "nan_inf"]
+
+
+def test_torch_compile_adds_no_graph_break_or_recompilation(tmp_path):
+    from torch._dynamo.utils import counters
+
+    def train(monitored):
+        torch._dynamo.reset()
+        counters.clear()
+        model, kind = zoo()["cnn_bn"]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        compiled = torch.compile(model, backend="aot_eager")
+        monitor = (tht.HealthMonitor(str(tmp_path / "run"), compiled, optimizer, histogram_every=2)
+                   if monitored else None)
+        g = torch.Generator().manual_seed(6)
+        graphs = []
+        for _ in range(4):
+            x, y = batch(kind, g)
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(compiled(x), y)
+            loss.backward()
+            optimizer.step()
+            if monitor is not None:
+                monitor.step(loss)
+            graphs.append(counters["stats"]["unique_graphs"])
+        if monitor is not None:
+            monitor.close()
+        return graphs, sum(counters["graph_break"].values()), snapshot(model, "param")
+
+    plain_graphs, plain_breaks, plain_weights = train(False)
+    graphs, breaks, weights = train(True)
+    assert breaks == plain_breaks == 0
+    assert graphs == plain_graphs  # compiled once, never again
+    for n in plain_weights:
+        np.testing.assert_array_equal(weights[n], plain_weights[n])
+    (run,) = reader.read_logdir(str(tmp_path))
+    assert [s.step for s in run.steps] == [1, 2, 3, 4]
+    act = fmt.LAYER_STATS.index("act_std")
+    assert np.isfinite(run.steps[-1].layer_values[:, act]).all()
+
+
+def test_outputs_and_weights_are_the_same_with_and_without_the_monitor(tmp_path):
+    def train(monitored):
+        model, kind = zoo()["cnn_bn"]
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        monitor = tht.HealthMonitor(str(tmp_path), model, optimizer) if monitored else None
+        g = torch.Generator().manual_seed(7)
+        for _ in range(3):
+            x, y = batch(kind, g)
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            if monitor:
+                monitor.step(loss)
+        if monitor:
+            monitor.close()
+        model.eval()
+        with torch.no_grad():
+            out = model(batch(kind, torch.Generator().manual_seed(8))[0])
+        return out, snapshot(model, "param")
+
+    out_plain, w_plain = train(False)
+    out, w = train(True)
+    torch.testing.assert_close(out, out_plain, rtol=0, atol=0)
+    for n in w_plain:
+        np.testing.assert_array_equal(w[n], w_plain[n])
+
+
+def test_evaluation_under_no_grad_is_not_recorded(tmp_path):
+    model, kind = zoo()["mlp"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    g = torch.Generator().manual_seed(9)
+    monitor = tht.HealthMonitor(str(tmp_path), model, optimizer)
+    program = monitor._program
+    x, y = batch(kind, g)
+    with torch.no_grad():
+        model(x)
+    model.eval()
+    model(x)  # eval mode with gradients on: not training either
+    model.train()
+    assert not [layer for layer in program.layers if layer.samples] and not program._inputs
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    monitor.step(loss)
+    monitor.close()
+    (run,) = reader.read_logdir(str(tmp_path))
+    want = ref.input_stats([x[:8].double().numpy()])
+    np.testing.assert_allclose(run.steps[0].global_values["input_mean"], want["input_mean"], rtol=1e-6)
+    # the hooks are gone after close()
+    assert not model[0]._forward_hooks and not optimizer._optimizer_step_pre_hooks
+
+
+def test_stop_on_sets_stop_requested_and_alerts_are_kept(tmp_path):
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    raised = []
+    monitor = tht.HealthMonitor(str(tmp_path), model, optimizer, stop_on=["nan_inf"],
+                                on_alert=raised.append, flush_every=1)
+    x = torch.randn(8, 4)
+    x[0, 0] = float("nan")
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = model(x).sum()
+        loss.backward()
+        optimizer.step()
+        monitor.step(loss)
+        monitor.flush()
+        if monitor.stop_requested:
+            break
+    monitor.close()
+    assert monitor.stop_requested
+    assert "nan_inf" in {a.kind for a in monitor.alerts}
+    assert raised == monitor.alerts
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(model="not a module"), "torch.nn.Module"),
+    (dict(optimizer=object()), "torch.optim.Optimizer"),
+    (dict(every_n_batches=0), "every_n_batches"),
+    (dict(layers=["no_such_layer"]), "matched no module"),
+    (dict(stop_on="nan_inf"), "stop_on"),
+])
+def test_bad_arguments_get_a_clear_error(tmp_path, kwargs, match):
+    model = nn.Sequential(nn.Linear(4, 2))
+    args = dict(logdir=str(tmp_path), model=model, optimizer=torch.optim.SGD(model.parameters(), lr=0.1))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        tht.HealthMonitor(**args)
