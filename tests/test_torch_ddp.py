@@ -1,0 +1,53 @@
+"""DistributedDataParallel: two real processes on 127.0.0.1 (gloo); rank 0
+writes, and what it writes is the statistics of the whole step, equal to a
+single process training on the whole batch (tests/thtest_torch_ddp.py)."""
+
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from conftest import REPO_ROOT  # noqa: E402
+from training_health import format as fmt  # noqa: E402
+from training_health.io import reader  # noqa: E402
+
+import thtest_torch_ddp as ddp  # noqa: E402
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_write_the_statistics_of_the_whole_step(tmp_path):
+    port = free_port()
+    logdirs = [str(tmp_path / "ddp"), str(tmp_path / "rank1_must_stay_empty")]
+    script = os.path.join(REPO_ROOT, "tests", "thtest_torch_ddp.py")
+    procs = [subprocess.Popen([sys.executable, script, str(rank), "2", str(port), logdirs[rank]],
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for rank in (0, 1)]
+    outs = [p.communicate(timeout=240)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert "rank 0 done, writes: True" in outs[0] and "rank 1 done, writes: False" in outs[1]
+    assert not os.path.exists(logdirs[1])  # only rank 0 writes
+
+    ddp.train(ddp.make_model(), str(tmp_path / "single"))  # the whole batch in one process
+    (run,) = reader.read_logdir(logdirs[0])
+    (single,) = reader.read_logdir(str(tmp_path / "single"))
+    assert [s.step for s in run.steps] == [s.step for s in single.steps] == [1, 2, 3]
+    assert [l.name for l in run.steps[0].layers] == [l.name for l in single.steps[0].layers]
+    for got, want in zip(run.steps, single.steps):
+        np.testing.assert_allclose(got.layer_values, want.layer_values, rtol=2e-4, atol=1e-6,
+                                   equal_nan=True, err_msg="step %d" % got.step)
+        for k in fmt.GLOBAL_STATS:
+            np.testing.assert_allclose(got.global_values[k], want.global_values[k], rtol=2e-4,
+                                       atol=1e-6, err_msg=k)
+    # The check compares something: activations of the whole batch, not of one share.
+    act = fmt.LAYER_STATS.index("act_mean")
+    assert np.isfinite(run.steps[-1].layer_values[:, act]).all()
