@@ -97,7 +97,7 @@ venv() {
     say "using the virtual environment $venv"
   else
     python=$(find_python)
-    "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 9) else "Python >= 3.9 is needed; found " + sys.version)'
+    "$python" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "Python >= 3.11 is needed; found " + sys.version)'
     say "creating the virtual environment $venv with $("$python" --version 2>&1)"
     rm -rf "$venv"
     if ! "$python" -m venv --system-site-packages "$venv"; then

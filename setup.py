@@ -22,7 +22,8 @@ setup(
     long_description=_readme(),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
-    python_requires=">=3.9",
+    # Tested on Python 3.11 (CI's), with the oldest and the newest stack.
+    python_requires=">=3.11",
     # Two source roots: logger/ holds the `training_health` package (the
     # logger, statistics, detectors, CLI), plugin/ holds the TensorBoard
     # plugin package. Every subpackage is found, so a new one ships.
@@ -34,8 +35,15 @@ setup(
     # The tab's front end, and notes or data files kept beside any package's code.
     package_data={"": ["*.md", "*.json", "*.txt"], "tensorboard_plugin_training_health": ["static/**/*"]},
     include_package_data=True,
-    install_requires=["tensorboard>=2.21", "protobuf", "numpy"],
+    # The widest ranges that work: what TensorFlow 2.16 to the newest pins
+    # (2.16: tensorboard 2.16, protobuf >= 3.20.3, numpy >= 1.23.5 and < 2),
+    # no upper bound, so installing training-health into an environment with
+    # TensorFlow changes none of its packages. CI tests both ends
+    # (.ci/oldest-stack.txt and the newest releases).
+    install_requires=["tensorboard>=2.16", "protobuf>=3.20.3", "numpy>=1.23.5"],
     extras_require={
+        # Where TensorFlow is installed already, no extra is needed (with
+        # tensorflow-cpu installed, [tf] would add the `tensorflow` package).
         "tf": ["tensorflow>=2.16"],
         # PyTorch's CPU-only build comes from its own index:
         # pip install torch --index-url https://download.pytorch.org/whl/cpu
@@ -48,6 +56,7 @@ setup(
         "test": TF_CPU + [
             "torch>=2.1",
             "pytest",
+            "packaging",
             "werkzeug",
             "playwright",
             "moto[server]",

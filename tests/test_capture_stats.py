@@ -12,6 +12,8 @@ from training_health.keras import HealthCallback  # noqa: E402
 
 from thtest_events import layer_table, read_run  # noqa: E402
 
+pytestmark = pytest.mark.compat
+
 BATCH = 16
 LAYERS = ("hidden", "sig", "out")
 

@@ -6,12 +6,15 @@ import json
 import subprocess
 
 import numpy as np
+import pytest
 
 from test_detectors import frozen_cnn_stream, stream
 from training_health import format as fmt
 from training_health.detectors import DetectorSuite
 from training_health.records import Alert
 from training_health.io.run_writer import RunWriter
+
+pytestmark = pytest.mark.compat
 
 ALERT_KEYS = ["kind", "step", "layer", "severity", "message", "hint", "incident", "caused_by"]
 

@@ -9,8 +9,12 @@ import subprocess
 import sys
 import textwrap
 
+import pytest
+
 from training_health import __version__
 from training_health.cli import VERSION_PACKAGES, version_lines
+
+pytestmark = pytest.mark.compat
 
 
 def installed():

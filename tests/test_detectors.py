@@ -26,6 +26,8 @@ from training_health.detectors import (
 from training_health.detectors.base import StepWindow
 from training_health.records import KINDS, LayerInfo, StepStats
 
+pytestmark = pytest.mark.compat
+
 LAYERS = (
     LayerInfo("conv", "Conv2D", "relu", None, 16, True, True),
     LayerInfo("hidden", "Dense", "tanh", (-1.0, 1.0), 32, True, True),

@@ -22,6 +22,8 @@ from training_health.io.run_writer import RunWriter
 
 from conftest import REPO_ROOT, sample_layers
 
+pytestmark = pytest.mark.compat
+
 EXPECTED_SHAPES = {
     fmt.TAG_LAYERS: lambda run: (len(run.layers), len(fmt.LAYER_STATS)),
     fmt.TAG_GLOBAL: lambda run: (len(fmt.GLOBAL_STATS) + len(run.metric_names),),

@@ -104,6 +104,7 @@ def tree_first(x):
     return x if not isinstance(x, dict) else next(iter(x.values()))
 
 
+@pytest.mark.compat
 def test_sequential_cnn_with_bn_dropout_and_save(tmp_path):
     keras.utils.set_random_seed(0)
     x, y = cnn_data()
@@ -157,6 +158,7 @@ def test_functional_multi_input_multi_output_embedding_lstm(tmp_path):
 SYMBOLIC_BUILD = hasattr(keras.Model, "_symbolic_build")
 
 
+@pytest.mark.compat
 @pytest.mark.skipif(not SYMBOLIC_BUILD, reason="Keras %s builds no model from a batch "
                     "(see the next test)" % keras.__version__)
 def test_subclassed_model_gru_conv1d(tmp_path):
@@ -168,6 +170,7 @@ def test_subclassed_model_gru_conv1d(tmp_path):
     assert all(l.has_activation for l in meta["layers"])
 
 
+@pytest.mark.compat
 @pytest.mark.skipif(SYMBOLIC_BUILD, reason="Keras %s builds a model from a batch"
                     % keras.__version__)
 def test_unbuilt_subclassed_model_on_keras_3_0_1_names_the_version(tmp_path):
@@ -267,6 +270,7 @@ def test_steps_per_execution_logs_every_step(tmp_path):
     assert cb._host.collector.lost_rows == 0
 
 
+@pytest.mark.compat
 def test_output_layers_are_marked(tmp_path):
     x, y = multi_io_data()
     model = multi_io()

@@ -28,6 +28,7 @@ def frozen_fit(logdir, epochs=3, **kwargs):
     return cb, history
 
 
+@pytest.mark.compat
 def test_frozen_cnn_alerts_written_logged_once_and_hooked(tmp_path, caplog):
     seen, threads = [], set()
 
@@ -80,6 +81,7 @@ def test_on_alert_exception_is_logged_not_raised(tmp_path, caplog):
     assert any("on_alert raised" in r.getMessage() for r in caplog.records)
 
 
+@pytest.mark.compat
 def test_keeps_keras_async_batch_dispatch():
     # Keras dispatches batch hooks asynchronously only when every callback that
     # overrides them declares `async_safe`; HealthCallback overrides
@@ -111,6 +113,7 @@ def test_write_failure_is_reported_once_and_training_continues(tmp_path):
     assert np.isfinite(model.predict(x[:2], verbose=0)).all()
 
 
+@pytest.mark.compat
 @pytest.mark.skipif(not hasattr(keras.Model, "_symbolic_build"),
                     reason="Keras %s builds no model from a batch (Keras 3.0.2 does)"
                     % keras.__version__)

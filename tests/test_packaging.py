@@ -17,6 +17,7 @@ import sys
 import zipfile
 
 import pytest
+from packaging.requirements import Requirement
 
 from conftest import REPO_ROOT
 
@@ -124,6 +125,29 @@ def test_wheel_contains_static_files(wheel, source_copy):
             pytest.skip("the source tree has no plugin/static/*%s yet (probe files shipped)" % ext)
 
 
+def oldest_stack():
+    """{distribution: version} of .ci/oldest-stack.txt's lines that apply here."""
+    pins = {}
+    with open(os.path.join(REPO_ROOT, ".ci", "oldest-stack.txt")) as f:
+        for line in f:
+            line = line.split("#", 1)[0].strip()
+            if line:
+                req = Requirement(line)
+                if req.marker is None or req.marker.evaluate():
+                    (spec,) = req.specifier
+                    assert spec.operator == "==", line
+                    pins[req.name] = spec.version
+    return pins
+
+
+def test_oldest_stack_is_tensorflow_2_16_with_its_oldest_dependencies():
+    pins = oldest_stack()
+    tf = pins.get("tensorflow-cpu", pins.get("tensorflow"))
+    assert tf == "2.16.1", pins
+    assert set(pins) >= {"keras", "tensorboard", "protobuf", "numpy"}, pins
+    assert pins["keras"].startswith("3.") and pins["tensorboard"].startswith("2.16.")
+
+
 def test_wheel_entry_points_and_requirements(wheel):
     _, zf = wheel
     (ep_name,) = [n for n in zf.namelist() if n.endswith(".dist-info/entry_points.txt")]
@@ -135,7 +159,18 @@ def test_wheel_entry_points_and_requirements(wheel):
     requires = [line.split(":", 1)[1].strip() for line in zf.read(meta_name).decode().splitlines()
                 if line.startswith("Requires-Dist:")]
     base = [r for r in requires if "extra ==" not in r]
-    assert any(r.replace(" ", "").startswith("tensorboard>=2.21") for r in base), requires
+    assert sorted(Requirement(r).name for r in base) == ["numpy", "protobuf", "tensorboard"], base
+    # Every requirement admits the oldest stack CI tests and no newer release
+    # is excluded, so installing into an environment with TensorFlow 2.16 or
+    # later changes none of its packages.
+    oldest = oldest_stack()
+    for r in requires:
+        req = Requirement(r)
+        if req.name in oldest and (req.marker is None or req.marker.evaluate({"extra": "tf"})
+                                   or req.marker.evaluate({"extra": "tf-cpu"})):
+            assert req.specifier.contains(oldest[req.name]), (r, oldest[req.name])
+            assert not [s for s in req.specifier if s.operator in ("<", "<=", "==", "~=")], r
+    assert Requirement([r for r in base if r.startswith("tensorboard")][0]).specifier.contains("2.16.0")
     assert not [r for r in base if r.startswith("tensorflow")], "TensorFlow must stay an extra: %s" % base
     tf_extra = [r for r in requires if r.startswith("tensorflow") and 'extra == "tf"' in r]
     assert tf_extra, requires
@@ -243,7 +278,8 @@ def test_ci_script_exit_status_follows_the_tests(tmp_path):
         "empty": (None, 1),
     }
     # No build isolation: the toy builds with the setuptools already there (faster).
-    env = dict(os.environ, CI="true", CI_SKIP_CHROMIUM="1", PIP_NO_BUILD_ISOLATION="1")
+    env = dict(os.environ, CI="true", CI_SKIP_CHROMIUM="1", PIP_NO_BUILD_ISOLATION="1",
+               CI_SKIP_COMPAT="1")
     env.pop("PYTHONPATH", None)
     procs = {}
     for name, (source, _) in cases.items():
@@ -260,3 +296,33 @@ def test_ci_script_exit_status_follows_the_tests(tmp_path):
     assert "1 passed" in outputs["passing"] and "all tests passed" in outputs["passing"]
     assert "1 failed" in outputs["failing"] and "FAILED: exit status 1" in outputs["failing"]
     assert "FAILED: pytest collected no tests" in outputs["empty"]
+
+
+def test_ci_compat_step_runs_the_compat_subset_covering_each_area():
+    compat = os.path.join(REPO_ROOT, ".ci", "compat")
+    assert os.access(compat, os.X_OK)
+    syntax = subprocess.run(["bash", "-n", compat], capture_output=True, text=True)
+    assert syntax.returncode == 0, syntax.stderr
+    with open(os.path.join(REPO_ROOT, ".ci", "run"), encoding="utf-8") as f:
+        assert 'bash .ci/compat "$DEV_VENV/bin/python"' in f.read()
+    with open(compat, encoding="utf-8") as f:
+        script = f.read()
+    assert '-m venv "$OLD"' in script and "--system-site-packages" not in script
+    assert '-m pytest -q -p no:cacheprovider -m compat' in script
+    assert "tests/test_compat_viewing.py" in script
+    collected = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "--collect-only", "-m", "compat"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=300)
+    assert collected.returncode == 0, collected.stdout[-3000:]
+    files = {line.split("::")[0] for line in collected.stdout.splitlines() if "::" in line}
+    areas = {
+        "capture (Keras callback)": "tests/test_capture_stats.py",
+        "capture (tape)": "tests/test_tape.py",
+        "format": "tests/test_format.py",
+        "reader": "tests/test_reader.py",
+        "CLI check": "tests/test_check_cli.py",
+        "detectors": "tests/test_detectors.py",
+        "plugin end to end": "tests/test_plugin_e2e.py",
+    }
+    for area, path in areas.items():
+        assert path in files, "no %s test is marked compat (%s)" % (area, path)

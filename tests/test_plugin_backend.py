@@ -27,6 +27,8 @@ from training_health.io.run_writer import RunWriter
 
 import test_plugin_support as support
 
+pytestmark = pytest.mark.compat
+
 BASE = "/data/plugin/%s" % fmt.PLUGIN_NAME
 
 

@@ -18,7 +18,7 @@ from tensorboard_plugin_training_health import DEFAULT_SAMPLES
 
 import test_plugin_support as support
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.compat]
 
 
 def fetch(url):

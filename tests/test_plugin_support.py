@@ -212,18 +212,20 @@ _NO_TF_MAIN = (
 
 @contextlib.contextmanager
 def tensorboard_process(logdir, load_fast, extra_args=(), timeout=90.0, block_tensorflow=False,
-                        path_prefix=""):
+                        path_prefix="", python=sys.executable):
     """Runs `tensorboard` on 127.0.0.1 and yields its base URL; kills it after.
 
     Waits (at most `timeout` seconds) until the server answers and has
     loaded Training Health data, then yields. With `block_tensorflow`,
     TensorFlow cannot be imported in the server process. A `path_prefix`
     (e.g. "/tb") is passed to TensorBoard and included in the yielded URL.
+    `python` is the interpreter (so the environment, with its own
+    tensorboard) that runs the server.
     """
     port = free_port()
     log_path = os.path.join(str(logdir), "..", "tensorboard-%d.log" % port)
     entry = ["-c", _NO_TF_MAIN] if block_tensorflow else ["-m", "tensorboard.main"]
-    command = [sys.executable] + entry + [
+    command = [python] + entry + [
         "--logdir", str(logdir), "--host", "127.0.0.1", "--port", str(port),
         "--load_fast", "true" if load_fast else "false", "--reload_interval", "1",
     ] + list(extra_args) + (["--path_prefix", path_prefix] if path_prefix else [])

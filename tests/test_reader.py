@@ -18,6 +18,8 @@ from training_health.records import Alert, LayerInfo
 from training_health.io.run_writer import RunWriter
 from training_health.io.event_writer import EventWriter
 
+pytestmark = pytest.mark.compat
+
 LAYERS = (
     LayerInfo("conv", "Conv2D", "relu", None, 8, True, True),
     LayerInfo("out", "Dense", "softmax", (0.0, 1.0), 3, True, True),

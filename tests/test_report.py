@@ -29,6 +29,8 @@ from training_health.io.run_writer import RunWriter
 from test_remote_support import s3, s3_server  # noqa: F401  (fixtures)
 from thtest_canvas import PIXELS_JS  # noqa: E402
 
+pytestmark = pytest.mark.compat
+
 CHROMIUM = os.environ.get("TRAINING_HEALTH_CHROMIUM", "/usr/bin/chromium")
 LAYERS = (
     LayerInfo("conv", "Conv2D", "relu", None, 8, True, True),

@@ -12,7 +12,7 @@ from training_health.tf import HealthMonitor  # noqa: E402
 
 from thtest_events import layer_table  # noqa: E402
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.compat]
 
 
 def setup(seed=0):

@@ -21,6 +21,8 @@ from training_health.io.event_writer import EventWriter
 
 from conftest import REPO_ROOT
 
+pytestmark = pytest.mark.compat
+
 TAG = fmt.TAG_GLOBAL
 
 
