@@ -47,14 +47,14 @@ setup(
         "tf": ["tensorflow>=2.16"],
         # PyTorch's CPU-only build comes from its own index:
         # pip install torch --index-url https://download.pytorch.org/whl/cpu
-        "torch": ["torch>=2.1"],
+        "torch": ["torch>=2.3"],
         "s3": ["s3fs", "boto3"],
         "gcs": ["gcsfs"],
         # training_health.load(path) returns pandas DataFrames.
         "pandas": ["pandas"],
         "tf-cpu": TF_CPU,
         "test": TF_CPU + [
-            "torch>=2.1",
+            "torch>=2.3",
             "pytest",
             "packaging",
             "werkzeug",
