@@ -295,3 +295,21 @@ def test_the_step_never_waits_for_the_device(tmp_path, monkeypatch):
     monitor.close()
     (run,) = reader.read_logdir(str(tmp_path))
     assert [s.step for s in run.steps] == [1, 2, 3, 4, 5, 6]
+
+
+@pytest.mark.parametrize("fused_entries", [1 << 25, 50])
+def test_accelerator_gradient_sums_in_groups(monkeypatch, fused_entries):
+    """The accelerator path's masked sums, in one group or in many (tensors
+    larger than a group alone), against the reference per tensor."""
+    from training_health.capture import torch_ops
+
+    monkeypatch.setattr(torch_ops, "FUSED_ENTRIES", fused_entries)
+    g = torch.Generator().manual_seed(6)
+    grads = [torch.randn(n, generator=g) for n in (7, 300, 40, 1, 64)]
+    grads[1][[3, 9]] = float("nan")
+    grads[4][0] = float("inf")
+    sq, bad = torch_ops.finite_norms(grads, host_is_device=False)
+    for i, t in enumerate(grads):
+        want = ref.gradient_stats([t.double().numpy()])
+        np.testing.assert_allclose(float(sq[i]) ** 0.5, want["grad_norm"], rtol=1e-6)
+        assert float(bad[i]) == want["grad_nonfinite"]

@@ -137,7 +137,7 @@ def _f32(t):
 
 
 # -- gradients -----------------------------------------------------------------------
-def finite_norms(grads, segments, host_is_device):
+def finite_norms(grads, host_is_device):
     """(sum of squares of the finite entries, count of the others) of each
     gradient tensor, exact, as two float32 [tensors] vectors.
 
@@ -145,8 +145,8 @@ def finite_norms(grads, segments, host_is_device):
     passes only for the rare tensor whose norm is not finite. Otherwise (an
     accelerator, where reading a value would wait for the device) the
     masking passes run for every tensor, as a few fused kernels."""
-    norms = torch.stack(torch._foreach_norm(grads)).float()
     if host_is_device:
+        norms = torch.stack(torch._foreach_norm(grads)).float()
         sq, bad = norms.square(), torch.zeros_like(norms)
         for i, ok in enumerate(torch.isfinite(norms).tolist()):
             if not ok:
@@ -155,16 +155,32 @@ def finite_norms(grads, segments, host_is_device):
                 sq[i] = torch.where(finite, g, 0).float().square().sum()
                 bad[i] = float(g.numel()) - finite.sum()
         return sq, bad
-    # g - g is 0 where g is finite and NaN where it is not: its 0-"norm"
-    # counts those; g + (g - g) keeps the finite entries, NaN elsewhere.
-    nan_where_bad = torch._foreach_sub(grads, grads)
-    bad = torch.stack(torch._foreach_norm(nan_where_bad, 0)).float()
-    kept = torch._foreach_add(grads, nan_where_bad)
-    torch._foreach_mul_(kept, kept)
-    flat = torch.nan_to_num_(torch.cat([_f32(k.reshape(-1)) for k in kept]), nan=0.0)
-    lengths = segments.const([g.numel() for g in grads], torch.int64)
-    masked = torch.segment_reduce(flat, "sum", lengths=lengths)
-    return torch.where(bad == 0, norms.square(), masked), bad
+    return _masked_sums(grads)
+
+
+# Gradient entries concatenated at a time on an accelerator (bounds the
+# temporaries of `_masked_sums`: about 9 bytes an entry).
+FUSED_ENTRIES = 1 << 25
+
+
+def _masked_sums(grads):
+    """(finite sum of squares, non-finite count) of each tensor, in a few
+    kernels a group: the tensors concatenated, masked once, and reduced per
+    tensor by fused multi-tensor norms over views of the concatenation."""
+    sq, bad = [], []
+    group, size = [], 0
+    for g in list(grads) + [None]:
+        if g is not None and (not group or size + g.numel() <= FUSED_ENTRIES):
+            group.append(g)
+            size += g.numel()
+            continue
+        sizes = [t.numel() for t in group]
+        flat = torch.cat([_f32(t.detach().reshape(-1)) for t in group])
+        finite = torch.isfinite(flat)
+        sq.append(torch.stack(torch._foreach_norm(list(torch.where(finite, flat, 0.0).split(sizes)))))
+        bad.append(torch.stack(torch._foreach_norm(list((~finite).float().split(sizes)), 1)))
+        group, size = [g], (g.numel() if g is not None else 0)
+    return torch.cat(sq).square(), torch.cat(bad)
 
 
 def gradient_parts(grads, owners, layers, sampler, segments, host_is_device):
@@ -175,7 +191,7 @@ def gradient_parts(grads, owners, layers, sampler, segments, host_is_device):
     grads: the gradient tensors; owners: each one's layer index (0 ..
     layers - 1). Norms and non-finite counts cover every entry
     (`finite_norms`); zeros and max |g| each tensor's sample."""
-    sq, bad = finite_norms(grads, segments, host_is_device)
+    sq, bad = finite_norms(grads, host_is_device)
     samples, scales = zip(*(sampler.sample(g) for g in grads))
     flat = torch.cat([_f32(s) for s in samples])
     t_ids = segments.ids([s.numel() for s in samples])
@@ -363,7 +379,7 @@ def gradient_histogram(grads, sampler):
         use = finite & (part != 0)
         idx = torch.floor((torch.log10(torch.where(use, part.abs(), 1.0)) - lo) / (hi - lo) * fmt.HIST_BINS)
         idx = idx.clamp(0, fmt.HIST_BINS - 1).long()
-        counts = counts + torch.bincount(idx, weights=use.float() * scale, minlength=fmt.HIST_BINS)
+        counts = counts.scatter_add(0, idx, use.float() * scale)
     if n == 0:
         return torch.full((fmt.HIST_ROW,), _NAN, device=device)
     return torch.cat([torch.stack([zeros / n, bad / n]), counts / n]).float()
@@ -381,5 +397,7 @@ def activation_histogram(a):
     idx = torch.where(width > 0, torch.floor((flat - lo) / torch.where(width > 0, width, 1.0)
                                               * fmt.HIST_BINS), 0.0)
     idx = torch.nan_to_num(idx, nan=0.0, posinf=0.0, neginf=0.0).clamp(0, fmt.HIST_BINS - 1).long()
-    counts = torch.bincount(idx, weights=finite.float(), minlength=fmt.HIST_BINS)
+    # (a scatter into the bins, not bincount: bincount reads the largest
+    # index back from the device)
+    counts = torch.zeros(fmt.HIST_BINS, device=flat.device).scatter_add(0, idx, finite.float())
     return torch.cat([torch.stack([lo, hi]), counts / max(n, 1)]).float()
