@@ -48,6 +48,8 @@ setup(
         # PyTorch's CPU-only build comes from its own index:
         # pip install torch --index-url https://download.pytorch.org/whl/cpu
         "torch": ["torch>=2.3"],
+        # training_health.lightning.HealthCallback (PyTorch Lightning).
+        "lightning": ["torch>=2.3", "lightning>=2.0"],
         "s3": ["s3fs", "boto3"],
         "gcs": ["gcsfs"],
         # training_health.load(path) returns pandas DataFrames.
@@ -55,6 +57,7 @@ setup(
         "tf-cpu": TF_CPU,
         "test": TF_CPU + [
             "torch>=2.3",
+            "lightning>=2.0",
             "pytest",
             "packaging",
             "werkzeug",

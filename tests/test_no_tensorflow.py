@@ -24,7 +24,7 @@ TF_MODULES = ("training_health.keras", "training_health.tf")
 TF_INTERNAL = tuple("training_health.capture." + m for m in
                     ("tf_program", "tf_ops", "tf_recording", "keras_layers"))
 # Modules that need PyTorch (the public one says how to get it).
-TORCH_MODULES = ("training_health.torch",)
+TORCH_MODULES = ("training_health.torch", "training_health.lightning")
 TORCH_INTERNAL = tuple("training_health.capture." + m for m in ("torch_program", "torch_ops"))
 FRAMEWORK_MODULES = TF_MODULES + TF_INTERNAL + TORCH_MODULES + TORCH_INTERNAL
 # The source roots of setup.py: each holds packages under their import names.

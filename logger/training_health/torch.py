@@ -148,6 +148,12 @@ class HealthMonitor:
         """Every alert raised so far (`Alert` records), oldest first (rank 0)."""
         return self._host.alerts if self._host is not None else self._alerts
 
+    @property
+    def optimizer_steps(self):
+        """How many times `optimizer.step()` has run since the monitor was
+        created (a step that a GradScaler skipped does not count)."""
+        return self._program.optimizer_steps
+
     def step(self, loss=None):
         """Records the optimizer step that just ran. Call it right after
         `optimizer.step()`, once per optimizer step (with gradient

@@ -192,7 +192,8 @@ class TorchProgram(host.RowSource):
                                     fmt.HIST_ROW, device=self.device)
             self.hist_steps = np.zeros(self.hist_slots, np.int64)
         self.hist_count = 0
-        self.step = 0  # optimizer steps seen
+        self.step = 0  # steps closed by end_step
+        self.optimizer_steps = 0  # optimizer.step() calls that ran
         self.start = 0
         self._lock = threading.Lock()  # the buffers vs the host's reads
         # The monitored parameters, layer after layer, and their owners.
@@ -314,6 +315,7 @@ class TorchProgram(host.RowSource):
             self._before = ops.weight_samples(self._params, self.sampler)
 
     def _after_update(self, optimizer, args, kwargs):
+        self.optimizer_steps += 1
         if self._before is None:
             return
         before, scales, lengths = self._before
