@@ -97,7 +97,7 @@ class LocalSink:
             return True
         try:
             return os.stat(self.path).st_size != self.size
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):  # gone, or its folder is
             return self.size > 0
 
     def append(self, data):
