@@ -577,7 +577,8 @@ def run_all(seed=0, kill=20, files=200, requests=2000, bucket=True, workdir=None
     rng = random.Random(seed)
     own = workdir is None
     workdir = workdir or tempfile.mkdtemp(prefix="th-faults-")
-    logging_setup()
+    quiet = quiet_logging()
+    quiet.__enter__()
     try:
         log("kill -9 at random moments (%d trials, seed %d):" % (kill, seed))
         trials, lost, reader_errors = kill_trials(kill, rng, workdir, log)
@@ -592,20 +593,31 @@ def run_all(seed=0, kill=20, files=200, requests=2000, bucket=True, workdir=None
                 "fuzz_inputs": inputs, "uncaught": uncaught, "fault_cases": cases, "fault_failed": failed,
                 "fault_lost": fault_lost}
     finally:
+        quiet.__exit__(None, None, None)
         if own:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def logging_setup():
+@contextlib.contextmanager
+def quiet_logging():
+    """Silences the expected warnings while it is open, then puts the
+    loggers' levels and the warning filters back (tests run in one process)."""
     import logging
     import warnings
 
     # The readers' warnings about damage are expected here by the thousand.
-    logging.getLogger("training_health").setLevel(logging.ERROR)
-    logging.getLogger("tensorboard").setLevel(logging.CRITICAL)
-    logging.getLogger("absl").setLevel(logging.CRITICAL)
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # the S3 server's request log
-    warnings.simplefilter("ignore")
+    levels = {"training_health": logging.ERROR, "tensorboard": logging.CRITICAL,
+              "absl": logging.CRITICAL, "werkzeug": logging.ERROR}  # werkzeug: the S3 server's log
+    saved = {name: logging.getLogger(name).level for name in levels}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name, level in levels.items():
+            logging.getLogger(name).setLevel(level)
+        try:
+            yield
+        finally:
+            for name, level in saved.items():
+                logging.getLogger(name).setLevel(level)
 
 
 def contract_line(figures):
