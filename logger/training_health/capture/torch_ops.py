@@ -36,13 +36,27 @@ def _constant_when_compiling(fn):
 
 
 @_constant_when_compiling
-def position_indices(positions, units, examples, device):
-    """`statistics.sample_position_indices` as an int64 tensor on `device`
-    (a string), or None; made once per shape."""
-    key = (positions, units, examples, device)
+def position_indices(k, units, positions, examples, units_first, device):
+    """Flat indices into an output's first k examples ([k, units, positions]
+    when units_first, else [k, positions, units], contiguous) of the values
+    at the positions `statistics.sample_position_indices` keeps, in that
+    layout, as an int64 tensor on `device` (a string), or None where every
+    position is kept; made once per shape (one gather, `take`, then picks
+    the sample: faster than an index_select along an inner axis)."""
+    key = (k, units, positions, examples, units_first, device)
     if key not in _POSITIONS:
-        idx = ref.sample_position_indices(positions, units, examples)
-        _POSITIONS[key] = None if idx is None else torch.as_tensor(idx, dtype=torch.int64).to(device)
+        kept = ref.sample_position_indices(positions, units, examples)
+        if kept is None:
+            _POSITIONS[key] = None
+        else:
+            kept = torch.as_tensor(kept, dtype=torch.int64)
+            example = torch.arange(k)[:, None, None] * (units * positions)
+            unit = torch.arange(units)
+            if units_first:  # value (u, p) at u * positions + p
+                flat = example + unit[None, :, None] * positions + kept[None, None, :]
+            else:  # value (p, u) at p * units + u
+                flat = example + kept[None, :, None] * units + unit[None, None, :]
+            _POSITIONS[key] = flat.reshape(-1).to(device)
     return _POSITIONS[key]
 
 
@@ -51,52 +65,61 @@ class Sampler:
 
     def __init__(self, device):
         self.device = device
-        self._flat = {}  # n -> LongTensor of sampled flat indices, or None
+        self._flat = {}  # n -> LongTensor of sampled block indices, or None
 
-    def flat_indices(self, n):
+    def blocks(self, n):
+        """int64 indices of the sampled blocks of a tensor of n entries
+        (`statistics.sample_block_indices`), or None (no sampling)."""
         if n not in self._flat:
             blocks = ref.sample_block_indices(n)
-            if blocks is None:
-                self._flat[n] = None
-            else:
-                idx = (torch.as_tensor(blocks, dtype=torch.int64)[:, None] * ref.SAMPLE_BLOCK
-                       + torch.arange(ref.SAMPLE_BLOCK)[None, :]).reshape(-1)
-                self._flat[n] = idx.to(self.device)
+            self._flat[n] = None if blocks is None else torch.as_tensor(blocks, dtype=torch.int64).to(
+                self.device)
         return self._flat[n]
 
     def sample(self, t):
         """(flat sample of t, scale), as `statistics.sample`: a view of a
-        small tensor, a gathered copy of a large one."""
+        small tensor, a gathered copy of a large one (whole blocks of
+        SAMPLE_BLOCK entries at a time)."""
         flat = t.detach().reshape(-1)
-        idx = self.flat_indices(flat.numel())
-        if idx is None:
+        n = flat.numel()
+        blocks = self.blocks(n)
+        if blocks is None:
             return flat, 1.0
-        return flat.index_select(0, idx), flat.numel() / float(ref.SAMPLE_ELEMENTS)
+        rows = flat[: (n // ref.SAMPLE_BLOCK) * ref.SAMPLE_BLOCK].view(-1, ref.SAMPLE_BLOCK)
+        return rows.index_select(0, blocks).reshape(-1), n / float(ref.SAMPLE_ELEMENTS)
 
     def activation_sample(self, a, examples, unit_axis):
-        """`statistics.activation_sample` of `a` (batch first; units at
-        `unit_axis`) as [examples, values], units last: the first `examples`
-        examples and, of a large output, a fixed set of positions, selected
-        before the units are moved last (only the sample is copied)."""
+        """The values of `statistics.activation_sample` of `a` (batch first;
+        units at `unit_axis`) as [examples, values]: the first `examples`
+        examples and, of a large output, a fixed set of positions, in the
+        output's own layout (a view where no position is dropped). The
+        values of one example keep their order: [units, positions] for
+        units at axis 1, [positions, units] otherwise; every statistic but
+        unit activity (`sample_units_active`) is the same in either."""
         a = a.detach()
         if examples is not None:
             a = a[:examples]
         units = a.shape[unit_axis]
         if a.dim() < 3:
             return a.reshape(a.shape[0], -1)
-        if unit_axis != a.dim() - 1:  # [k, units, positions...] -> [k, units, positions]
-            a = a.reshape(a.shape[0], units, -1)
-            positions, axis = a.shape[2], 2
-        else:  # [k, positions..., units] -> [k, positions, units]
-            a = a.reshape(a.shape[0], -1, units)
-            positions, axis = a.shape[1], 1
+        k = a.shape[0]
         if examples is not None:
-            idx = position_indices(positions, units, examples, str(self.device))
+            positions = a.numel() // max(1, k * units)
+            idx = position_indices(k, units, positions, examples, unit_axis != a.dim() - 1,
+                                   str(self.device))
             if idx is not None:
-                a = a.index_select(axis, idx)
-        if axis == 2:
-            a = a.transpose(1, 2)
-        return a.reshape(a.shape[0], -1)
+                return a.reshape(-1).take(idx).reshape(k, -1)
+        return a.reshape(k, -1)
+
+
+class Layout:
+    """Pieces of known lengths one after another: `index` (int64, each
+    position's piece), `lengths` (int64) and `count` (pieces)."""
+
+    __slots__ = ("index", "lengths", "count")
+
+    def __init__(self, index, lengths, count):
+        self.index, self.lengths, self.count = index, lengths, count
 
 
 class Segments:
@@ -116,16 +139,23 @@ class Segments:
         return self._cache[key]
 
     def ids(self, lengths):
-        """int64 [sum(lengths)]: the index of the piece of each position."""
+        """The `Layout` of pieces of these lengths, one after another."""
         key = ("ids", tuple(lengths))
         if key not in self._cache:
-            self._cache[key] = torch.repeat_interleave(
-                torch.arange(len(lengths)), torch.as_tensor(list(lengths), dtype=torch.int64)
-            ).to(self.device)
+            lengths_t = torch.as_tensor(list(lengths), dtype=torch.int64)
+            self._cache[key] = Layout(
+                torch.repeat_interleave(torch.arange(len(lengths)), lengths_t).to(self.device),
+                lengths_t.to(self.device), len(lengths))
         return self._cache[key]
 
-    def sum(self, values, ids, count):
-        return torch.zeros(count, dtype=values.dtype, device=values.device).index_add_(0, ids, values)
+    def sum(self, values, layout):
+        """[pieces]: the sum of each piece of `values` (laid out as `layout`).
+        On a CPU a segment reduction; elsewhere an index_add (a segment
+        reduction checks its lengths on the host there)."""
+        if values.device.type == "cpu":
+            return torch.segment_reduce(values, "sum", lengths=layout.lengths)
+        return torch.zeros(layout.count, dtype=values.dtype, device=values.device).index_add_(
+            0, layout.index, values)
 
     def max(self, values, ids, count, empty=float("-inf")):
         out = torch.full((count,), empty, dtype=values.dtype, device=values.device)
@@ -193,17 +223,23 @@ def gradient_parts(grads, owners, layers, sampler, segments, host_is_device):
     (`finite_norms`); zeros and max |g| each tensor's sample."""
     sq, bad = finite_norms(grads, host_is_device)
     samples, scales = zip(*(sampler.sample(g) for g in grads))
-    flat = torch.cat([_f32(s) for s in samples])
-    t_ids = segments.ids([s.numel() for s in samples])
     n_t = len(grads)
     scale = segments.const(scales)
-    zeros = segments.sum((flat == 0).float(), t_ids, n_t) * scale
-    peak = segments.max(torch.where(torch.isfinite(flat), flat.abs(), 0.0), t_ids, n_t, 0.0)
+    if host_is_device and bool(torch.isfinite(sq).all()) and not bool(bad.any()):
+        # Every entry is finite: per sample, reductions that make no
+        # temporary of its size (small ops, no thread hand-off on a CPU).
+        zeros = torch.stack([s.numel() - torch.count_nonzero(s) for s in samples]).float() * scale
+        peak = torch.stack([torch.stack(torch.aminmax(s)).abs().max() for s in samples]).float()
+    else:
+        flat = torch.cat([_f32(s) for s in samples])
+        t_ids = segments.ids([s.numel() for s in samples])
+        zeros = segments.sum((flat == 0).float(), t_ids) * scale
+        peak = segments.max(torch.where(torch.isfinite(flat), flat.abs(), 0.0), t_ids.index, n_t, 0.0)
     entries = segments.const([float(g.numel()) for g in grads])
     owner = segments.const(owners, torch.int64)
     per_tensor = torch.stack([sq, bad, zeros, entries], dim=1)
-    sums = torch.zeros(layers, 4, device=flat.device).index_add_(0, owner, per_tensor)
-    peaks = segments.max(peak, owner, layers, 0.0)
+    sums = torch.zeros(layers, 4, device=sq.device).index_add_(0, owner, per_tensor)
+    peaks = segments.max(peak.float(), owner, layers, 0.0)
     return torch.cat([sums, peaks[:, None]], dim=1)
 
 
@@ -233,7 +269,6 @@ def weight_columns(before, after, scales, lengths, owners, layers, segments, mas
     probe)."""
     device = before.device
     t_ids = segments.ids(lengths)
-    n_t = len(lengths)
     scale = segments.const(scales)
     owner = segments.const(owners, torch.int64)
     delta = after - before
@@ -241,11 +276,11 @@ def weight_columns(before, after, scales, lengths, owners, layers, segments, mas
         both = torch.isfinite(before) & torch.isfinite(after)
         b_sq = torch.where(both, before, 0.0).square()
         d_sq = torch.where(both, delta, 0.0).square()
-        count = segments.sum(both.float(), t_ids, n_t)
+        count = segments.sum(both.float(), t_ids)
     else:
         b_sq, d_sq = before.square(), delta.square()
         count = segments.const([float(n) for n in lengths])
-    sq_b, sq_u = segments.sum(b_sq, t_ids, n_t), segments.sum(d_sq, t_ids, n_t)
+    sq_b, sq_u = segments.sum(b_sq, t_ids), segments.sum(d_sq, t_ids)
     per_tensor = torch.stack([sq_b * scale, sq_u * scale, count], dim=1)
     sq_b, sq_u, count = torch.zeros(layers, 3, device=device).index_add_(0, owner, per_tensor).unbind(1)
     norm = sq_b.sqrt()
@@ -278,11 +313,11 @@ def activation_columns(samples, bounds, segments, masked=True):
     if masked:
         finite = torch.isfinite(x)
         z = torch.where(finite, x, 0.0)
-        count = segments.sum(finite.sum(0).float(), ids, layers)
+        count = segments.sum(finite.sum(0).float(), ids)
         col_sum = z.sum(0)
-        mean = segments.sum(col_sum, ids, layers) / count
-        centered = torch.where(finite, x - mean[ids], 0.0)
-        var = segments.sum(centered.square().sum(0), ids, layers) / count
+        mean = segments.sum(col_sum, ids) / count
+        centered = torch.where(finite, x - mean[ids.index], 0.0)
+        var = segments.sum(centered.square().sum(0), ids) / count
         spread = (z - col_sum / k).square().sum(0)  # per value, across the examples
         nonfinite = n - count
     else:
@@ -292,12 +327,12 @@ def activation_columns(samples, bounds, segments, masked=True):
         col_sum = x.sum(0)
         col_mean = col_sum / k
         spread = (x - col_mean).square().sum(0)
-        mean = segments.sum(col_sum, ids, layers) / n
-        between = segments.sum((col_mean - mean[ids]).square(), ids, layers)
-        var = (segments.sum(spread, ids, layers) + k * between) / n
+        mean = segments.sum(col_sum, ids) / n
+        between = segments.sum((col_mean - mean[ids.index]).square(), ids)
+        var = (segments.sum(spread, ids) + k * between) / n
         count, nonfinite = n, torch.zeros_like(n)
-    example_std = (segments.sum((spread / k).sqrt(), ids, layers) / width) if k >= 2 else nan
-    zeros = segments.sum((x == 0).sum(0).float(), ids, layers) / n
+    example_std = (segments.sum((spread / k).sqrt(), ids) / width) if k >= 2 else nan
+    zeros = segments.sum((x == 0).sum(0).float(), ids) / n
     saturated = nan
     bounded = [i for i, b in enumerate(bounds) if b is not None]
     if bounded:  # only the bounded layers' values
@@ -306,10 +341,10 @@ def activation_columns(samples, bounds, segments, masked=True):
         lo = segments.const([bounds[i][0] for i in bounded])
         hi = segments.const([bounds[i][1] for i in bounded])
         eps = fmt.SATURATION_EPS * (hi - lo)
-        at_bound = (part <= (lo + eps)[b_ids]) | (part >= (hi - eps)[b_ids])
+        at_bound = (part <= (lo + eps)[b_ids.index]) | (part >= (hi - eps)[b_ids.index])
         if masked:
             at_bound = at_bound & torch.isfinite(part)
-        counts = segments.sum(at_bound.sum(0).float(), b_ids, len(bounded))
+        counts = segments.sum(at_bound.sum(0).float(), b_ids)
         saturated = nan.index_copy(0, segments.const(bounded, torch.int64),
                                    counts / segments.const([float(k * widths[i]) for i in bounded]))
     columns = torch.stack([torch.where(count > 0, mean, nan), torch.where(count > 0, var.sqrt(), nan),
@@ -317,10 +352,25 @@ def activation_columns(samples, bounds, segments, masked=True):
     return columns, col_sum.sum()
 
 
-def sample_units_active(samples, units):
+def sample_units_active(samples, units, units_first, segments):
     """Bool [sum of units]: `statistics.units_active` of each layer's sample
-    ([examples, positions * units], units last), layer after layer."""
-    return torch.cat([(s > 0).any(dim=0).reshape(-1, u).any(dim=0) for s, u in zip(samples, units)])
+    ([examples, values], `Sampler.activation_sample`'s layout: units_first
+    [units, positions] or not [positions, units]), layer after layer, in one
+    reduction over all of them."""
+    widths = [s.shape[1] for s in samples]
+    x = torch.cat(samples, dim=1) if len(samples) > 1 else samples[0]
+    positive = (x > 0).any(dim=0).to(torch.uint8)
+    key = ("units", tuple(widths), tuple(units), tuple(units_first))
+    if key not in segments._cache:  # column -> its unit's index among all units
+        ids, offset = [], 0
+        for w, u, first in zip(widths, units, units_first):
+            col = torch.arange(w)
+            ids.append(offset + (col // (w // u) if first else col % u))
+            offset += u
+        segments._cache[key] = torch.cat(ids).to(segments.device)
+    ids = segments._cache[key]
+    out = torch.zeros(sum(units), dtype=torch.uint8, device=x.device)
+    return out.scatter_reduce_(0, ids, positive, "amax").bool()
 
 
 def units_active(a, unit_axis, nonnegative=False):

@@ -137,13 +137,14 @@ class _Layer:
         # RNNs without batch_first put the batch on axis 1.
         self.batch_axis = 1 if cls in ("RNN", "LSTM", "GRU") and not module.batch_first else 0
         self.units = 0
+        self.units_first = False  # its samples hold [units, positions] per example
         self.captured = False
         self.is_output = False
         # Appended by the forward hook at every training forward of the step
         # (several with gradient accumulation); `end_step` empties them.
         self.samples = []  # activation samples [examples, values], units last
         self.active = []  # whole-batch unit activity (ReLU family)
-        self.seen = []  # units of each output
+        self.seen = []  # (units, units at axis 1) of each output
 
 
 class TorchProgram(host.RowSource):
@@ -270,7 +271,7 @@ class TorchProgram(host.RowSource):
             layer.active.append(self.gather.any(active) if self.gather is not None else active)
         sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
         layer.samples.append(self.gather.examples(sample) if self.gather is not None else sample)
-        layer.seen.append(int(a.shape[unit_axis]))
+        layer.seen.append((int(a.shape[unit_axis]), first and a.dim() >= 3))
         if not torch.compiler.is_compiling():
             self._output_ids[id(t)] = index
 
@@ -338,7 +339,7 @@ class TorchProgram(host.RowSource):
         for layer in self.layers:
             if layer.seen:
                 layer.captured = True
-                layer.units = layer.seen[0]
+                layer.units, layer.units_first = layer.seen[0]
         try:
             active = self._track_units(step)
             if step % self.every_n_batches != 0:
@@ -377,19 +378,25 @@ class TorchProgram(host.RowSource):
         if not captured:
             return None
         units = [self.layers[i].units for i in captured]
-        parts = []
+        # Whole-batch activity where the hooks took it (ReLU family), else
+        # that of the activation sample, all such layers in one reduction.
+        parts = {}
         for i in captured:
             layer = self.layers[i]
             if layer.active:
                 a = layer.active[0]
                 for more in layer.active[1:]:
                     a = a | more
-            else:
-                a = ops.sample_units_active(layer.samples[:1], [layer.units])
-                if self.gather is not None:
-                    a = self.gather.any(a)
-            parts.append(a)
-        active = torch.cat(parts)
+                parts[i] = a
+        sampled = [i for i in captured if i not in parts]
+        if sampled:
+            layers = [self.layers[i] for i in sampled]
+            a = ops.sample_units_active([l.samples[0] for l in layers], [l.units for l in layers],
+                                        [l.units_first for l in layers], self.segments)
+            if self.gather is not None:
+                a = self.gather.any(a)
+            parts.update(zip(sampled, a.split([l.units for l in layers])))
+        active = torch.cat([parts[i] for i in captured])
         key = tuple(zip(captured, units))
         if self._last_active is None or self._last_active[0] != key:
             self._last_active = (key, torch.full((sum(units),), self.start - 1, dtype=torch.int64,
@@ -429,8 +436,8 @@ class TorchProgram(host.RowSource):
             threshold = max(step - self.dead_window + 1, self.start)
             per_unit = self.segments.const([float(u) for u in units])
             dead = torch.stack([
-                1.0 - self.segments.sum(active.float(), ids, len(units)) / per_unit,
-                self.segments.sum((last < threshold).float(), ids, len(units)) / per_unit], dim=1)
+                1.0 - self.segments.sum(active.float(), ids) / per_unit,
+                self.segments.sum((last < threshold).float(), ids) / per_unit], dim=1)
             for group, values in ((fmt.ACTIVATION_STATS, acts), (fmt.DEAD_UNIT_STATS, dead)):
                 full = torch.full((n_layers, len(group)), float("nan"), device=device)
                 blocks[group] = full.index_copy_(0, index, values.float())
