@@ -326,13 +326,16 @@ def activation_columns(samples, bounds, segments, masked=True):
         # cancellation), and the columns' spread is example_std's too.
         col_sum = x.sum(0)
         col_mean = col_sum / k
-        spread = (x - col_mean).square().sum(0)
+        spread = x.sub_(col_mean).square_().sum(0)  # (x is this function's copy: in place)
         mean = segments.sum(col_sum, ids) / n
         between = segments.sum((col_mean - mean[ids.index]).square(), ids)
         var = (segments.sum(spread, ids) + k * between) / n
         count, nonfinite = n, torch.zeros_like(n)
     example_std = (segments.sum((spread / k).sqrt(), ids) / width) if k >= 2 else nan
-    zeros = segments.sum((x == 0).sum(0).float(), ids) / n
+    if masked:
+        zeros = segments.sum((x == 0).sum(0).float(), ids) / n
+    else:  # (a CPU: one reduction per sample, no temporary of their size)
+        zeros = 1.0 - torch.stack([torch.count_nonzero(s) for s in samples]).float() / n
     saturated = nan
     bounded = [i for i, b in enumerate(bounds) if b is not None]
     if bounded:  # only the bounded layers' values
