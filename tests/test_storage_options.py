@@ -120,6 +120,27 @@ def test_tape_monitor_with_storage_options(s3, no_s3_environment):
     assert [s.step for s in run.steps] == [0, 1, 2]
 
 
+def test_torch_monitor_with_storage_options(s3, no_s3_environment):
+    torch = pytest.importorskip("torch")
+    from training_health.torch import HealthMonitor
+
+    server, bucket = s3
+    url = "s3://%s/torch" % bucket
+    model = torch.nn.Sequential(torch.nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    with HealthMonitor(url, model, optimizer, detectors=None, storage_options=options_for(server)) as monitor:
+        for _ in range(3):
+            optimizer.zero_grad()
+            loss = model(torch.ones(8, 4)).square().mean()
+            loss.backward()
+            optimizer.step()
+            monitor.step(loss)
+    (run,) = reader.read_logdir(url, storage_options=options_for(server))
+    assert [s.step for s in run.steps] == [1, 2, 3]
+    with pytest.raises(ValueError, match="storage_options.*received 'endpoint'"):
+        HealthMonitor(url, model, optimizer, storage_options="endpoint")
+
+
 def test_storage_options_must_be_a_dict():
     keras = pytest.importorskip("keras")
     from training_health.keras import HealthCallback

@@ -110,7 +110,7 @@ class HealthMonitor:
     def __init__(self, logdir, model, optimizer, every_n_batches=1, histogram_every=100,
                  layers=None, dead_window=50, flush_every=50, activation_examples=8,
                  detectors="default", stop_on=(), on_alert=None, storage_options=None):
-        host.check_logdir(logdir)
+        host.check_logdir(logdir, storage_options)
         host.check_options(every_n_batches, histogram_every, dead_window, flush_every, layers,
                            stop_on, activation_examples, on_alert)
         if not isinstance(model, torch.nn.Module):
