@@ -18,9 +18,10 @@ trained with SGD + momentum (ResNet) or AdamW (Transformer). Runs on CUDA when
 a GPU is visible (`--device` to choose), else on the CPU; needs only PyTorch,
 tensorboard and numpy (and this package).
 
-A step is timed from before the forward pass to after the logger's call,
-with the device synchronised at both ends of each timed block of `--steps`
-steps (not inside it). Prints, per model, the median time per step of each
+A block of `--steps` steps is timed from before the first forward pass to
+after the logger has written everything it was given (its background work
+is charged to it, not to the variant that runs next), with the device
+synchronised at both ends of the block (not inside it). Prints, per model, the median time per step of each
 variant and the ratios to plain, and the bytes the HealthMonitor wrote per
 monitored layer per step (its event files go to a temporary folder, removed
 at the end). The last line holds the largest ratio over the models (the
@@ -161,6 +162,14 @@ class Variant:
                 norm = torch.sqrt(sum(p.grad.detach().float().square().sum() for p in params))
                 self.writer.add_scalar("grad_norm/" + layer, norm.item(), self.step_count)
 
+    def flush(self):
+        """Waits until everything logged so far is written (the monitor's
+        device rows read, checked and written; the SummaryWriter's queue)."""
+        if self.monitor is not None:
+            self.monitor.flush()
+        if self.writer is not None:
+            self.writer.flush()
+
     def close(self):
         if self.monitor is not None:
             self.monitor.close()
@@ -194,6 +203,7 @@ def bench_model(kind, args, device, tmp):
                 for s in range(args.steps):
                     x, y = batches[s % len(batches)]
                     v.train_step(x, y)
+                v.flush()  # its logs written: no background work left for the next variant
                 sync(device)
                 per_step = (time.perf_counter() - t0) / args.steps * 1000.0
                 times[n].append(per_step)
