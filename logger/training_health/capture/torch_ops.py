@@ -148,6 +148,20 @@ class Segments:
                 lengths_t.to(self.device), len(lengths))
         return self._cache[key]
 
+    def unit_ids(self, widths, units, units_first):
+        """int64 [sum(widths)]: for each value of samples laid out as
+        `Sampler.activation_sample` gives them, its unit's index among all
+        the layers' units, layer after layer."""
+        key = ("units", tuple(widths), tuple(units), tuple(units_first))
+        if key not in self._cache:
+            ids, offset = [], 0
+            for w, u, first in zip(widths, units, units_first):
+                col = torch.arange(w)
+                ids.append(offset + (col // (w // u) if first else col % u))
+                offset += u
+            self._cache[key] = torch.cat(ids).to(self.device)
+        return self._cache[key]
+
     def sum(self, values, layout):
         """[pieces]: the sum of each piece of `values` (laid out as `layout`).
         On a CPU a segment reduction; elsewhere an index_add (a segment
@@ -363,15 +377,7 @@ def sample_units_active(samples, units, units_first, segments):
     widths = [s.shape[1] for s in samples]
     x = torch.cat(samples, dim=1) if len(samples) > 1 else samples[0]
     positive = (x > 0).any(dim=0).to(torch.uint8)
-    key = ("units", tuple(widths), tuple(units), tuple(units_first))
-    if key not in segments._cache:  # column -> its unit's index among all units
-        ids, offset = [], 0
-        for w, u, first in zip(widths, units, units_first):
-            col = torch.arange(w)
-            ids.append(offset + (col // (w // u) if first else col % u))
-            offset += u
-        segments._cache[key] = torch.cat(ids).to(segments.device)
-    ids = segments._cache[key]
+    ids = segments.unit_ids(widths, units, units_first)
     out = torch.zeros(sum(units), dtype=torch.uint8, device=x.device)
     return out.scatter_reduce_(0, ids, positive, "amax").bool()
 

@@ -321,14 +321,21 @@ class TorchProgram(host.RowSource):
             return
         before, scales, lengths = self._before
         after, _, _ = ops.weight_samples(self._params, self.sampler)
-        args = (before, after, scales, lengths, self._param_owner, len(self.layers), self.segments)
-        if self.host_is_device:  # mask only when some value is not finite (rare)
-            self._weights, probe = ops.weight_columns(*args, masked=False)
-            if not torch.isfinite(probe).item():
-                self._weights, _ = ops.weight_columns(*args)
-        else:
-            self._weights, _ = ops.weight_columns(*args)
+        self._weights = self._masked_if_needed(
+            ops.weight_columns, before, after, scales, lengths, self._param_owner,
+            len(self.layers), self.segments)
         self._before = None
+
+    def _masked_if_needed(self, columns, *args):
+        """`columns(*args, masked=...)` (ops.weight_columns,
+        ops.activation_columns): on a CPU first without masking non-finite
+        values, again with it only when the probe says some value is not
+        finite (rare; reading it waits for nothing there); elsewhere masked."""
+        if self.host_is_device:
+            values, probe = columns(*args, masked=False)
+            if bool(torch.isfinite(probe)):
+                return values
+        return columns(*args)[0]
 
     # -- the row ---------------------------------------------------------------------
     def end_step(self, loss, learning_rate):
@@ -424,14 +431,7 @@ class TorchProgram(host.RowSource):
             index = self.segments.const(captured, torch.int64)
             samples = [self.layers[i].samples[0] for i in captured]
             bounds = [self.layers[i].bounds for i in captured]
-            if self.host_is_device:
-                # Read the probe, and mask only when some value is not
-                # finite (rare).
-                acts, probe = ops.activation_columns(samples, bounds, self.segments, masked=False)
-                if not torch.isfinite(probe).item():
-                    acts, _ = ops.activation_columns(samples, bounds, self.segments)
-            else:
-                acts, _ = ops.activation_columns(samples, bounds, self.segments)
+            acts = self._masked_if_needed(ops.activation_columns, samples, bounds, self.segments)
             ids = self.segments.ids(units)
             threshold = max(step - self.dead_window + 1, self.start)
             per_unit = self.segments.const([float(u) for u in units])
