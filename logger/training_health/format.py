@@ -23,7 +23,10 @@ TAG_LAYERS = TAG_PREFIX + "layers"  # float32 [L, len(LAYER_STATS)] per logged s
 TAG_GLOBAL = TAG_PREFIX + "global"  # float32 [len(global names)] per logged step
 TAG_HISTOGRAMS = TAG_PREFIX + "histograms"  # float32 [L, 2, HIST_ROW] now and then
 TAG_ALERTS = TAG_PREFIX + "alerts"  # string [k], one JSON alert each, when raised
-TAGS = (TAG_LAYERS, TAG_GLOBAL, TAG_HISTOGRAMS, TAG_ALERTS)
+# float32 [len(HISTORY_REDUCTIONS), L, len(LAYER_STATS)] per block of steps
+# whose layer rows were not kept at full resolution (long runs; see below).
+TAG_LAYER_HISTORY = TAG_PREFIX + "layer_history"
+TAGS = (TAG_LAYERS, TAG_GLOBAL, TAG_HISTOGRAMS, TAG_ALERTS, TAG_LAYER_HISTORY)
 
 # Columns of the per-layer matrix, by what they measure. NaN means "not
 # measured for this layer" (a layer without weights has no gradient; a layer
@@ -69,6 +72,13 @@ GLOBAL_STATS = (
     "learning_rate",  # NaN when it cannot be read
 )
 
+# Long runs: after the first steps, the layer rows of a block of steps are
+# written as one value of TAG_LAYER_HISTORY, each column reduced over the
+# block's logged steps in these ways (NaN ignored; NaN where every step had
+# NaN). Block `b` covers the steps b*block .. (b+1)*block - 1 (`block` is in
+# the metadata); the value's step is the block's last logged step.
+HISTORY_REDUCTIONS = ("min", "mean", "max")
+
 SATURATION_EPS = 0.01  # fraction of the activation's range counted as "at the bound"
 
 # Histograms: per layer two rows of HIST_ROW floats.
@@ -107,6 +117,25 @@ def layers_metadata(layers):
         stats=list(LAYER_STATS),
         layers=[layer.to_json() for layer in layers],
     )
+
+
+def layer_history_metadata(layers, block):
+    """Metadata for TAG_LAYER_HISTORY: blocks of `block` steps."""
+    if isinstance(block, bool) or not isinstance(block, int) or block < 1:
+        raise FormatError("history block must be an integer >= 1; received %r" % (block,))
+    return _metadata(
+        "layer_history",
+        summary_pb2.DATA_CLASS_TENSOR,
+        stats=list(LAYER_STATS),
+        layers=[layer.to_json() for layer in layers],
+        reductions=list(HISTORY_REDUCTIONS),
+        block=block,
+    )
+
+
+def history_block_first_step(step, block):
+    """The first step of the history block that holds `step`."""
+    return (int(step) // int(block)) * int(block)
 
 
 def global_metadata(names):
@@ -154,7 +183,7 @@ def parse_metadata(content):
             "unknown Training Health format version %r (this code reads up to %d); "
             "upgrade training-health to read these logs" % (version, FORMAT_VERSION)
         )
-    if "layers" in body and body.get("kind") == "layers":
+    if "layers" in body and body.get("kind") in ("layers", "layer_history"):
         try:
             body["layers"] = [LayerInfo.from_json(x) for x in body["layers"]]
         except (AttributeError, TypeError, ValueError) as e:

@@ -71,6 +71,15 @@ class HealthCallback(keras.callbacks.Callback):
             "client_kwargs": {"endpoint_url": "http://127.0.0.1:9000"}}``),
             merged over the client's own configuration and environment
             variables. Defaults to None.
+        history_after: layer statistics of the first this many steps are
+            written at full resolution; after them, each block of
+            `history_block` steps is written as one min/mean/max summary,
+            except the blocks around an alert and the run's last two blocks,
+            which stay whole (the detectors still see every step, and the
+            loss and global statistics are always written every step). This
+            keeps a million-step run of a deep model under about 1 GB (see
+            docs/format.md). None writes every step in full. Defaults to 10000.
+        history_block: steps per history block. Defaults to 100.
     """
 
     # Batch hooks only count batches and occasionally read a small buffer:
@@ -79,9 +88,13 @@ class HealthCallback(keras.callbacks.Callback):
 
     def __init__(self, logdir, every_n_batches=1, histogram_every=100, layers=None,
                  dead_window=50, flush_every=50, activation_examples=8, detectors="default",
-                 stop_on=(), on_alert=None, storage_options=None):
+                 stop_on=(), on_alert=None, storage_options=None,
+                 history_after=host.HISTORY_AFTER, history_block=host.HISTORY_BLOCK):
         super().__init__()
         host.check_logdir(logdir, storage_options)
+        host.check_history(history_after, history_block)
+        self.history_after = history_after
+        self.history_block = history_block
         host.check_options(every_n_batches, histogram_every, dead_window, flush_every, layers,
                            stop_on, activation_examples, on_alert)
         self.logdir = str(logdir)
@@ -146,7 +159,8 @@ class HealthCallback(keras.callbacks.Callback):
             self.detectors.reset()
         previous = self._host
         self._host = host.Host(self.logdir, self._program, self.detectors, self.stop_on,
-                               self.on_alert, self._stop, storage_options=self.storage_options)
+                               self.on_alert, self._stop, storage_options=self.storage_options,
+                               history_after=self.history_after, history_block=self.history_block)
         self._host.alerts = self.alerts
         if previous is not None:  # the same run goes on in the same files
             previous.close()

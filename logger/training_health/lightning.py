@@ -35,7 +35,8 @@ class HealthCallback(Callback):
         **options: the options of `training_health.torch.HealthMonitor`
             (`every_n_batches`, `histogram_every`, `layers`, `dead_window`,
             `flush_every`, `activation_examples`, `detectors`, `stop_on`,
-            `on_alert`, `storage_options`), with its defaults.
+            `on_alert`, `storage_options`, `history_after`,
+            `history_block`), with its defaults.
 
     Raises:
         ValueError: an option is unknown or out of range (at construction).
@@ -79,4 +80,5 @@ class HealthCallback(Callback):
 
 
 _OPTIONS = {"every_n_batches", "histogram_every", "layers", "dead_window", "flush_every",
-            "activation_examples", "detectors", "stop_on", "on_alert", "storage_options"}
+            "activation_examples", "detectors", "stop_on", "on_alert", "storage_options",
+            "history_after", "history_block"}

@@ -62,14 +62,19 @@ class HealthMonitor:
         storage_options: options for the fsspec filesystem of a bucket
             logdir (credentials, endpoint), as in `HealthCallback`.
             Defaults to None.
+        history_after, history_block: how a long run's layer statistics
+            are downsampled on disk, as in `HealthCallback`. Default to
+            10000 and 100.
     """
 
     def __init__(self, logdir, model, optimizer=None, every_n_batches=1, histogram_every=100,
                  layers=None, dead_window=50, activation_examples=8, detectors="default",
-                 stop_on=(), on_alert=None, collect_secs=2.0, buffer_rows=1024, storage_options=None):
+                 stop_on=(), on_alert=None, collect_secs=2.0, buffer_rows=1024, storage_options=None,
+                 history_after=host.HISTORY_AFTER, history_block=host.HISTORY_BLOCK):
         host.check_options(every_n_batches, histogram_every, dead_window, 1, layers, stop_on,
                            activation_examples, on_alert)
         host.check_int("buffer_rows", buffer_rows, 2)
+        host.check_history(history_after, history_block)
         host.check_logdir(logdir, storage_options)
         if isinstance(collect_secs, bool) or not (isinstance(collect_secs, (int, float))
                                                   and collect_secs > 0):
@@ -103,7 +108,8 @@ class HealthMonitor:
         self._patches.wrap_layer_calls(self._program.layers, fallback=self._ambient_recording)
         self._host = host.Host(self.logdir, self._program, self.detectors, stop_on, on_alert,
                                self._request_stop, storage_options=storage_options,
-                               queue_alerts=False)
+                               queue_alerts=False, history_after=history_after,
+                               history_block=history_block)
         self._host.collect_in_background(float(collect_secs))
         self._closed = False
         host.close_at_exit(self)

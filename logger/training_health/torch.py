@@ -98,6 +98,9 @@ class HealthMonitor:
             not propagated. Defaults to None.
         storage_options: fsspec options for a bucket logdir (credentials,
             endpoint), or None. Defaults to None.
+        history_after, history_block: how a long run's layer statistics
+            are downsampled on disk, as in `training_health.keras.HealthCallback`
+            (the detectors see every step). Default to 10000 and 100.
 
     Under DistributedDataParallel every process creates the monitor and
     calls `step()`; the statistics are those of the whole step (the
@@ -109,8 +112,10 @@ class HealthMonitor:
 
     def __init__(self, logdir, model, optimizer, every_n_batches=1, histogram_every=100,
                  layers=None, dead_window=50, flush_every=50, activation_examples=8,
-                 detectors="default", stop_on=(), on_alert=None, storage_options=None):
+                 detectors="default", stop_on=(), on_alert=None, storage_options=None,
+                 history_after=host.HISTORY_AFTER, history_block=host.HISTORY_BLOCK):
         host.check_logdir(logdir, storage_options)
+        host.check_history(history_after, history_block)
         host.check_options(every_n_batches, histogram_every, dead_window, flush_every, layers,
                            stop_on, activation_examples, on_alert)
         if not isinstance(model, torch.nn.Module):
@@ -137,7 +142,8 @@ class HealthMonitor:
             if self.detectors is not None:
                 self.detectors.reset()
             self._host = host.Host(self.logdir, self._program, self.detectors, stop_on, on_alert,
-                                   self._request_stop, storage_options=storage_options)
+                                   self._request_stop, storage_options=storage_options,
+                                   history_after=history_after, history_block=history_block)
         self._alerts = []
         self._steps = 0
         self._closed = False

@@ -269,8 +269,8 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             "last_step": int(time_series.max_step),
         }
 
-    def _layer_series(self, ctx, experiment_id, run):
-        return self._reader.read(ctx, experiment_id, run, fmt.TAG_LAYERS)
+    def _layer_series(self, ctx, experiment_id, run, reduce="mean"):
+        return self._reader.read_layers(ctx, experiment_id, run, reduce)
 
     @staticmethod
     def _sampling(series):
@@ -292,7 +292,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             raise errors.InvalidArgumentError(
                 "reduce must be one of %s; received %r" % (", ".join(downsample.REDUCTIONS), reduce)
             )
-        series = self._layer_series(ctx, experiment_id, run)
+        series = self._layer_series(ctx, experiment_id, run, reduce)
         stats = list(series.metadata["stats"])
         if stat not in stats:
             raise errors.InvalidArgumentError(
@@ -490,7 +490,8 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             if tag not in listing[run]:
                 entries.append(_compare_error(run, "run %r logged no %s" % (run, tag)))
                 continue
-            series = self._reader.read(ctx, experiment_id, run, tag)
+            series = (self._reader.read(ctx, experiment_id, run, tag) if layer is None
+                      else self._layer_series(ctx, experiment_id, run))
             names = list(series.metadata["stats"])
             known_stats.update(dict.fromkeys(names))
             if layer is None:

@@ -126,6 +126,33 @@ class Reader:
             self._evict()
         return series
 
+    def read_layers(self, ctx, experiment_id, run, reduce="mean"):
+        """The layer matrices of `run` over every step that has one: the
+        full-resolution rows, and for a long run's stretches that were
+        summarized (`format.TAG_LAYER_HISTORY`) each block's `reduce`
+        (min, mean or max) at the block's last step. A block is left out
+        where full rows of its steps exist (they were kept around an alert).
+        """
+        full = self.read(ctx, experiment_id, run, fmt.TAG_LAYERS)
+        listing = self._provider.list_tensors(
+            ctx, experiment_id=experiment_id, plugin_name=fmt.PLUGIN_NAME,
+            run_tag_filter=provider.RunTagFilter(runs=[run], tags=[fmt.TAG_LAYER_HISTORY]))
+        if fmt.TAG_LAYER_HISTORY not in listing.get(run, {}):
+            return full
+        history = self.read(ctx, experiment_id, run, fmt.TAG_LAYER_HISTORY)
+        key = (experiment_id, run, fmt.TAG_LAYER_HISTORY, reduce)
+        version = tuple((len(x.steps), int(x.steps[-1]) if len(x.steps) else -1)
+                        for x in (full, history))
+        with self._lock:
+            hit = self._cache.get(key)
+            if hit is not None and hit[0] == version:
+                return hit[1]
+        merged = _merge_history(full, history, reduce)
+        with self._lock:
+            self._cache[key] = (version, merged)
+            self._evict()
+        return merged
+
     def _evict(self):
         total = sum(entry[1].nbytes for entry in self._cache.values())
         while total > self._cache_bytes and len(self._cache) > 1:
@@ -163,7 +190,32 @@ class Reader:
         return Series(steps, values, metadata, downsampled, limit)
 
 
+def _merge_history(full, history, reduce):
+    meta = history.metadata
+    reductions = list(meta.get("reductions", ()))
+    same_layers = [i.name for i in meta.get("layers", ())] == [
+        i.name for i in full.metadata["layers"]]
+    if (reduce not in reductions or not same_layers
+            or list(meta.get("stats", ())) != list(full.metadata["stats"]) or not len(history.steps)):
+        return full
+    block = int(meta["block"])
+    first = np.array([fmt.history_block_first_step(s, block) for s in history.steps], dtype=np.int64)
+    # A block is covered when a full row lies in [first, last step].
+    position = np.searchsorted(full.steps, first, side="left")
+    covered = (position < len(full.steps)) & (
+        full.steps[np.minimum(position, len(full.steps) - 1)] <= history.steps)
+    use = ~covered
+    steps = np.concatenate([full.steps, history.steps[use]])
+    values = np.concatenate([full.values, history.values[use, reductions.index(reduce)]])
+    order = np.argsort(steps, kind="stable")
+    return Series(steps[order], values[order], full.metadata,
+                  full.downsampled or history.downsampled, full.limit)
+
+
 def _expected_shape(tag, metadata):
+    if tag == fmt.TAG_LAYER_HISTORY:
+        return (len(metadata.get("reductions", ())), len(metadata.get("layers", ())),
+                len(metadata.get("stats", ())))
     if tag == fmt.TAG_LAYERS:
         return (len(metadata.get("layers", ())), len(metadata.get("stats", ())))
     if tag == fmt.TAG_GLOBAL:

@@ -30,6 +30,7 @@ import numpy as np
 from training_health import format as fmt
 from training_health.records import KINDS, StepStats
 from training_health.io import event_writer as _event_writer  # noqa: F401  (registers its exit hook first)
+from training_health.io.history import HISTORY_AFTER, HISTORY_BLOCK, check_history
 from training_health.io.run_writer import RunWriter
 
 log = logging.getLogger("training_health")
@@ -321,10 +322,13 @@ class Host:
             `dispatch()` (which the training loop calls); False: they are
             dispatched where they are found (a loop with no hook to call
             `dispatch()` from, such as a compiled step).
+        history_after, history_block: as in `HealthCallback`.
     """
 
     def __init__(self, logdir, source, detectors, stop_on, on_alert, stop, storage_options=None,
-                 queue_alerts=True):
+                 queue_alerts=True, history_after=HISTORY_AFTER, history_block=HISTORY_BLOCK):
+        check_history(history_after, history_block)
+        self.history = (history_after, history_block)
         self.logdir = str(logdir)
         self.source = source
         self.detectors = detectors
@@ -345,7 +349,8 @@ class Host:
             from training_health.io.event_writer import EventWriter
 
             events = EventWriter(self.logdir, storage_options=self.storage_options)
-            self.writer = RunWriter(self.logdir, layer_infos, metric_names, writer=events)
+            self.writer = RunWriter(self.logdir, layer_infos, metric_names, writer=events,
+                                    history_after=self.history[0], history_block=self.history[1])
         return self.writer
 
     def collect(self, blocking=True):

@@ -10,6 +10,11 @@ alert with its message and hint, then one short line per alert that
 follows from it; `--json` lists every alert with its `incident` and
 `caused_by`.
 
+A long run whose layer rows were summarized on disk after its first steps
+(docs/format.md, "Long runs") is replayed up to its first summarized
+block; beyond it, the alerts are those the logger raised online, where
+the detectors saw every step.
+
 On a logdir of several runs (a sweep), one line per run comes first,
 worst first: its status (the severity of its worst alert, or OK), steps,
 number of alerts and worst alert; then each run's table.
@@ -59,10 +64,19 @@ def check_run(run, suite=None):
     """
     suite = suite if suite is not None else DetectorSuite()
     found = {}
-    for alert in suite.replay(run.steps) + list(run.alerts):
+    for alert in suite.replay(replayed_steps(run)) + list(run.alerts):
         found.setdefault((alert.kind, alert.layer, alert.step, alert.cleared), alert)
     ordered = sorted(found.values(), key=lambda a: (a.step, a.kind, a.layer or "", a.cleared))
     return [a for a in incidents.group(ordered) if not a.cleared]
+
+
+def replayed_steps(run):
+    """The steps of `run` the detectors are replayed on: every step, or,
+    for a long run, those before its first summarized block."""
+    if not run.history:
+        return run.steps
+    start = run.history[0].first_step
+    return [s for s in run.steps if s.step < start]
 
 
 def _as_json(results):
@@ -74,14 +88,17 @@ def _as_json(results):
     }
 
 
-def _table(name, n_steps, alerts, out):
+def _table(name, n_steps, alerts, out, summarized_from=None):
+    note = ("" if summarized_from is None else
+            "\n  (a long run: its layer rows from step %d on are summarized on disk; the alerts "
+            "there are those the logger raised while it saw every step)" % summarized_from)
     if not alerts:
-        print("%s: OK (%d steps, no alerts)" % (name, n_steps), file=out)
+        print("%s: OK (%d steps, no alerts)%s" % (name, n_steps, note), file=out)
         return
     groups = incidents.by_incident(alerts)
     print("%s: %d alert%s in %d incident%s (%d steps)"
           % (name, len(alerts), "" if len(alerts) == 1 else "s",
-             len(groups), "" if len(groups) == 1 else "s", n_steps), file=out)
+             len(groups), "" if len(groups) == 1 else "s", n_steps) + note, file=out)
     rows = [("STEP", "SEVERITY", "KIND", "LAYER")] + [
         (str(root.step), root.severity, root.kind, root.layer or "-") for root, _ in groups
     ]
@@ -136,7 +153,7 @@ def _fail(message):
 def run(args):
     """Runs the subcommand; returns the exit status."""
     try:
-        runs = reader.read_logdir(args.logdir, storage.options(args))
+        runs = reader.read_logdir(args.logdir, storage.options(args), keep_summarized_steps=False)
     except FileNotFoundError:
         return _fail("no such log directory: %s" % args.logdir)
     except fmt.FormatError as e:
@@ -153,9 +170,10 @@ def run(args):
         json.dump(_as_json(results), sys.stdout)
         sys.stdout.write("\n")
     else:
-        steps = {r.name: len(r.steps) for r in runs}
+        steps = {r.name: r.step_count for r in runs}
         if len(results) > 1:
             _sweep_summary(results, steps, sys.stdout)
+        summarized = {r.name: r.history[0].first_step for r in runs if r.history}
         for name, alerts in results:
-            _table(name, steps[name], alerts, sys.stdout)
+            _table(name, steps[name], alerts, sys.stdout, summarized.get(name))
     return EXIT_ALERTS if any(alerts for _, alerts in results) else EXIT_OK

@@ -63,6 +63,13 @@ class HealthFrames:
             run's newest layer metadata, columns `run`, `layer`, then
             `records.LayerInfo`'s fields (`type`, `activation`, `bounds`,
             `units`, `has_weights`, `has_activation`, `is_output`).
+        history: a long run's summarized stretches (docs/format.md, "Long
+            runs"): one row per (run, block, layer, reduction), columns
+            `run`, `first_step`, `step` (the block's last logged step),
+            `layer`, `reduction` (`min`, `mean`, `max`), then one float32
+            column per statistic. Steps of these blocks are in `series` and
+            absent from `layers` unless they were kept whole (around an
+            alert). Empty for runs shorter than `history_after` steps.
     """
 
     runs: list
@@ -70,6 +77,7 @@ class HealthFrames:
     series: object
     alerts: object
     layer_info: object
+    history: object
 
     def run(self, name):
         """The same frames holding only run `name`.
@@ -81,7 +89,8 @@ class HealthFrames:
             raise KeyError("no run %r; the runs are %s" % (name, ", ".join(map(repr, self.runs))))
         return HealthFrames(
             [name],
-            *[_only(frame, name) for frame in (self.layers, self.series, self.alerts, self.layer_info)]
+            *[_only(frame, name) for frame in (self.layers, self.series, self.alerts,
+                                               self.layer_info, self.history)]
         )
 
 
@@ -104,7 +113,7 @@ def load(path, storage_options=None):
 
     Returns:
         A `HealthFrames` (`runs`, `layers`, `series`, `alerts`,
-        `layer_info`); its frames are empty (with their columns) when no
+        `layer_info`, `history`); its frames are empty (with their columns) when no
         run under `path` holds Training Health data.
 
     Raises:
@@ -122,6 +131,7 @@ def load(path, storage_options=None):
         _series_frame(pd, runs, names),
         _alert_frame(pd, runs, names),
         _layer_info_frame(pd, runs, names),
+        _history_frame(pd, runs, names),
     )
 
 
@@ -215,6 +225,42 @@ def _layer_info_frame(pd, runs, names):
     frame = pd.DataFrame(rows, columns=["run", "layer"] + list(LAYER_INFO_COLUMNS))
     frame["run"] = pd.Categorical(frame["run"], categories=names)
     return frame
+
+
+def _history_frame(pd, runs, names):
+    stats = _ordered_union((b.stats for run in runs for b in run.history), fmt.LAYER_STATS)
+    layer_names = _ordered_union(tuple(info.name for info in b.layers)
+                                 for run in runs for b in run.history)
+    reductions = list(fmt.HISTORY_REDUCTIONS)
+    layer_code = {name: i for i, name in enumerate(layer_names)}
+    parts = {key: [] for key in ("run", "first_step", "step", "layer", "reduction")}
+    columns = {stat: [] for stat in stats}
+    for run_index, run in enumerate(runs):
+        for block in run.history:
+            if list(block.reductions) != reductions:
+                continue  # a reduction this version does not know
+            n_layers = len(block.layers)
+            count = n_layers * len(reductions)
+            parts["run"].append(np.full(count, run_index, dtype=np.int32))
+            parts["first_step"].append(np.full(count, block.first_step, dtype=np.int64))
+            parts["step"].append(np.full(count, block.step, dtype=np.int64))
+            codes = np.array([layer_code[info.name] for info in block.layers], dtype=np.int32)
+            parts["layer"].append(np.tile(codes, len(reductions)))
+            parts["reduction"].append(np.repeat(np.arange(len(reductions), dtype=np.int32), n_layers))
+            values = block.values.reshape(count, len(block.stats))
+            where = {stat: i for i, stat in enumerate(block.stats)}
+            for stat in stats:
+                columns[stat].append(values[:, where[stat]] if stat in where
+                                     else np.full(count, np.nan, dtype=np.float32))
+    frame = {
+        "run": _categorical(pd, parts["run"], names),
+        "first_step": _concat(parts["first_step"], np.int64),
+        "step": _concat(parts["step"], np.int64),
+        "layer": _categorical(pd, parts["layer"], layer_names),
+        "reduction": _categorical(pd, parts["reduction"], reductions),
+    }
+    frame.update((stat, _concat(values, np.float32)) for stat, values in columns.items())
+    return pd.DataFrame(frame)
 
 
 def _concat(parts, dtype):

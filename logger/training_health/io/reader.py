@@ -61,16 +61,48 @@ class Update:
             raised and cleared records alike), in the order logged.
         wall_times: {step: wall time (seconds since the epoch)} of the new
             steps, as written by the logger.
+        late_rows: layer rows (`records.StepStats` without global values)
+            of steps already returned without them: a long run writes the
+            rows it keeps around an alert after the steps' global values
+            (`io.history`). `read_run` merges them into its steps.
+        history: new `HistoryBlock`s of a long run, in step order.
     """
 
     steps: list
     alerts: list
     wall_times: dict = dataclasses.field(default_factory=dict)
+    late_rows: list = dataclasses.field(default_factory=list)
+    history: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass(frozen=True)
+class HistoryBlock:
+    """One block of a long run's layer history (`format.TAG_LAYER_HISTORY`).
+
+    Attributes:
+        first_step: the first step the block covers.
+        step: the block's last logged step.
+        layers: tuple of LayerInfo, one per row.
+        stats: tuple of column names.
+        reductions: names of the first axis of `values` (min, mean, max).
+        values: float32 array [len(reductions), len(layers), len(stats)].
+    """
+
+    first_step: int
+    step: int
+    layers: tuple
+    stats: tuple
+    reductions: tuple
+    values: np.ndarray
 
 
 @dataclasses.dataclass
 class RunData:
     """Everything read from one run.
+
+    A long run's steps whose layer rows were summarized (`io.history`) are
+    in `steps` with their global values and no layers; their summaries are
+    in `history`.
 
     Attributes:
         name: the run's name (its directory relative to the logdir, "." for
@@ -80,6 +112,10 @@ class RunData:
         alerts: every logged `records.Alert`, in order.
         wall_times: {step: wall time (seconds since the epoch)} of the
             steps, as written by the logger. Defaults to empty.
+        history: `HistoryBlock`s in step order. Defaults to empty.
+        skipped_steps: steps read but not kept in `steps` (summarized steps
+            of a long run read with `keep_summarized_steps=False`).
+            Defaults to 0.
     """
 
     name: str
@@ -87,6 +123,13 @@ class RunData:
     steps: list
     alerts: list
     wall_times: dict = dataclasses.field(default_factory=dict)
+    history: list = dataclasses.field(default_factory=list)
+    skipped_steps: int = 0
+
+    @property
+    def step_count(self):
+        """Every logged step read, kept in `steps` or not."""
+        return len(self.steps) + self.skipped_steps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -211,6 +254,12 @@ class RunReader:
         path: the run's directory (local path or URL).
         name: the run's name in messages. Defaults to `path`.
         storage_options: fsspec options for URLs. Defaults to None.
+        keep_summarized_steps: False leaves out (and counts in
+            `skipped_steps`) the steps of a long run whose layer rows were
+            summarized: steps without layer rows from its first history
+            block on, and layer rows that arrive after their step. What
+            `check` does not replay, in a fraction of the memory. Defaults
+            to True.
 
     Attributes:
         has_data: True once any Training Health value was read.
@@ -222,14 +271,18 @@ class RunReader:
             warning.
     """
 
-    def __init__(self, path, name=None, storage_options=None):
+    def __init__(self, path, name=None, storage_options=None, keep_summarized_steps=True):
         self.path = str(path)
+        self.keep_summarized_steps = keep_summarized_steps
+        self.skipped_steps = 0
+        self._history_from = None  # first step of the first history block read
         self.name = name if name is not None else self.path
         self.storage_options = storage_options
         self._offsets = {}  # file -> bytes consumed (always a record boundary)
         self._metadata = {}  # tag -> parsed metadata dict
         self._pending = {}  # step -> {"layers": array, "global": array}
         self._step_wall_times = {}  # step -> wall time, until the step is returned
+        self._newest = None  # newest step returned (or skipped)
         self.has_data = False
         self.skipped = []
 
@@ -266,7 +319,7 @@ class RunReader:
             format.UnknownVersionError: metadata of a newer format version.
             OSError: a file could not be read.
         """
-        steps, alerts = [], []
+        steps, alerts, late, history = [], [], [], []
         for path in self._files():
             offset = self._offsets.get(path, 0)
             data = remote.read_bytes(path, offset, self.storage_options)
@@ -282,14 +335,14 @@ class RunReader:
                 except message.DecodeError as e:
                     self._skip("%s: a record of %s is not an event (%s); skipped" % (self.name, path, e))
                     continue
-                self._read_event(event, steps, alerts)
+                self._read_event(event, steps, alerts, late, history)
         if final:
-            steps.extend(self._flush_pending(None))
+            self._emit(steps, self._flush_pending(None))
         wall_times = {s.step: self._step_wall_times.pop(s.step) for s in steps
                       if s.step in self._step_wall_times}
-        return Update(steps, alerts, wall_times)
+        return Update(steps, alerts, wall_times, late, history)
 
-    def _read_event(self, event, steps, alerts):
+    def _read_event(self, event, steps, alerts, late, history):
         if not event.HasField("summary"):
             return
         for value in event.summary.value:
@@ -301,23 +354,62 @@ class RunReader:
             if tag == fmt.TAG_ALERTS:
                 alerts.extend(self._alerts(value, event.step))
                 continue
+            if tag == fmt.TAG_LAYER_HISTORY:
+                block = self._history_block(value, meta, int(event.step))
+                if block is not None:
+                    history.append(block)
+                    if self._history_from is None:
+                        self._history_from = block.first_step
+                continue
             if tag not in (fmt.TAG_LAYERS, fmt.TAG_GLOBAL):
                 continue  # histograms: not needed by the detectors
             step = int(event.step)
             array = self._checked_value(value, meta, step)
             if array is None:
                 continue
+            if tag == fmt.TAG_LAYERS and self._newest is not None and step <= self._newest:
+                if self.keep_summarized_steps:
+                    late.append(self._step(step, {"layers": (array, meta)}))
+                continue
             self._step_wall_times[step] = float(event.wall_time)
-            steps.extend(self._flush_pending(step))
+            self._emit(steps, self._flush_pending(step))
             slot = self._pending.setdefault(step, {})
             slot["layers" if tag == fmt.TAG_LAYERS else "global"] = (array, meta)
             if "layers" in slot and "global" in slot:
-                steps.append(self._step(step, self._pending.pop(step)))
+                self._emit(steps, [self._step(step, self._pending.pop(step))])
+
+    def _emit(self, steps, new):
+        if new:
+            self._newest = new[-1].step
+        if self.keep_summarized_steps or self._history_from is None:
+            steps.extend(new)
+            return
+        for stats in new:
+            if len(stats.layers) or stats.step < self._history_from:
+                steps.append(stats)
+            else:
+                self.skipped_steps += 1
+                self._step_wall_times.pop(stats.step, None)
+
+    def _history_block(self, value, meta, step):
+        array = self._checked_value(value, meta, step)
+        if array is None:
+            return None
+        try:
+            first = fmt.history_block_first_step(step, meta["block"])
+        except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+            self._skip("%s: history metadata has no valid block size (%s); skipped" % (self.name, e))
+            return None
+        return HistoryBlock(first, step, tuple(meta["layers"]), tuple(meta["stats"]),
+                            tuple(meta.get("reductions", ())), array)
 
     def _checked_value(self, value, meta, step):
         """The float32 array of a layer matrix or global vector, or None
         (skipped, with a warning) when it does not match its metadata."""
-        if value.tag == fmt.TAG_LAYERS:
+        if value.tag == fmt.TAG_LAYER_HISTORY:
+            expected = (len(meta.get("reductions", ())), len(meta.get("layers", ())),
+                        len(meta.get("stats", ())))
+        elif value.tag == fmt.TAG_LAYERS:
             expected = (len(meta.get("layers", ())), len(meta.get("stats", ())))
         else:
             expected = (len(meta.get("stats", ())),)
@@ -398,25 +490,47 @@ class RunReader:
         return StepStats(step, layers, stats, array, global_values)
 
 
-def read_run(path, name=None, storage_options=None):
+def read_run(path, name=None, storage_options=None, keep_summarized_steps=True):
     """Every step and logged alert of one run.
+
+    Args:
+        keep_summarized_steps: as in `RunReader`. Defaults to True.
 
     Returns:
         (RunData, has_data): has_data is False when the run's event files
         hold no Training Health data.
     """
-    reader = RunReader(path, name, storage_options)
+    reader = RunReader(path, name, storage_options, keep_summarized_steps)
     update = reader.poll(final=True)
-    return (RunData(reader.name, reader.path, update.steps, update.alerts, update.wall_times),
+    steps = merge_late_rows(update.steps, update.late_rows)
+    return (RunData(reader.name, reader.path, steps, update.alerts, update.wall_times,
+                    update.history, reader.skipped_steps),
             reader.has_data)
 
 
-def read_logdir(logdir, storage_options=None):
+def merge_late_rows(steps, late_rows):
+    """`steps` with the layer rows of `late_rows` put into the steps of the
+    same number that have none (a long run's rows kept around an alert)."""
+    if not late_rows:
+        return steps
+    rows = {row.step: row for row in late_rows}
+    out = []
+    for stats in steps:
+        row = rows.get(stats.step)
+        if row is not None and not len(stats.layers):
+            stats = StepStats(stats.step, row.layers, row.layer_stats, row.layer_values,
+                              stats.global_values)
+        out.append(stats)
+    return out
+
+
+def read_logdir(logdir, storage_options=None, keep_summarized_steps=True):
     """Every run of `logdir` that holds Training Health data.
 
     Args:
         logdir: local directory or URL; itself a run, or holding runs.
         storage_options: fsspec options for URLs. Defaults to None.
+        keep_summarized_steps: as in `RunReader`. Defaults to True.
 
     Returns:
         A list of `RunData`, sorted by run name (runs whose event files hold
@@ -428,7 +542,7 @@ def read_logdir(logdir, storage_options=None):
     """
     runs = []
     for name, path in list_runs(logdir, storage_options).items():
-        data, has_data = read_run(path, name, storage_options)
+        data, has_data = read_run(path, name, storage_options, keep_summarized_steps)
         if has_data:
             runs.append(data)
     return runs

@@ -7,6 +7,7 @@ import numpy as np
 
 from training_health import format as fmt
 from training_health.io.event_writer import EventWriter
+from training_health.io.history import HISTORY_AFTER, HISTORY_BLOCK, LayerHistory
 
 
 class RunWriter:
@@ -17,9 +18,20 @@ class RunWriter:
         layers: sequence of LayerInfo, the rows of every layer matrix.
         metric_names: names of compiled metrics appended to GLOBAL_STATS.
         writer: an EventWriter to use; by default one is opened on `logdir`.
+        history_after: layer rows of steps before this are written at full
+            resolution; after it, in blocks of `history_block` steps, each
+            block as one min/mean/max summary unless an alert or the run's
+            end keeps it whole (`io.history`). None writes every row.
+            Defaults to 10000.
+        history_block: steps per history block. Defaults to 100.
+
+    The global series and the alerts are written at every step; only layer
+    rows and histograms are downsampled.
     """
 
-    def __init__(self, logdir, layers, metric_names=(), writer=None):
+    def __init__(self, logdir, layers, metric_names=(), writer=None, history_after=HISTORY_AFTER,
+                 history_block=HISTORY_BLOCK):
+        self.history = LayerHistory(history_after, history_block)
         self.layers = tuple(layers)
         self.global_names = tuple(fmt.GLOBAL_STATS) + tuple(metric_names)
         self.writer = writer if writer is not None else EventWriter(logdir)
@@ -29,6 +41,9 @@ class RunWriter:
         self.writer.describe(fmt.TAG_GLOBAL, fmt.global_metadata(self.global_names))
         self.writer.describe(fmt.TAG_HISTOGRAMS, fmt.histograms_metadata(self.layers))
         self.writer.describe(fmt.TAG_ALERTS, fmt.alerts_metadata())
+        if history_after is not None:
+            self.writer.describe(fmt.TAG_LAYER_HISTORY,
+                                 fmt.layer_history_metadata(self.layers, history_block))
         self._last_step = None
         # One caller at a time: a step's two events stay together and in
         # step order, also when steps and alerts come from several threads.
@@ -38,6 +53,13 @@ class RunWriter:
         event = fmt.make_event(tag, step, value,
                                wall_time=time.time() if wall_time is None else wall_time)
         self.writer.write(event)
+
+    _TAGS = {"layers": fmt.TAG_LAYERS, "history": fmt.TAG_LAYER_HISTORY,
+             "histograms": fmt.TAG_HISTOGRAMS}
+
+    def _emit_all(self, writes):
+        for kind, step, value, wall_time in writes:
+            self._emit(self._TAGS[kind], step, value, wall_time)
 
     def write_step(self, step, layer_values, global_values, wall_time=None):
         """One logged step: layer matrix [L, len(LAYER_STATS)] and global vector."""
@@ -59,7 +81,9 @@ class RunWriter:
                     "steps must only increase; received step %d after %d" % (step, self._last_step)
                 )
             self._last_step = step
-            self._emit(fmt.TAG_LAYERS, step, layer_values, wall_time)
+            if wall_time is None:
+                wall_time = time.time()
+            self._emit_all(self.history.add_step(step, layer_values, wall_time))
             self._emit(fmt.TAG_GLOBAL, step, global_values, wall_time)
 
     def write_histograms(self, step, histograms, wall_time=None):
@@ -70,7 +94,8 @@ class RunWriter:
                 "histograms must have shape %s; received %s" % (expected, histograms.shape)
             )
         with self._lock:
-            self._emit(fmt.TAG_HISTOGRAMS, step, histograms, wall_time)
+            self._emit_all(self.history.add_histograms(
+                step, histograms, time.time() if wall_time is None else wall_time))
 
     def write_alerts(self, step, alerts, wall_time=None):
         """Alerts (records.Alert) found at `step`; nothing is written for none."""
@@ -79,9 +104,15 @@ class RunWriter:
         value = np.array([fmt.encode_alert(a.to_json()) for a in alerts], dtype=object)
         with self._lock:
             self._emit(fmt.TAG_ALERTS, step, value, wall_time)
+            self._emit_all(self.history.add_alerts(step))
 
     def flush(self):
+        """Waits until what was written is in the files (rows that a history
+        block still holds wait for the block's end or `close`)."""
         return self.writer.flush()
 
     def close(self):
+        """Writes the rows history blocks still hold, then closes the files."""
+        with self._lock:
+            self._emit_all(self.history.close())
         self.writer.close()
