@@ -356,6 +356,21 @@ def test_page_says_when_tensorboard_downsampled(browser, logdir):
         page.close()
 
 
+def test_page_says_which_steps_of_a_long_run_are_block_summaries(browser, tmp_path):
+    from test_history import AFTER, BLOCK, write_long_run
+
+    write_long_run(tmp_path / "long")
+    with support.tensorboard_process(str(tmp_path), load_fast=False) as base:
+        page = Page(browser, base + ENTRY)
+        page.wait_rendered()
+        notes = page.page.inner_text(".th-run-section[data-run=long]")
+        assert ("Long run: layer statistics from step %d on are stored as one summary per %d "
+                "steps" % (AFTER, BLOCK)) in notes
+        assert page.page.query_selector(".th-run-section[data-run=long] canvas") is not None
+        assert page.errors == []
+        page.close()
+
+
 def test_empty_logdir_shows_the_one_line(browser, tmp_path):
     (tmp_path / "empty").mkdir()
     # tensorboard_process waits for data; an empty logdir has none, so wait on the page.

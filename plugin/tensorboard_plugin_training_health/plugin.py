@@ -274,11 +274,15 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
 
     @staticmethod
     def _sampling(series):
-        return {
+        out = {
             "samples": int(len(series.steps)),
             "downsampled": bool(series.downsampled),
             "sample_limit": int(series.limit),
         }
+        if getattr(series, "summarized_from", None) is not None:
+            out["summarized_from"] = series.summarized_from
+            out["history_block"] = series.history_block
+        return out
 
     def matrix_impl(self, ctx, experiment_id, run, stat, width=DEFAULT_WIDTH, reduce="mean",
                     steps=(None, None)):

@@ -42,14 +42,21 @@ class Series:
         downsampled: True when TensorBoard or this reader kept fewer values
             than were logged.
         limit: the sample limit that applied (0 = none known).
+        summarized_from: for layer matrices of a long run, the first step
+            whose layer rows may be block summaries (`Reader.read_layers`);
+            None otherwise.
+        history_block: steps per summarized block, or None.
     """
 
-    def __init__(self, steps, values, metadata, downsampled, limit):
+    def __init__(self, steps, values, metadata, downsampled, limit, summarized_from=None,
+                 history_block=None):
         self.steps = steps
         self.values = values
         self.metadata = metadata
         self.downsampled = downsampled
         self.limit = limit
+        self.summarized_from = summarized_from
+        self.history_block = history_block
 
     @property
     def nbytes(self):
@@ -209,7 +216,8 @@ def _merge_history(full, history, reduce):
     values = np.concatenate([full.values, history.values[use, reductions.index(reduce)]])
     order = np.argsort(steps, kind="stable")
     return Series(steps[order], values[order], full.metadata,
-                  full.downsampled or history.downsampled, full.limit)
+                  full.downsampled or history.downsampled, full.limit,
+                  summarized_from=int(first[0]), history_block=block)
 
 
 def _expected_shape(tag, metadata):

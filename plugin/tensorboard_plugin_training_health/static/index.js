@@ -340,6 +340,12 @@ class RunView {
           `with --samples_per_plugin=training_health=0 to keep every step.`);
     }
     const m = (this.bundle.matrices || []).find(Boolean);
+    if (m && m.summarized_from != null) {
+      notes.push(`Long run: layer statistics from step ${formatStep(m.summarized_from)} on are ` +
+          `stored as one summary per ${formatStep(m.history_block)} steps (min, mean, max), each ` +
+          `shown at its block's last step; the steps around alerts and the last steps are exact. ` +
+          `Loss and global statistics are exact at every step.`);
+    }
     if (m && !this.bundle.zoom && m.first_steps.length < m.samples) {
       notes.push(`${m.samples.toLocaleString('en-US')} stored steps shown in ${m.first_steps.length} ` +
           `columns; each column is the ${m.reduce} of its steps.`);
