@@ -2,13 +2,15 @@
 for tests/test_keras_multi_worker.py; also the single-process reference it
 is compared to.
 
-    python tests/thtest_keras_mwms.py INDEX PORT0,PORT1 LOGDIR [DIE_AT]
+    python tests/thtest_keras_mwms.py INDEX PORT0,PORT1 LOGDIR fit|loop [DIE_AT]
 
-Every worker trains the same model (same initial weights) with `fit` and a
-HealthCallback on LOGDIR (the same path for every worker, as users write
-it); worker i takes the i-th half of each global batch. With DIE_AT, worker
-1 ends its process (os._exit, no clean-up) at the end of batch DIE_AT.
-Each worker prints one JSON line: what its callback did.
+Every worker trains the same model (same initial weights) on LOGDIR (the
+same path for every worker, as users write it): with `fit` and a
+HealthCallback, or (loop) with a custom training loop and a
+`training_health.tf.HealthMonitor`. Worker i takes the i-th half of each
+global batch. With DIE_AT (fit), worker 1 ends its process (os._exit, no
+clean-up) at the end of batch DIE_AT. Each worker prints one JSON line:
+what its logger did.
 """
 
 import json
@@ -18,9 +20,6 @@ import sys
 STEPS = 4
 GLOBAL_BATCH = 16
 WORKERS = 2
-# A collective that waits longer for a worker fails (see the README's
-# "Multi-worker" section).
-COLLECTIVE_TIMEOUT_S = 15
 
 
 def data():
@@ -54,14 +53,18 @@ def make_model():
     return model
 
 
-def make_callback(logdir, alerts_seen):
+def options(alerts_seen):
+    """The logger's arguments, the same for the callback and the monitor."""
     from training_health.detectors import DeadUnitsDetector, DetectorSuite
+
+    return dict(histogram_every=1, activation_examples=None, on_alert=alerts_seen.append,
+                detectors=DetectorSuite([DeadUnitsDetector(patience=1, min_observations=2)]))
+
+
+def make_callback(logdir, alerts_seen):
     from training_health.keras import HealthCallback
 
-    return HealthCallback(
-        logdir, flush_every=1, histogram_every=1, activation_examples=None,
-        detectors=DetectorSuite([DeadUnitsDetector(patience=1, min_observations=2)]),
-        on_alert=alerts_seen.append)
+    return HealthCallback(logdir, flush_every=1, **options(alerts_seen))
 
 
 def train_single(logdir):
@@ -105,19 +108,47 @@ def keras_multi_worker_workaround(model):
     trainer.reduce_per_replica = reduce_per_replica
 
 
-def main(index, ports, logdir, die_at=None):
+def train_loop(strategy, model, dataset, logdir, alerts_seen):
+    """A custom training loop as TensorFlow's multi-worker tutorial writes it."""
+    import keras
+    import tensorflow as tf
+    from training_health.tf import HealthMonitor
+
+    monitor = HealthMonitor(logdir, model, model.optimizer, collect_secs=0.2, **options(alerts_seen))
+    per_example_loss = keras.losses.SparseCategoricalCrossentropy(reduction=None)
+
+    @tf.function
+    def train_step(iterator):
+        def replica_step(x, y):
+            with tf.GradientTape() as tape:
+                loss = tf.nn.compute_average_loss(per_example_loss(y, model(x, training=True)),
+                                                  global_batch_size=GLOBAL_BATCH)
+            grads = tape.gradient(loss, model.trainable_variables)
+            model.optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            monitor.record(x, loss, grads)
+            return loss
+
+        return strategy.run(replica_step, args=next(iterator))
+
+    iterator = iter(dataset)
+    for _ in range(STEPS):
+        train_step(iterator)
+    monitor.close()
+    return monitor
+
+
+def main(index, ports, logdir, mode, die_at=None):
     os.environ["TF_CONFIG"] = json.dumps({
         "cluster": {"worker": ["127.0.0.1:%d" % p for p in ports]},
         "task": {"type": "worker", "index": index}})
     import keras
     import tensorflow as tf
 
-    strategy = tf.distribute.MultiWorkerMirroredStrategy(
-        communication_options=tf.distribute.experimental.CommunicationOptions(
-            timeout_seconds=COLLECTIVE_TIMEOUT_S))
+    strategy = tf.distribute.MultiWorkerMirroredStrategy()  # the defaults: no collective timeout
     with strategy.scope():
         model = make_model()
-        keras_multi_worker_workaround(model)
+        if mode == "fit":
+            keras_multi_worker_workaround(model)
     x, y = data()
     share = GLOBAL_BATCH // WORKERS
 
@@ -136,15 +167,19 @@ def main(index, ports, logdir, die_at=None):
                 os._exit(3)
 
     seen = []
-    cb = make_callback(logdir, seen)
-    model.fit(strategy.distribute_datasets_from_function(dataset), epochs=1, steps_per_epoch=STEPS,
-              verbose=0, callbacks=[cb, Die()])
-    cb.close()
+    if mode == "loop":
+        logger = train_loop(strategy, model, strategy.distribute_datasets_from_function(dataset),
+                            logdir, seen)
+    else:
+        logger = make_callback(logdir, seen)
+        model.fit(strategy.distribute_datasets_from_function(dataset), epochs=1,
+                  steps_per_epoch=STEPS, verbose=0, callbacks=[logger, Die()])
+        logger.close()
     print(json.dumps(dict(worker=index, chief=strategy.extended.should_save_summary,
-                          writes=cb._host is not None, alerts=len(cb.alerts), on_alert=len(seen))),
-          flush=True)
+                          writes=logger._host is not None, alerts=len(logger.alerts),
+                          on_alert=len(seen))), flush=True)
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), [int(p) for p in sys.argv[2].split(",")], sys.argv[3],
-         int(sys.argv[4]) if len(sys.argv) > 4 else None)
+    main(int(sys.argv[1]), [int(p) for p in sys.argv[2].split(",")], sys.argv[3], sys.argv[4],
+         int(sys.argv[5]) if len(sys.argv) > 5 else None)

@@ -210,7 +210,6 @@ class DeviceProgram(host.RowSource):
         """
         self._ensure_buffers()
         step = self.step.read_value()
-        self.traced = True
         replica, replicas = _replica()
         ctx = tf.distribute.get_replica_context()
 
@@ -321,6 +320,8 @@ class DeviceProgram(host.RowSource):
                 lambda: self._write_histograms(rec, per_layer_grads, step),
                 lambda: self.hist_count.read_value(),
             ))
+        # Only now are the layers' units and outputs known (`layer_infos`).
+        self.traced = True
         with tf.control_dependencies(ops + state_updates):
             return self.step.assign_add(1)
 
@@ -385,8 +386,11 @@ class DeviceProgram(host.RowSource):
 
     # -- host.RowSource ---------------------------------------------------
     def read_rows(self):
-        if self.buffer is None:
-            return None  # nothing traced yet
+        if not self.traced:
+            # Nothing traced yet, or the trace is still running (in another
+            # thread than a background reader's): what `layer_infos` would
+            # say is not known yet.
+            return None
         before = int(self.count.numpy())
         buffer, steps = self.buffer.numpy(), self.row_steps.numpy()
         return before, buffer, steps, int(self.count.numpy())
