@@ -80,6 +80,11 @@ class HealthCallback(keras.callbacks.Callback):
             keeps a million-step run of a deep model under about 1 GB (see
             docs/format.md). None writes every step in full. Defaults to 10000.
         history_block: steps per history block. Defaults to 100.
+
+    Under `tf.distribute.MultiWorkerMirroredStrategy` every worker passes
+    the callback (with the same logdir); the statistics are those of the
+    whole global step (every worker's examples), and only the chief (task
+    "chief", or worker 0 when there is none) writes and raises alerts.
     """
 
     # Batch hooks only count batches and occasionally read a small buffer:
@@ -155,13 +160,16 @@ class HealthCallback(keras.callbacks.Callback):
             layers, model, self.every_n_batches, self.histogram_every, self.dead_window,
             rows, start, activation_examples=self.activation_examples,
         )
-        if self.detectors is not None:
-            self.detectors.reset()
         previous = self._host
-        self._host = host.Host(self.logdir, self._program, self.detectors, self.stop_on,
-                               self.on_alert, self._stop, storage_options=self.storage_options,
-                               history_after=self.history_after, history_block=self.history_block)
-        self._host.alerts = self.alerts
+        self._host = None
+        if tf_program.writes(model):  # not a non-chief worker of a multi-worker strategy
+            if self.detectors is not None:
+                self.detectors.reset()
+            self._host = host.Host(self.logdir, self._program, self.detectors, self.stop_on,
+                                   self.on_alert, self._stop, storage_options=self.storage_options,
+                                   history_after=self.history_after,
+                                   history_block=self.history_block)
+            self._host.alerts = self.alerts
         if previous is not None:  # the same run goes on in the same files
             previous.close()
 
@@ -233,9 +241,9 @@ class HealthCallback(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         try:
-            if self._host is not None:
+            if self._host is not None:  # (the chief's warning only)
                 self._host.flush()
-            self._warn_skipped()
+                self._warn_skipped()
         finally:
             self._uninstall()
 

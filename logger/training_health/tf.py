@@ -65,6 +65,11 @@ class HealthMonitor:
         history_after, history_block: how a long run's layer statistics
             are downsampled on disk, as in `HealthCallback`. Default to
             10000 and 100.
+
+    Under `tf.distribute.MultiWorkerMirroredStrategy` every worker creates
+    the monitor and calls `record()` in its replica function; the
+    statistics are those of the whole global step, and only the chief
+    writes and raises alerts (as with `HealthCallback`).
     """
 
     def __init__(self, logdir, model, optimizer=None, every_n_batches=1, histogram_every=100,
@@ -106,18 +111,21 @@ class HealthMonitor:
         self._pending_eager = None
         self._patches = tf_recording.Patches()
         self._patches.wrap_layer_calls(self._program.layers, fallback=self._ambient_recording)
-        self._host = host.Host(self.logdir, self._program, self.detectors, stop_on, on_alert,
-                               self._request_stop, storage_options=storage_options,
-                               queue_alerts=False, history_after=history_after,
-                               history_block=history_block)
-        self._host.collect_in_background(float(collect_secs))
+        self._host = None  # a non-chief worker of a multi-worker strategy writes nothing
+        if tf_program.writes(model):
+            self._host = host.Host(self.logdir, self._program, self.detectors, stop_on, on_alert,
+                                   self._request_stop, storage_options=storage_options,
+                                   queue_alerts=False, history_after=history_after,
+                                   history_block=history_block)
+            self._host.collect_in_background(float(collect_secs))
         self._closed = False
         host.close_at_exit(self)
 
     @property
     def alerts(self):
-        """Every alert raised so far (`Alert` records), oldest first."""
-        return self._host.alerts
+        """Every alert raised so far (`Alert` records), oldest first (the
+        chief's; none on the other workers of a multi-worker strategy)."""
+        return self._host.alerts if self._host is not None else []
 
     # -- device side ---------------------------------------------------------
     def _ambient_recording(self):
@@ -175,7 +183,8 @@ class HealthMonitor:
     def flush(self):
         """Reads the device buffer and writes everything recorded so far
         (also reacts to the alerts found so far: `on_alert`, `stop_on`)."""
-        self._host.flush()
+        if self._host is not None:
+            self._host.flush()
 
     def close(self):
         """Writes what the device still holds, closes the files and unwraps
@@ -184,7 +193,8 @@ class HealthMonitor:
             return
         self._closed = True
         try:
-            self._host.close()
+            if self._host is not None:
+                self._host.close()
         finally:
             self._patches.restore()
 

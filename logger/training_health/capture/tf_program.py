@@ -51,8 +51,22 @@ def _replica():
     return int(tf.get_static_value(ctx.replica_id_in_sync_group)), replicas
 
 
+def writes(model):
+    """Whether this process writes the run: the chief of a multi-worker
+    strategy (its "chief" task, or worker 0 when the cluster has none, as
+    `tf.distribute` decides for summaries and checkpoints), and the one
+    process of any other strategy. Every process still computes the step's
+    statistics: their collectives need every replica."""
+    strategy = getattr(model, "distribute_strategy", None) or tf.distribute.get_strategy()
+    return bool(strategy.extended.should_save_summary)
+
+
 def _gather(ctx, t):
     """All replicas' shares of a batch tensor, static shape kept."""
+    if not t.device:
+        # A step input has no device, and a multi-worker strategy gathers
+        # to the tensor's device: a copy made in the replica's device scope.
+        t = tf.identity(t)
     out = ctx.all_gather(t, 0)
     if t.shape.rank is not None:
         out.set_shape([None] + t.shape.as_list()[1:])
@@ -196,7 +210,6 @@ class DeviceProgram(host.RowSource):
         """
         self._ensure_buffers()
         step = self.step.read_value()
-        self.traced = True
         replica, replicas = _replica()
         ctx = tf.distribute.get_replica_context()
 
@@ -252,7 +265,9 @@ class DeviceProgram(host.RowSource):
 
         if replica != 0:
             # Exactly one writer: the other replicas only took part in the
-            # collectives above and keep their own metric snapshots.
+            # collectives above and keep their own metric snapshots. (Under
+            # a multi-worker strategy replica 0 is on the chief, the first
+            # task of the cluster: see `writes`.)
             with tf.control_dependencies(state_updates):
                 return tf.no_op()
 
@@ -305,6 +320,8 @@ class DeviceProgram(host.RowSource):
                 lambda: self._write_histograms(rec, per_layer_grads, step),
                 lambda: self.hist_count.read_value(),
             ))
+        # Only now are the layers' units and outputs known (`layer_infos`).
+        self.traced = True
         with tf.control_dependencies(ops + state_updates):
             return self.step.assign_add(1)
 
@@ -369,8 +386,11 @@ class DeviceProgram(host.RowSource):
 
     # -- host.RowSource ---------------------------------------------------
     def read_rows(self):
-        if self.buffer is None:
-            return None  # nothing traced yet
+        if not self.traced:
+            # Nothing traced yet, or the trace is still running (in another
+            # thread than a background reader's): what `layer_infos` would
+            # say is not known yet.
+            return None
         before = int(self.count.numpy())
         buffer, steps = self.buffer.numpy(), self.row_steps.numpy()
         return before, buffer, steps, int(self.count.numpy())
