@@ -362,6 +362,60 @@ def test_very_noisy_slow_learner_with_usual_updates_is_not_oscillation():
     assert raised(run(OscillatingLossDetector(), bouncing))  # same loss, huge steps
 
 
+def class_sorted_loss(block=30):
+    """Batches of one class at a time: the loss falls while the model fits
+    the current class (from 2.5 to 0.1 over a block of `block` batches) and
+    jumps when the next class starts; 10% batch noise."""
+    def loss(s, rng):
+        return (0.1 + 2.4 * math.exp(-(s % block) / (block / 5))) * abs(1 + 0.1 * rng.standard_normal())
+    return loss
+
+
+@pytest.mark.parametrize("block", [10, 30, 60])
+def test_loss_swinging_with_the_data_order_asks_to_shuffle(block):
+    alerts = raised(run(OscillatingLossDetector(), stream(600, loss=class_sorted_loss(block))))
+    assert alerts, "no alert for batches sorted by class in blocks of %d" % block
+    first = alerts[0]
+    assert first.kind == "oscillating_loss" and first.layer is None
+    assert first.step <= 200  # the first full 200-step window
+    assert "order of the batches" in first.message and "shuffle" in first.hint
+    # The same run with shuffled batches: each batch a fresh draw of the classes.
+    shuffled = stream(600, loss=lambda s, r: class_sorted_loss(block)(int(r.integers(0, 10**6)), r))
+    assert run(OscillatingLossDetector(), shuffled) == []
+
+
+def test_heavy_tailed_batch_losses_are_not_a_data_order():
+    # Mislabeled examples: now and then a batch's loss is several times the
+    # usual (lognormal noise, sigma 0.6), on a falling trend.
+    def loss(s, rng):
+        return (0.2 + math.exp(-s / 300)) * float(rng.lognormal(0.0, 0.6))
+
+    for seed in range(5):
+        assert run(OscillatingLossDetector(), stream(1500, loss=loss, seed=seed)) == []
+
+
+def test_loss_rising_with_a_cyclic_learning_rate_is_not_a_data_order():
+    # Triangular schedule with a 100-step period: the loss rises with the
+    # rate every cycle (three rises a window), which the schedule explains.
+    def lr(s):
+        phase = (s % 100) / 50.0
+        return 1e-4 + 1e-2 * (phase if phase <= 1 else 2 - phase)
+
+    def loss(s, rng):
+        return (0.3 + 40 * lr(s)) * abs(1 + 0.05 * rng.standard_normal())
+
+    assert run(OscillatingLossDetector(), stream(
+        800, loss=loss, global_fn=lambda s: {"learning_rate": lr(s)})) == []
+
+
+def test_warm_restarts_are_not_a_data_order():
+    # SGDR: one jump at each restart (every 300 steps), then a smooth fall.
+    def loss(s, rng):
+        return (0.2 + 1.5 * math.exp(-(s % 300) / 40)) * abs(1 + 0.05 * rng.standard_normal())
+
+    assert run(OscillatingLossDetector(), stream(1500, loss=loss)) == []
+
+
 def frozen_cnn_stream(n=200):
     """The seed report: raw pixels, the conv layer dead from step 8, accuracy at the prior."""
 

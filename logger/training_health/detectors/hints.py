@@ -382,3 +382,11 @@ def _pct(frac):
     if frac >= 10:
         return "%.3gx" % frac
     return "%d%%" % round(100 * frac) if frac >= 0.01 else "%.1e" % frac
+
+
+def data_order():
+    """Hint for a loss that rises and falls with the order of the batches."""
+    return ("consecutive batches seem to hold the same class or kind of example: shuffle the "
+            "training data every epoch (fit(..., shuffle=True) on arrays, "
+            "Dataset.shuffle(buffer_size >= the dataset's size) before batch(), "
+            "DataLoader(..., shuffle=True))")
