@@ -215,7 +215,13 @@ class HealthCallback(keras.callbacks.Callback):
             self._host.dispatch()
 
     def on_epoch_end(self, epoch, logs=None):
-        self._collect()
+        # The epoch's mean loss and metrics, and the `val_*` ones when fit
+        # got validation data and validated at this epoch.
+        if self._host is not None and self._host.end_epoch(
+                epoch + 1, host.epoch_metrics(logs or {}, skip_others=True)):
+            self._warn_skipped()  # end_epoch collected every row first
+        else:
+            self._collect()
 
     def on_train_end(self, logs=None):
         try:

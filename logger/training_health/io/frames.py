@@ -63,6 +63,12 @@ class HealthFrames:
             run's newest layer metadata, columns `run`, `layer`, then
             `records.LayerInfo`'s fields (`type`, `activation`, `bounds`,
             `units`, `has_weights`, `has_activation`, `is_output`).
+        epochs: the finished epochs: one row per (run, epoch), columns
+            `run`, `step` (the epoch's last training step), `epoch` (from
+            1), then `loss` (the epoch's training loss), the other metrics
+            reported at epoch ends (training metrics, `val_loss` and the
+            other `val_*` when the epoch was validated), float64, NaN where
+            an epoch did not report a metric.
     """
 
     runs: list
@@ -70,6 +76,7 @@ class HealthFrames:
     series: object
     alerts: object
     layer_info: object
+    epochs: object
 
     def run(self, name):
         """The same frames holding only run `name`.
@@ -81,7 +88,8 @@ class HealthFrames:
             raise KeyError("no run %r; the runs are %s" % (name, ", ".join(map(repr, self.runs))))
         return HealthFrames(
             [name],
-            *[_only(frame, name) for frame in (self.layers, self.series, self.alerts, self.layer_info)]
+            *[_only(frame, name) for frame in (self.layers, self.series, self.alerts, self.layer_info,
+                                               self.epochs)]
         )
 
 
@@ -104,7 +112,7 @@ def load(path, storage_options=None):
 
     Returns:
         A `HealthFrames` (`runs`, `layers`, `series`, `alerts`,
-        `layer_info`); its frames are empty (with their columns) when no
+        `layer_info`, `epochs`); its frames are empty (with their columns) when no
         run under `path` holds Training Health data.
 
     Raises:
@@ -122,6 +130,7 @@ def load(path, storage_options=None):
         _series_frame(pd, runs, names),
         _alert_frame(pd, runs, names),
         _layer_info_frame(pd, runs, names),
+        _epoch_frame(pd, runs, names),
     )
 
 
@@ -215,6 +224,19 @@ def _layer_info_frame(pd, runs, names):
     frame = pd.DataFrame(rows, columns=["run", "layer"] + list(LAYER_INFO_COLUMNS))
     frame["run"] = pd.Categorical(frame["run"], categories=names)
     return frame
+
+
+def _epoch_frame(pd, runs, names):
+    metrics = _ordered_union((e.metrics for run in runs for e in run.epochs), ("loss",))
+    records = [(run_index, e) for run_index, run in enumerate(runs) for e in run.epochs]
+    frame = {
+        "run": _categorical(pd, [np.array([i for i, _ in records], dtype=np.int32)], names),
+        "step": np.array([e.step for _, e in records], dtype=np.int64),
+        "epoch": np.array([e.epoch for _, e in records], dtype=np.int64),
+    }
+    for name in metrics:
+        frame[name] = np.array([e.metrics.get(name, np.nan) for _, e in records], dtype=np.float64)
+    return pd.DataFrame(frame)
 
 
 def _concat(parts, dtype):

@@ -41,7 +41,7 @@ from training_health import format as fmt
 from training_health.io import remote
 from training_health.io import crc32c
 from training_health.io.crc32c import masked_crc32c
-from training_health.records import Alert, StepStats
+from training_health.records import Alert, EpochStats, StepStats
 
 log = logging.getLogger("training_health")
 
@@ -61,11 +61,14 @@ class Update:
             raised and cleared records alike), in the order logged.
         wall_times: {step: wall time (seconds since the epoch)} of the new
             steps, as written by the logger.
+        epochs: new finished epochs (`records.EpochStats`), in the order
+            logged.
     """
 
     steps: list
     alerts: list
     wall_times: dict = dataclasses.field(default_factory=dict)
+    epochs: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -80,6 +83,8 @@ class RunData:
         alerts: every logged `records.Alert`, in order.
         wall_times: {step: wall time (seconds since the epoch)} of the
             steps, as written by the logger. Defaults to empty.
+        epochs: every finished epoch (`records.EpochStats`), in order.
+            Defaults to empty (a run logged without epochs).
     """
 
     name: str
@@ -87,6 +92,7 @@ class RunData:
     steps: list
     alerts: list
     wall_times: dict = dataclasses.field(default_factory=dict)
+    epochs: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -266,7 +272,7 @@ class RunReader:
             format.UnknownVersionError: metadata of a newer format version.
             OSError: a file could not be read.
         """
-        steps, alerts = [], []
+        steps, alerts, epochs = [], [], []
         for path in self._files():
             offset = self._offsets.get(path, 0)
             data = remote.read_bytes(path, offset, self.storage_options)
@@ -282,14 +288,14 @@ class RunReader:
                 except message.DecodeError as e:
                     self._skip("%s: a record of %s is not an event (%s); skipped" % (self.name, path, e))
                     continue
-                self._read_event(event, steps, alerts)
+                self._read_event(event, steps, alerts, epochs)
         if final:
             steps.extend(self._flush_pending(None))
         wall_times = {s.step: self._step_wall_times.pop(s.step) for s in steps
                       if s.step in self._step_wall_times}
-        return Update(steps, alerts, wall_times)
+        return Update(steps, alerts, wall_times, epochs)
 
-    def _read_event(self, event, steps, alerts):
+    def _read_event(self, event, steps, alerts, epochs):
         if not event.HasField("summary"):
             return
         for value in event.summary.value:
@@ -300,6 +306,9 @@ class RunReader:
             tag = value.tag
             if tag == fmt.TAG_ALERTS:
                 alerts.extend(self._alerts(value, event.step))
+                continue
+            if tag == fmt.TAG_EPOCHS:
+                epochs.extend(self._epoch(value, event.step))
                 continue
             if tag not in (fmt.TAG_LAYERS, fmt.TAG_GLOBAL):
                 continue  # histograms: not needed by the detectors
@@ -375,6 +384,14 @@ class RunReader:
                            % (self.name, step, item, e))
         return out
 
+    def _epoch(self, value, step):
+        try:
+            epoch, metrics = fmt.decode_epoch(tensor_util.make_ndarray(value.tensor))
+        except (TypeError, ValueError) as e:  # FormatError is a ValueError
+            self._skip("%s: the epoch at step %d is unreadable (%s); skipped" % (self.name, step, e))
+            return []
+        return [EpochStats(int(step), epoch, metrics)]
+
     def _flush_pending(self, before):
         """Emits pending half-steps older than `before` (all if None)."""
         out = []
@@ -407,7 +424,8 @@ def read_run(path, name=None, storage_options=None):
     """
     reader = RunReader(path, name, storage_options)
     update = reader.poll(final=True)
-    return (RunData(reader.name, reader.path, update.steps, update.alerts, update.wall_times),
+    return (RunData(reader.name, reader.path, update.steps, update.alerts, update.wall_times,
+                    update.epochs),
             reader.has_data)
 
 

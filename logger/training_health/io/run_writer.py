@@ -29,6 +29,8 @@ class RunWriter:
         self.writer.describe(fmt.TAG_GLOBAL, fmt.global_metadata(self.global_names))
         self.writer.describe(fmt.TAG_HISTOGRAMS, fmt.histograms_metadata(self.layers))
         self.writer.describe(fmt.TAG_ALERTS, fmt.alerts_metadata())
+        self.writer.describe(fmt.TAG_EPOCHS, fmt.epochs_metadata())
+        self._last_epoch_step = None
         self._last_step = None
         # One caller at a time: a step's two events stay together and in
         # step order, also when steps and alerts come from several threads.
@@ -79,6 +81,17 @@ class RunWriter:
         value = np.array([fmt.encode_alert(a.to_json()) for a in alerts], dtype=object)
         with self._lock:
             self._emit(fmt.TAG_ALERTS, step, value, wall_time)
+
+    def write_epoch(self, step, epoch, metrics, wall_time=None):
+        """One finished epoch at `step` (its last training step): its index
+        and {name: number} (`loss`, training metrics, `val_*`)."""
+        value = np.array([fmt.encode_epoch(epoch, metrics)], dtype=object)
+        with self._lock:
+            if self._last_epoch_step is not None and step <= self._last_epoch_step:
+                raise ValueError("epoch steps must only increase; received step %d after %d"
+                                 % (step, self._last_epoch_step))
+            self._last_epoch_step = step
+            self._emit(fmt.TAG_EPOCHS, step, value, wall_time)
 
     def flush(self):
         return self.writer.flush()
