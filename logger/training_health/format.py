@@ -214,7 +214,7 @@ def encode_epoch(epoch, metrics):
     in TAG_EPOCHS. NaN is written as null, +/-Inf as "Infinity"/"-Infinity"."""
     body = {"epoch": int(epoch),
             "metrics": {str(name): _json_number(v) for name, v in metrics.items()}}
-    return json.dumps(body, sort_keys=True, allow_nan=False).encode("utf-8")
+    return json.dumps(body, allow_nan=False).encode("utf-8")  # metrics in the order reported
 
 
 def decode_epoch(array):
