@@ -33,7 +33,10 @@ class HealthCallback(keras.callbacks.Callback):
 
     Statistics are computed inside the training step (also under XLA), kept
     in a small device-side buffer and read every `flush_every` batches; a
-    background thread writes them to TensorBoard event files. The model is
+    background thread writes them to TensorBoard event files. At each
+    epoch's end the epoch's loss and metrics as `fit` reports them (with
+    `val_loss` and the other `val_*` when `fit` got validation data) are
+    written too, for the `overfitting` alert and the tab. The model is
     left as it was after training: `predict`, `evaluate` and `save` behave
     the same.
 

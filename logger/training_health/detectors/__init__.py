@@ -46,7 +46,9 @@ def is_epoch_level(detector):
 
 
 class DetectorSuite:
-    """Runs several detectors over one stream of logged steps.
+    """Runs several detectors over one stream of logged steps and finished
+    epochs (`update` for a step, `update_epoch` for an epoch; epoch-level
+    detectors get only the epochs, the others only the steps).
 
     Args:
         detectors: a list of detector instances (objects with `update(step,
