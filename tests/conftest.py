@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from training_health import format as fmt
-from training_health.records import Alert, LayerInfo
+from training_health.records import Alert, EpochStats, LayerInfo
 from training_health.io.run_writer import RunWriter
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,6 +44,8 @@ class SampleRun:
         global_values: dict step -> float32 [len(GLOBAL_STATS) + len(metric_names)].
         histograms: dict step -> float32 [L, 2, HIST_ROW].
         alerts: dict step -> list of Alert.
+        epochs: list of EpochStats (two: the second validated, with a NaN
+            and an Inf).
     """
 
     path: str
@@ -54,6 +56,7 @@ class SampleRun:
     global_values: dict
     histograms: dict
     alerts: dict
+    epochs: list = dataclasses.field(default_factory=list)
 
 
 def sample_layers():
@@ -72,7 +75,8 @@ def write_sample_run(path, steps=(1, 2, 3, 5, 8), seed=0):
     Args:
         path: run directory to create.
         steps: increasing global steps to log. Histograms are written at the
-            first and last step, one alert at the last step.
+            first and last step, one alert at the last step, epochs at the
+            middle and the last step.
         seed: seed of the random values.
 
     Returns:
@@ -98,6 +102,13 @@ def write_sample_run(path, steps=(1, 2, 3, 5, 8), seed=0):
             hist = rng.random((len(layers), len(fmt.HIST_SERIES), fmt.HIST_ROW)).astype(np.float32)
             writer.write_histograms(step, hist, wall_time=1000.0 + step)
             run.histograms[step] = hist
+        if step in (steps[(len(steps) - 1) // 2], steps[-1]) and len(steps) > 1:
+            metrics = {"loss": float(rng.random()), "accuracy": 0.5}
+            if step == steps[-1]:
+                metrics.update(val_loss=float("nan"), val_accuracy=float("inf"))
+            epoch = EpochStats(step, len(run.epochs) + 1, metrics)
+            writer.write_epoch(step, epoch.epoch, epoch.metrics, wall_time=1000.0 + step)
+            run.epochs.append(epoch)
     alert = Alert("dead_units", steps[-1], "conv", "warning", "75% of conv's units are dead", "lower the learning rate")
     writer.write_alerts(steps[-1], [alert], wall_time=1000.0 + steps[-1])
     run.alerts[steps[-1]] = [alert]

@@ -257,6 +257,33 @@ def test_xss_layer_name_is_shown_as_text(tab):
     assert page.evaluate("document.querySelectorAll('img, b, script:not([type])').length") == 0
     assert page.evaluate("window.__xss") is None
     assert tab.dialogs == []
+    assert_epochs_drawn(page)
+
+
+XSS_SECTION = ".th-run-section[data-run=xss_names]"
+GREEN_JS = """(c) => {
+  const d = c.getContext('2d').getImageData(0, 0, c.width, c.height).data;
+  let n = 0;
+  for (let i = 0; i < d.length; i += 4) {
+    if (Math.abs(d[i] - 46) < 30 && Math.abs(d[i + 1] - 125) < 30 && Math.abs(d[i + 2] - 50) < 30) n++;
+  }
+  return n;
+}"""
+
+
+def assert_epochs_drawn(page):
+    """The XSS run's epochs beside its loss: the epoch loss and val_loss
+    (drawn in the third series colour, #2e7d32), its val metric named as text;
+    the demo's Keras run (no validation data) has its epoch loss only."""
+    legends = page.eval_on_selector_all(
+        XSS_SECTION + " .th-line", "ls => ls.map(l => [...l.querySelectorAll('.th-legend-item')]"
+        ".map(i => i.textContent))")
+    assert legends[0] == ["loss", "epoch loss", "val_loss"]
+    assert legends[1] == [] and support.XSS_METRIC in page.inner_text(XSS_SECTION + " .th-line >> nth=1")
+    assert page.query_selector(XSS_SECTION + " .th-line-canvas").evaluate(GREEN_JS) > 20
+    frozen = page.eval_on_selector_all(FROZEN + " .th-series-legend .th-legend-item",
+                                       "ls => ls.map(l => l.textContent)")
+    assert frozen == ["loss", "epoch loss"]  # a fit without validation data: no val_loss
 
 
 def test_selection_changes_drop_stale_answers(tab):
@@ -435,6 +462,7 @@ def test_self_contained_offline_page_opens_from_disk(browser, logdir, tmp_path):
         ".th-run-section[data-run=xss_names] .th-heatmap[data-stat=grad_norm] .th-layer-label",
         "ls => ls.map(l => l.textContent)")
     assert labels == [support.XSS_LAYER, "plain"]
+    assert_epochs_drawn(page.page)  # the report holds the epochs too
     page.page.click(".th-alert[data-run=frozen_cnn][data-layer=conv2d] >> nth=0")
     page.page.wait_for_selector(".th-detail[data-layer=conv2d] .th-hist-canvas")
     assert requests == []  # nothing fetched: not even the stylesheet

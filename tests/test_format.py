@@ -29,6 +29,7 @@ EXPECTED_SHAPES = {
     fmt.TAG_GLOBAL: lambda run: (len(fmt.GLOBAL_STATS) + len(run.metric_names),),
     fmt.TAG_HISTOGRAMS: lambda run: (len(run.layers), len(fmt.HIST_SERIES), fmt.HIST_ROW),
     fmt.TAG_ALERTS: lambda run: (1,),
+    fmt.TAG_EPOCHS: lambda run: (1,),
 }
 
 
@@ -58,7 +59,8 @@ def test_event_file_tags_dtypes_shapes_and_metadata(sample_run):
         assert first.metadata.data_class == summary_pb2.DATA_CLASS_TENSOR
         # metadata only on a tag's first value
         assert all(not v.HasField("metadata") for _, v in items[1:]), tag
-        expected_dtype = types_pb2.DT_STRING if tag == fmt.TAG_ALERTS else types_pb2.DT_FLOAT
+        string = tag in (fmt.TAG_ALERTS, fmt.TAG_EPOCHS)
+        expected_dtype = types_pb2.DT_STRING if string else types_pb2.DT_FLOAT
         for _, value in items:
             assert value.WhichOneof("value") == "tensor", tag
             assert value.tensor.dtype == expected_dtype, tag
@@ -85,6 +87,23 @@ def test_values_round_trip_exactly_nan_included(sample_run):
     (step, value), = by_tag[fmt.TAG_ALERTS]
     alerts = [Alert.from_json(d) for d in fmt.decode_alerts(tensor_util.make_ndarray(value.tensor))]
     assert alerts == sample_run.alerts[step]
+    epochs = [(s, fmt.decode_epoch(tensor_util.make_ndarray(v.tensor))) for s, v in by_tag[fmt.TAG_EPOCHS]]
+    assert [(s, e) for s, (e, _) in epochs] == [(e.step, e.epoch) for e in sample_run.epochs]
+    for (_, (_, metrics)), written in zip(epochs, sample_run.epochs):
+        np.testing.assert_equal(metrics, written.metrics)  # NaN == NaN, Inf kept
+    assert np.isnan(epochs[-1][1][1]["val_loss"]) and epochs[-1][1][1]["val_accuracy"] == np.inf
+    # plain JSON (no NaN/Infinity tokens) that any JSON parser reads
+    text = tensor_util.make_ndarray(by_tag[fmt.TAG_EPOCHS][-1][1].tensor)[0].decode()
+    assert json.loads(text, parse_constant=lambda c: pytest.fail("non-standard JSON %s" % c))
+
+
+def test_decode_epoch_rejects_what_is_not_one_epoch():
+    assert fmt.decode_epoch(np.array([fmt.encode_epoch(3, {"val_loss": -np.inf})], dtype=object)) == (
+        3, {"val_loss": -np.inf})
+    for bad in ([b'{"epoch": 1}'], [b'{"epoch": "1", "metrics": {}}'], [b'{"epoch": 1, "metrics": {"a": "x"}}'],
+                [b"not json"], [b"{}", b"{}"], np.zeros(1, np.float32)):
+        with pytest.raises(fmt.FormatError):
+            fmt.decode_epoch(np.array(bad, dtype=object))
 
 
 def test_metadata_parses_back_to_what_was_written(sample_run):
@@ -95,6 +114,7 @@ def test_metadata_parses_back_to_what_was_written(sample_run):
         fmt.TAG_GLOBAL: "global",
         fmt.TAG_HISTOGRAMS: "histograms",
         fmt.TAG_ALERTS: "alerts",
+        fmt.TAG_EPOCHS: "epochs",
     }
     assert all(body["format_version"] == fmt.FORMAT_VERSION for body in parsed.values())
     layers = parsed[fmt.TAG_LAYERS]

@@ -235,8 +235,25 @@ def test_xss_names_are_returned_verbatim(client):
     assert alerts[0]["layer"] == support.XSS_LAYER
 
 
+def test_epochs(client):
+    runs = {r["run"]: r for r in get_json(client, "/runs")["runs"]}
+    assert runs[support.XSS_RUN]["has_epochs"] and not runs[support.FROZEN_RUN]["has_epochs"]
+    body = get_json(client, "/epochs?run=" + support.XSS_RUN)
+    assert body["steps"] == [9, 19, 29, 39] and body["epochs"] == [1, 2, 3, 4]
+    assert body["names"] == ["loss", "val_loss", support.XSS_METRIC]  # the name verbatim
+    assert body["values"] == {"loss": [0.3, 0.1, 0.05, 0.02], "val_loss": [0.5, None, 0.8, 1.2],
+                              support.XSS_METRIC: [0.6, None, 0.7, "Infinity"]}
+    assert body["samples"] == 4 and body["downsampled"] is False
+    window = get_json(client, "/epochs?run=%s&start_step=10&end_step=30" % support.XSS_RUN)
+    assert window["steps"] == [19, 29] and window["values"]["val_loss"] == [None, 0.8]
+
+
 @pytest.mark.parametrize("path, status, fragment", [
     ("/layers", 400, "missing query parameter 'run'"),
+    ("/epochs", 400, "missing query parameter 'run'"),
+    ("/epochs?run=xss_names&start_step=x", 400, "'start_step' must be an integer"),
+    ("/epochs?run=nope", 404, "no Training Health data for run 'nope'"),
+    ("/epochs?run=frozen_cnn", 404, "has no 'training_health/epochs'"),
     ("/matrix?run=frozen_cnn", 400, "missing query parameter 'stat'"),
     ("/matrix?run=frozen_cnn&stat=nope", 400, "unknown statistic 'nope'"),
     ("/matrix?run=frozen_cnn&stat=grad_norm&width=abc", 400, "must be an integer"),

@@ -22,6 +22,14 @@ from training_health.records import Alert, LayerInfo
 from training_health.io.run_writer import RunWriter
 
 XSS_LAYER = "<img src=x onerror=alert(1)>"
+XSS_METRIC = "val_<img src=x onerror=alert(2)>"
+# (step, epoch, metrics) of the XSS run's epochs: the second was not validated.
+XSS_EPOCHS = (
+    (9, 1, {"loss": 0.3, "val_loss": 0.5, XSS_METRIC: 0.6}),
+    (19, 2, {"loss": 0.1}),
+    (29, 3, {"loss": 0.05, "val_loss": 0.8, XSS_METRIC: 0.7}),
+    (39, 4, {"loss": 0.02, "val_loss": 1.2, XSS_METRIC: float("inf")}),
+)
 FROZEN_RUN = "frozen_cnn"
 HEALTHY_RUN = "healthy_mlp"
 XSS_RUN = "xss_names"
@@ -153,6 +161,8 @@ def write_xss_run(logdir):
         writer.write_step(step, matrix, [1.0 / (step + 1), 1, 0, 0, 1, -1, 1, 0, 1e-3],
                           wall_time=3000.0 + step)
     writer.write_histograms(39, _histograms(rng, 2), wall_time=3039.0)
+    for step, epoch, metrics in XSS_EPOCHS:
+        writer.write_epoch(step, epoch, metrics, wall_time=3000.0 + step)
     writer.write_alerts(30, [Alert(
         "dead_units", 30, XSS_LAYER, "warning",
         "<b>bold?</b> units of " + XSS_LAYER + " died",

@@ -26,7 +26,8 @@ TAG_ALERTS = TAG_PREFIX + "alerts"  # string [k], one JSON alert each, when rais
 # float32 [len(HISTORY_REDUCTIONS), L, len(LAYER_STATS)] per block of steps
 # whose layer rows were not kept at full resolution (long runs; see below).
 TAG_LAYER_HISTORY = TAG_PREFIX + "layer_history"
-TAGS = (TAG_LAYERS, TAG_GLOBAL, TAG_HISTOGRAMS, TAG_ALERTS, TAG_LAYER_HISTORY)
+TAG_EPOCHS = TAG_PREFIX + "epochs"  # string [1], one JSON object per finished epoch
+TAGS = (TAG_LAYERS, TAG_GLOBAL, TAG_HISTOGRAMS, TAG_ALERTS, TAG_LAYER_HISTORY, TAG_EPOCHS)
 
 # Columns of the per-layer matrix, by what they measure. NaN means "not
 # measured for this layer" (a layer without weights has no gradient; a layer
@@ -163,6 +164,10 @@ def alerts_metadata():
     return _metadata("alerts", summary_pb2.DATA_CLASS_TENSOR)
 
 
+def epochs_metadata():
+    return _metadata("epochs", summary_pb2.DATA_CLASS_TENSOR)
+
+
 def parse_metadata(content):
     """Parses the plugin content bytes of one of our tags into a dict.
 
@@ -208,6 +213,59 @@ def decode_alerts(array):
             raise FormatError("alert is not JSON: %r" % (item[:80],)) from e
         out.append(value)
     return out
+
+
+# An epoch's metrics are JSON (not a float vector named in the metadata):
+# TensorBoard keeps only the first metadata of a tag, and the names can grow
+# during a run (validation every few epochs, metrics reported by the user).
+def _json_number(value):
+    value = float(value)
+    if value != value:
+        return None
+    if value in (float("inf"), float("-inf")):
+        return "Infinity" if value > 0 else "-Infinity"
+    return value
+
+
+def _from_json_number(value):
+    if value is None:
+        return float("nan")
+    if value in ("Infinity", "-Infinity", "NaN"):
+        return float(value)
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise FormatError("an epoch metric must be a number, null or \"Infinity\"; received %r"
+                          % (value,))
+    return float(value)
+
+
+def encode_epoch(epoch, metrics):
+    """One finished epoch (its index and {name: number}) to the bytes stored
+    in TAG_EPOCHS. NaN is written as null, +/-Inf as "Infinity"/"-Infinity"."""
+    body = {"epoch": int(epoch),
+            "metrics": {str(name): _json_number(v) for name, v in metrics.items()}}
+    return json.dumps(body, allow_nan=False).encode("utf-8")  # metrics in the order reported
+
+
+def decode_epoch(array):
+    """A TAG_EPOCHS value (numpy array of bytes) to (epoch, {name: float}).
+
+    Raises FormatError for a value that is not one such JSON object.
+    """
+    items = np.asarray(array, dtype=object).reshape(-1)
+    if len(items) != 1:
+        raise FormatError("an epoch value holds one JSON object; received %d" % len(items))
+    item = items[0]
+    if isinstance(item, bytes):
+        item = item.decode("utf-8", "replace")
+    try:
+        body = json.loads(item)
+        epoch, metrics = body["epoch"], body["metrics"]
+    except (ValueError, TypeError, KeyError) as e:
+        raise FormatError("epoch value is not {\"epoch\": ..., \"metrics\": {...}}: %r"
+                          % (str(item)[:80],)) from e
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not isinstance(metrics, dict):
+        raise FormatError("epoch value has epoch %r and metrics %r" % (epoch, type(metrics)))
+    return epoch, {str(k): _from_json_number(v) for k, v in metrics.items()}
 
 
 def tensor_value(array):

@@ -33,7 +33,10 @@ class HealthCallback(keras.callbacks.Callback):
 
     Statistics are computed inside the training step (also under XLA), kept
     in a small device-side buffer and read every `flush_every` batches; a
-    background thread writes them to TensorBoard event files. The model is
+    background thread writes them to TensorBoard event files. At each
+    epoch's end the epoch's loss and metrics as `fit` reports them (with
+    `val_loss` and the other `val_*` when `fit` got validation data) are
+    written too, for the `overfitting` alert and the tab. The model is
     left as it was after training: `predict`, `evaluate` and `save` behave
     the same.
 
@@ -237,7 +240,13 @@ class HealthCallback(keras.callbacks.Callback):
             self._host.dispatch()
 
     def on_epoch_end(self, epoch, logs=None):
-        self._collect()
+        # The epoch's mean loss and metrics, and the `val_*` ones when fit
+        # got validation data and validated at this epoch.
+        if self._host is not None and self._host.end_epoch(
+                epoch + 1, host.epoch_metrics(logs or {}, skip_others=True)):
+            self._warn_skipped()  # end_epoch collected every row first
+        else:
+            self._collect()
 
     def on_train_end(self, logs=None):
         try:

@@ -79,6 +79,25 @@ class StepStats:
         return float(self.layer_values[layer_index, self.layer_stats.index(stat)])
 
 
+@dataclasses.dataclass
+class EpochStats:
+    """The metrics of one finished epoch, as epoch-level detectors see them.
+
+    Attributes:
+        step: the global step of the epoch's last training step.
+        epoch: the epoch's number, counted from 1 as Keras prints it
+            ("Epoch 3/10"; Keras's 0-based `epoch` index + 1).
+        metrics: dict name -> float: `loss` (the epoch's training loss: the
+            mean over its batches), the training metrics, and `val_loss` and
+            the other `val_*` metrics when the epoch ended with a validation
+            pass. Non-finite values are kept as they were (NaN, Inf).
+    """
+
+    step: int
+    epoch: int
+    metrics: dict
+
+
 SEVERITIES = ("warning", "critical")
 KINDS = (
     "stalled",
@@ -89,6 +108,7 @@ KINDS = (
     "saturation",
     "oscillating_loss",
     "constant_output",
+    "overfitting",
 )
 
 

@@ -118,6 +118,7 @@ class HealthMonitor:
                                    queue_alerts=False, history_after=history_after,
                                    history_block=history_block)
             self._host.collect_in_background(float(collect_secs))
+        self._epochs = 0
         self._closed = False
         host.close_at_exit(self)
 
@@ -180,6 +181,28 @@ class HealthMonitor:
         return tf.group(*updates) if updates else done
 
     # -- host side -----------------------------------------------------------
+    def end_epoch(self, val_loss=None, loss=None, **metrics):
+        """Records the end of an epoch: its validation loss and metrics, for
+        the `overfitting` alert and the tab. Call it once per epoch, outside
+        `tf.function`, after the epoch's last step and its validation pass.
+
+        Args:
+            val_loss: the epoch's validation loss (a number or a scalar
+                tensor), or None when the epoch was not validated.
+            loss: the epoch's training loss. Defaults to the mean of the
+                losses recorded at the logged steps of the epoch.
+            **metrics: any other metrics of the epoch, e.g.
+                `val_accuracy=0.91, accuracy=0.95` (`val_` for validation).
+
+        Raises:
+            ValueError: a value is not one number, or no step recorded since
+                the previous `end_epoch()`.
+        """
+        if self._closed:
+            raise RuntimeError("HealthMonitor.end_epoch() called after close()")
+        host.end_epoch(self._host, self._epochs + 1, loss, val_loss, metrics)
+        self._epochs += 1
+
     def flush(self):
         """Reads the device buffer and writes everything recorded so far
         (also reacts to the alerts found so far: `on_alert`, `stop_on`)."""

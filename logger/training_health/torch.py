@@ -146,6 +146,7 @@ class HealthMonitor:
                                    history_after=history_after, history_block=history_block)
         self._alerts = []
         self._steps = 0
+        self._epochs = 0
         self._closed = False
         host.close_at_exit(self)
 
@@ -177,6 +178,28 @@ class HealthMonitor:
             if self._steps % self.flush_every == 0:
                 self._host.collect_in_background()
             self._host.dispatch()
+
+    def end_epoch(self, val_loss=None, loss=None, **metrics):
+        """Records the end of an epoch: its validation loss and metrics, for
+        the `overfitting` alert and the tab. Call it once per epoch, after
+        the epoch's last `step()` and its validation pass.
+
+        Args:
+            val_loss: the epoch's validation loss (a number or a scalar
+                tensor), or None when the epoch was not validated.
+            loss: the epoch's training loss. Defaults to the mean of the
+                losses given to `step()` at the logged steps of the epoch.
+            **metrics: any other metrics of the epoch, e.g.
+                `val_accuracy=0.91, accuracy=0.95` (`val_` for validation).
+
+        Raises:
+            ValueError: a value is not one number, or no `step()` since the
+                previous `end_epoch()`.
+        """
+        if self._closed:
+            raise RuntimeError("HealthMonitor.end_epoch() called after close()")
+        host.end_epoch(self._host, self._epochs + 1, loss, val_loss, metrics)
+        self._epochs += 1
 
     def flush(self):
         """Copies every recorded step to the host and waits until it is written."""

@@ -63,6 +63,8 @@ def snapshot(plugin, ctx=None, experiment_id="", runs=None, width=DEFAULT_WIDTH)
         out[query_key("alerts", {"run": run})] = plugin.alerts_impl(ctx, experiment_id, run)
         if entry["has_series"]:
             out[query_key("series", {"run": run})] = plugin.series_impl(ctx, experiment_id, run, width)
+        if entry["has_epochs"]:
+            out[query_key("epochs", {"run": run})] = plugin.epochs_impl(ctx, experiment_id, run)
         if not entry["has_layers"] or entry["error"]:
             continue
         layers = plugin.layers_impl(ctx, experiment_id, run)

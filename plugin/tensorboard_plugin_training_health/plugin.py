@@ -144,6 +144,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             "/layer": self.layer_route,
             "/alerts": self.alerts_route,
             "/histograms": self.histograms_route,
+            "/epochs": self.epochs_route,
             "/overview": self.overview_route,
             "/compare": self.compare_route,
             "/index.js": self.static_route,
@@ -232,6 +233,11 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             limit=_int_arg(request, "limit", DEFAULT_HISTOGRAMS, 1, MAX_WIDTH),
         )
 
+    @_json_route
+    def epochs_route(self, request):
+        return self.epochs_impl(*self._ids(request), run=_arg(request, "run"),
+                                steps=_step_range(request))
+
     # Implementations: plain data in, plain data out ------------------------
 
     def runs_impl(self, ctx, experiment_id):
@@ -246,6 +252,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
                 "has_series": fmt.TAG_GLOBAL in tags,
                 "has_alerts": fmt.TAG_ALERTS in tags,
                 "has_histograms": fmt.TAG_HISTOGRAMS in tags,
+                "has_epochs": fmt.TAG_EPOCHS in tags,
                 "layers": 0,
                 "error": None,
             }
@@ -392,6 +399,37 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
                 alerts.append(_clean_alert(record, int(step)))
         alerts.sort(key=lambda a: a["step"])
         out = {"run": run, "alerts": _with_incidents(alerts)}
+        out.update(self._sampling(series))
+        return out
+
+    def epochs_impl(self, ctx, experiment_id, run, steps=(None, None)):
+        """The finished epochs of `run`: each epoch's last step, number and
+        metrics (`loss`, training metrics, `val_*` when it was validated).
+
+        `steps` is an optional (start_step, end_step) window, None for
+        unbounded. A metric an epoch did not report is null there.
+        """
+        series = self._reader.read(ctx, experiment_id, run, fmt.TAG_EPOCHS)
+        rows = []
+        for step, value in zip(*_window(series.steps, np.arange(len(series.steps)), *steps)):
+            try:
+                rows.append((int(step),) + fmt.decode_epoch(series.values[value]))
+            except fmt.FormatError as e:  # a damaged record: the other epochs are still shown
+                log.warning("training_health: run %r: the epoch at step %d is unreadable (%s); "
+                            "skipped", run, int(step), e)
+        names = list(dict.fromkeys(["loss"] + [n for _, _, metrics in rows for n in metrics]))
+        if not any("loss" in metrics for _, _, metrics in rows):
+            names.remove("loss")
+        columns = downsample.to_json_values(
+            np.array([[metrics.get(n, np.nan) for n in names] for _, _, metrics in rows],
+                     dtype=np.float64).reshape(len(rows), len(names)).T)
+        out = {
+            "run": run,
+            "steps": [step for step, _, _ in rows],
+            "epochs": [epoch for _, epoch, _ in rows],
+            "names": names,
+            "values": dict(zip(names, columns)),
+        }
         out.update(self._sampling(series))
         return out
 

@@ -180,7 +180,7 @@ class Reader:
         limit = min(limit, MAX_READ)
         downsampled = len(datums) >= limit
         steps = np.array([d.step for d in datums], dtype=np.int64)
-        if tag == fmt.TAG_ALERTS:
+        if tag in (fmt.TAG_ALERTS, fmt.TAG_EPOCHS):  # string tags: one JSON list per step
             return Series(steps, [d.numpy for d in datums], metadata, downsampled, limit)
         expected = _expected_shape(tag, metadata)
         arrays = [d.numpy for d in datums]

@@ -28,7 +28,7 @@ import weakref
 import numpy as np
 
 from training_health import format as fmt
-from training_health.records import KINDS, StepStats
+from training_health.records import KINDS, EpochStats, StepStats
 from training_health.io import event_writer as _event_writer  # noqa: F401  (registers its exit hook first)
 from training_health.io.history import HISTORY_AFTER, HISTORY_BLOCK, check_history
 from training_health.io.run_writer import RunWriter
@@ -108,6 +108,53 @@ def check_options(every_n_batches, histogram_every, dead_window, flush_every, la
         )
 
 
+def epoch_metrics(metrics, skip_others=False):
+    """{name: float} of an epoch's metrics: numbers, numpy or framework
+    scalars (a scalar tensor), NaN and Inf kept.
+
+    Args:
+        metrics: a dict name -> value.
+        skip_others: leave out values that are not one number (Keras's
+            `logs` may hold other things) instead of raising. Defaults to
+            False.
+
+    Raises:
+        ValueError: a value is not one number (unless `skip_others`).
+    """
+    out = {}
+    for name, value in metrics.items():
+        try:
+            if isinstance(value, (str, bytes, bool)):
+                raise TypeError(type(value).__name__)
+            out[str(name)] = float(value)
+        except (TypeError, ValueError, RuntimeError) as e:
+            if skip_others:
+                continue
+            raise ValueError("epoch metric %r must be one number (a float or a scalar tensor); "
+                             "received %r (%s)" % (name, value, e)) from None
+    return out
+
+
+def end_epoch(host, epoch, loss, val_loss, metrics):
+    """What `end_epoch()` of the PyTorch and GradientTape monitors does:
+    checks the values and writes the epoch through `host` (None: a process
+    that does not write, e.g. DDP rank > 0).
+
+    Raises:
+        ValueError: a value is not one number, or no step was recorded since
+            the previous epoch's end.
+    """
+    values = dict(metrics)
+    for name, value in (("loss", loss), ("val_loss", val_loss)):
+        if value is not None:
+            values[name] = value
+    values = epoch_metrics(values)
+    if host is not None and not host.end_epoch(epoch, values):
+        raise ValueError(
+            "end_epoch() was called without a training step since the previous end_epoch() "
+            "(epoch %d); call it once per epoch, after the epoch's last step" % epoch)
+
+
 def default_detectors():
     """A new DetectorSuite with every detector at its defaults."""
     from training_health.detectors import DetectorSuite
@@ -176,6 +223,11 @@ class RowSource:
         """(count, hist [slots, L, 2, HIST_ROW], steps [slots]) or None."""
         return None
 
+    def last_step(self):
+        """The step of the newest training step (logged or not), or None
+        before the first."""
+        raise NotImplementedError
+
     def layer_infos(self):
         """The LayerInfo of every monitored layer (known once rows exist)."""
         raise NotImplementedError
@@ -217,6 +269,8 @@ class RowCollector:
         self.lost_rows = 0
         self.last_step = None
         self.layer_infos = None
+        self._pending_epochs = []  # EpochStats waiting for the writer (no row read yet)
+        self._epoch_loss = [0.0, 0]  # sum and count of the finite losses logged this epoch
 
     def collect(self, blocking=True):
         """Reads and passes on new rows. With blocking=False, skips if a
@@ -254,6 +308,10 @@ class RowCollector:
             layer_values = row[n_global:].reshape(shape)
             global_values = row[:n_global]
             self.writer.write_step(step, layer_values, global_values)
+            loss = float(global_values[0])  # GLOBAL_STATS[0] is the loss
+            if np.isfinite(loss):
+                self._epoch_loss[0] += loss
+                self._epoch_loss[1] += 1
             if self.detectors is not None:
                 stats = StepStats(step, self.layer_infos, fmt.LAYER_STATS, layer_values,
                                   dict(zip(s.global_names, (float(x) for x in global_values))))
@@ -269,6 +327,41 @@ class RowCollector:
                 slot = r % s.hist_slots
                 self.writer.write_histograms(int(hsteps[slot]), values[slot])
             self._hist_read = max(self._hist_read, hcount)
+        self._write_epochs()
+
+    def end_epoch(self, step, epoch, metrics):
+        """One finished epoch: reads every row up to it first, then writes it
+        and feeds it to the detectors.
+
+        Args:
+            step: the global step of the epoch's last training step.
+            epoch: the epoch's number (from 1).
+            metrics: {name: float}; without `loss`, the epoch's training loss
+                is the mean of the finite losses of the steps logged since
+                the previous epoch's end.
+        """
+        with self._lock:
+            self._collect_locked()
+            metrics = dict(metrics)
+            total, count = self._epoch_loss
+            if "loss" not in metrics and count:
+                metrics["loss"] = total / count
+            self._epoch_loss = [0.0, 0]
+            self._pending_epochs.append(EpochStats(int(step), int(epoch), metrics))
+            self._write_epochs()
+
+    def _write_epochs(self):
+        """Writes the waiting epochs once the writer exists (after the first row)."""
+        if self.writer is None:
+            return
+        while self._pending_epochs:
+            stats = self._pending_epochs.pop(0)
+            self.writer.write_epoch(stats.step, stats.epoch, stats.metrics)
+            if self.detectors is not None:
+                alerts = self.detectors.update_epoch(stats.step, stats)
+                if alerts:
+                    self.writer.write_alerts(stats.step, alerts)
+                    self.on_alerts(alerts)
 
 
 class BackgroundThread:
@@ -341,6 +434,7 @@ class Host:
         self._queued = collections.deque()  # alerts found off the training thread
         self._warned_internal = False
         self._thread = None
+        self._epoch_step = None  # step of the last epoch written
         found = self._queued.append if queue_alerts else self._dispatch_now
         self.collector = RowCollector(source, self._make_writer, detectors, found)
 
@@ -353,15 +447,19 @@ class Host:
                                     history_after=self.history[0], history_block=self.history[1])
         return self.writer
 
-    def collect(self, blocking=True):
-        """Reads the device's new rows; never raises (a failure is logged once)."""
+    def _guarded(self, work, *args):
+        """Runs `work(*args)`; a failure is logged once, never raised."""
         try:
-            self.collector.collect(blocking=blocking)
+            work(*args)
         except Exception:  # logging must never end training: report with the traceback
             if not self._warned_internal:
                 self._warned_internal = True
                 log.exception("training_health: could not process the logged statistics; "
                               "training continues")
+
+    def collect(self, blocking=True):
+        """Reads the device's new rows; never raises (a failure is logged once)."""
+        self._guarded(self.collector.collect, blocking)
 
     def collect_in_background(self, interval=None):
         """Wakes (or starts) the background thread that collects; with
@@ -378,6 +476,27 @@ class Host:
         while self._queued:
             dispatch_alerts(self._queued.popleft(), self.alerts, self.on_alert, self.stop_on,
                             self._stop)
+
+    def end_epoch(self, epoch, metrics):
+        """Writes one finished epoch (after every row up to it) at the newest
+        training step and reacts to the alerts it raises; never raises (a
+        failure is logged once).
+
+        Args:
+            epoch: the epoch's number (from 1).
+            metrics: {name: float} (see `epoch_metrics`).
+
+        Returns:
+            False when no training step ran since the previous epoch's end
+            (nothing is written), else True.
+        """
+        step = self.source.last_step()
+        if step is None or (self._epoch_step is not None and step <= self._epoch_step):
+            return False
+        self._epoch_step = step
+        self._guarded(self.collector.end_epoch, step, epoch, metrics)
+        self.dispatch()
+        return True
 
     def flush(self):
         """Collects every row and waits until the writer has written it."""

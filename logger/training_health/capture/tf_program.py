@@ -395,6 +395,10 @@ class DeviceProgram(host.RowSource):
         buffer, steps = self.buffer.numpy(), self.row_steps.numpy()
         return before, buffer, steps, int(self.count.numpy())
 
+    def last_step(self):
+        step = int(self.step.numpy())  # the next step's number
+        return step - 1 if step > int(self.start.numpy()) else None
+
     def read_histograms(self):
         if not self.hist_slots:
             return None

@@ -497,6 +497,9 @@ class TorchProgram(host.RowSource):
             steps = self.hist_steps.copy()
         return count, hist.cpu().numpy(), steps
 
+    def last_step(self):
+        return self.step if self.step > 0 else None
+
     def layer_infos(self):
         return [LayerInfo(name=l.name, type=type(l.module).__name__, activation=l.activation,
                           bounds=l.bounds, units=l.units, has_weights=bool(l.params),

@@ -1,7 +1,7 @@
 """`training-health check LOGDIR`: replay the stall detectors over event files.
 
-For every run of the logdir, every logged step is fed to a fresh
-`DetectorSuite` (the same detectors the online logger runs), and the
+For every run of the logdir, every logged step and finished epoch is fed
+to a fresh `DetectorSuite` (the same detectors the online logger runs), and the
 alerts already logged by the training process are added; the same
 (kind, layer, step) found both ways is listed once. Only raised alerts are
 listed, not the records that close an episode. Alerts are grouped into
@@ -64,7 +64,7 @@ def check_run(run, suite=None):
     """
     suite = suite if suite is not None else DetectorSuite()
     found = {}
-    for alert in suite.replay(replayed_steps(run)) + list(run.alerts):
+    for alert in suite.replay(replayed_steps(run), run.epochs) + list(run.alerts):
         found.setdefault((alert.kind, alert.layer, alert.step, alert.cleared), alert)
     ordered = sorted(found.values(), key=lambda a: (a.step, a.kind, a.layer or "", a.cleared))
     return [a for a in incidents.group(ordered) if not a.cleared]

@@ -1,10 +1,11 @@
 """`training-health watch LOGDIR`: a live terminal view for SSH sessions.
 
 Every `--interval` seconds the new part of each run's event files is read
-(`reader.RunReader`, local paths or bucket URLs), fed to the same stall
-detectors that `check` replays, and shown as one line per run: step, loss,
-steps/s (from the logged wall times) and the worst layer, and "idle" with
-the time since the newest step when that is over two minutes. Each new alert,
+(`reader.RunReader`, local paths or bucket URLs), its steps and finished
+epochs fed to the same detectors that `check` replays, and shown as one
+line per run: step, loss, the last epoch's validation loss when there is
+one, steps/s (from the logged wall times) and the worst layer, and "idle"
+with the time since the newest step when that is over two minutes. Each new alert,
 logged by the training process or found by the detectors, is printed once,
 with its hint, when it appears; an episode that ends is printed as resolved.
 
@@ -57,6 +58,7 @@ class RunView:
     reader: object
     suite: object
     last: object = None  # newest StepStats
+    last_epoch: object = None  # newest EpochStats
     wall_times: collections.deque = dataclasses.field(default_factory=collections.deque)
     open_alerts: dict = dataclasses.field(default_factory=dict)  # (kind, layer) -> Alert
     n_alerts: int = 0
@@ -132,6 +134,11 @@ def format_line(view, name_width, now=None):
         view.name.ljust(name_width),
         "step %d" % stats.step,
         "loss %s" % ("%.4g" % loss if loss is not None else "-"),
+    ]
+    val_loss = view.last_epoch.metrics.get("val_loss") if view.last_epoch is not None else None
+    if val_loss is not None:
+        parts.append("val_loss %.4g (epoch %d)" % (val_loss, view.last_epoch.epoch))
+    parts += [
         "%s steps/s" % ("%.3g" % rate if rate is not None else "-"),
         "worst %s" % ("%s (%s)" % worst if worst else "-"),
     ]
@@ -207,9 +214,10 @@ class Watcher:
         return new_alerts
 
     def _ingest(self, view, update):
-        found = []
+        found = view.suite.feed(update.steps, update.epochs)
+        if update.epochs:
+            view.last_epoch = update.epochs[-1]
         for stats in update.steps:
-            found.extend(view.suite.update(stats.step, stats))
             view.last = stats
             wall = update.wall_times.get(stats.step)
             if wall is not None:

@@ -261,6 +261,19 @@ def died_during_training(alive_at):
     )
 
 
+def overfitting(best_epoch, best_val, epoch, val, patience):
+    """Clause for a validation loss that rose from its best epoch while the
+    training loss fell: where the best model was, and what to do."""
+    return (
+        "the validation loss was lowest at epoch %d (%s) and is %s at epoch %d: the model "
+        "learns the training examples by heart. Keep the epoch-%d model (keras.callbacks."
+        "EarlyStopping(monitor='val_loss', patience=%d, restore_best_weights=True), or a "
+        "checkpoint of the best val_loss), add regularisation (dropout, weight decay, data "
+        "augmentation), use more training data or a smaller model"
+        % (best_epoch, _fmt(best_val), _fmt(val), epoch, best_epoch, patience)
+    )
+
+
 def hint_for(kind, stats, layer=None, alive_at=None):
     """The hint for an alert of `kind` raised at `stats` (about `layer`).
 

@@ -70,6 +70,12 @@ class HealthFrames:
             column per statistic. Steps of these blocks are in `series` and
             absent from `layers` unless they were kept whole (around an
             alert). Empty for runs shorter than `history_after` steps.
+        epochs: the finished epochs: one row per (run, epoch), columns
+            `run`, `step` (the epoch's last training step), `epoch` (from
+            1), then `loss` (the epoch's training loss), the other metrics
+            reported at epoch ends (training metrics, `val_loss` and the
+            other `val_*` when the epoch was validated), float64, NaN where
+            an epoch did not report a metric.
     """
 
     runs: list
@@ -78,6 +84,7 @@ class HealthFrames:
     alerts: object
     layer_info: object
     history: object
+    epochs: object
 
     def run(self, name):
         """The same frames holding only run `name`.
@@ -90,7 +97,7 @@ class HealthFrames:
         return HealthFrames(
             [name],
             *[_only(frame, name) for frame in (self.layers, self.series, self.alerts,
-                                               self.layer_info, self.history)]
+                                               self.layer_info, self.history, self.epochs)]
         )
 
 
@@ -113,7 +120,7 @@ def load(path, storage_options=None):
 
     Returns:
         A `HealthFrames` (`runs`, `layers`, `series`, `alerts`,
-        `layer_info`, `history`); its frames are empty (with their columns) when no
+        `layer_info`, `history`, `epochs`); its frames are empty (with their columns) when no
         run under `path` holds Training Health data.
 
     Raises:
@@ -132,6 +139,7 @@ def load(path, storage_options=None):
         _alert_frame(pd, runs, names),
         _layer_info_frame(pd, runs, names),
         _history_frame(pd, runs, names),
+        _epoch_frame(pd, runs, names),
     )
 
 
@@ -260,6 +268,19 @@ def _history_frame(pd, runs, names):
         "reduction": _categorical(pd, parts["reduction"], reductions),
     }
     frame.update((stat, _concat(values, np.float32)) for stat, values in columns.items())
+    return pd.DataFrame(frame)
+
+
+def _epoch_frame(pd, runs, names):
+    metrics = _ordered_union((e.metrics for run in runs for e in run.epochs), ("loss",))
+    records = [(run_index, e) for run_index, run in enumerate(runs) for e in run.epochs]
+    frame = {
+        "run": _categorical(pd, [np.array([i for i, _ in records], dtype=np.int32)], names),
+        "step": np.array([e.step for _, e in records], dtype=np.int64),
+        "epoch": np.array([e.epoch for _, e in records], dtype=np.int64),
+    }
+    for name in metrics:
+        frame[name] = np.array([e.metrics.get(name, np.nan) for _, e in records], dtype=np.float64)
     return pd.DataFrame(frame)
 
 

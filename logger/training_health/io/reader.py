@@ -41,7 +41,7 @@ from training_health import format as fmt
 from training_health.io import remote
 from training_health.io import crc32c
 from training_health.io.crc32c import masked_crc32c
-from training_health.records import Alert, StepStats
+from training_health.records import Alert, EpochStats, StepStats
 
 log = logging.getLogger("training_health")
 
@@ -66,6 +66,8 @@ class Update:
             rows it keeps around an alert after the steps' global values
             (`io.history`). `read_run` merges them into its steps.
         history: new `HistoryBlock`s of a long run, in step order.
+        epochs: new finished epochs (`records.EpochStats`), in the order
+            logged.
     """
 
     steps: list
@@ -73,6 +75,7 @@ class Update:
     wall_times: dict = dataclasses.field(default_factory=dict)
     late_rows: list = dataclasses.field(default_factory=list)
     history: list = dataclasses.field(default_factory=list)
+    epochs: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +119,8 @@ class RunData:
         skipped_steps: steps read but not kept in `steps` (summarized steps
             of a long run read with `keep_summarized_steps=False`).
             Defaults to 0.
+        epochs: every finished epoch (`records.EpochStats`), in order.
+            Defaults to empty (a run logged without epochs).
     """
 
     name: str
@@ -125,6 +130,7 @@ class RunData:
     wall_times: dict = dataclasses.field(default_factory=dict)
     history: list = dataclasses.field(default_factory=list)
     skipped_steps: int = 0
+    epochs: list = dataclasses.field(default_factory=list)
 
     @property
     def step_count(self):
@@ -319,7 +325,7 @@ class RunReader:
             format.UnknownVersionError: metadata of a newer format version.
             OSError: a file could not be read.
         """
-        steps, alerts, late, history = [], [], [], []
+        steps, alerts, late, history, epochs = [], [], [], [], []
         for path in self._files():
             offset = self._offsets.get(path, 0)
             data = remote.read_bytes(path, offset, self.storage_options)
@@ -335,14 +341,14 @@ class RunReader:
                 except message.DecodeError as e:
                     self._skip("%s: a record of %s is not an event (%s); skipped" % (self.name, path, e))
                     continue
-                self._read_event(event, steps, alerts, late, history)
+                self._read_event(event, steps, alerts, late, history, epochs)
         if final:
             self._emit(steps, self._flush_pending(None))
         wall_times = {s.step: self._step_wall_times.pop(s.step) for s in steps
                       if s.step in self._step_wall_times}
-        return Update(steps, alerts, wall_times, late, history)
+        return Update(steps, alerts, wall_times, late, history, epochs)
 
-    def _read_event(self, event, steps, alerts, late, history):
+    def _read_event(self, event, steps, alerts, late, history, epochs):
         if not event.HasField("summary"):
             return
         for value in event.summary.value:
@@ -360,6 +366,9 @@ class RunReader:
                     history.append(block)
                     if self._history_from is None:
                         self._history_from = block.first_step
+                continue
+            if tag == fmt.TAG_EPOCHS:
+                epochs.extend(self._epoch(value, event.step))
                 continue
             if tag not in (fmt.TAG_LAYERS, fmt.TAG_GLOBAL):
                 continue  # histograms: not needed by the detectors
@@ -467,6 +476,14 @@ class RunReader:
                            % (self.name, step, item, e))
         return out
 
+    def _epoch(self, value, step):
+        try:
+            epoch, metrics = fmt.decode_epoch(tensor_util.make_ndarray(value.tensor))
+        except (TypeError, ValueError) as e:  # FormatError is a ValueError
+            self._skip("%s: the epoch at step %d is unreadable (%s); skipped" % (self.name, step, e))
+            return []
+        return [EpochStats(int(step), epoch, metrics)]
+
     def _flush_pending(self, before):
         """Emits pending half-steps older than `before` (all if None)."""
         out = []
@@ -504,7 +521,7 @@ def read_run(path, name=None, storage_options=None, keep_summarized_steps=True):
     update = reader.poll(final=True)
     steps = merge_late_rows(update.steps, update.late_rows)
     return (RunData(reader.name, reader.path, steps, update.alerts, update.wall_times,
-                    update.history, reader.skipped_steps),
+                    update.history, reader.skipped_steps, update.epochs),
             reader.has_data)
 
 

@@ -44,6 +44,8 @@ class RunWriter:
         if history_after is not None:
             self.writer.describe(fmt.TAG_LAYER_HISTORY,
                                  fmt.layer_history_metadata(self.layers, history_block))
+        self.writer.describe(fmt.TAG_EPOCHS, fmt.epochs_metadata())
+        self._last_epoch_step = None
         self._last_step = None
         # One caller at a time: a step's two events stay together and in
         # step order, also when steps and alerts come from several threads.
@@ -105,6 +107,17 @@ class RunWriter:
         with self._lock:
             self._emit(fmt.TAG_ALERTS, step, value, wall_time)
             self._emit_all(self.history.add_alerts(step))
+
+    def write_epoch(self, step, epoch, metrics, wall_time=None):
+        """One finished epoch at `step` (its last training step): its index
+        and {name: number} (`loss`, training metrics, `val_*`)."""
+        value = np.array([fmt.encode_epoch(epoch, metrics)], dtype=object)
+        with self._lock:
+            if self._last_epoch_step is not None and step <= self._last_epoch_step:
+                raise ValueError("epoch steps must only increase; received step %d after %d"
+                                 % (step, self._last_epoch_step))
+            self._last_epoch_step = step
+            self._emit(fmt.TAG_EPOCHS, step, value, wall_time)
 
     def flush(self):
         """Waits until what was written is in the files (rows that a history

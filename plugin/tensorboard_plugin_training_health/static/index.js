@@ -249,13 +249,14 @@ class App {
       bundle.error = bundle.error || errorText(e);
       return null;
     });
-    const [layers, series, alerts, ...matrices] = await Promise.all([
+    const [layers, series, alerts, epochs, ...matrices] = await Promise.all([
       guard(this.model.layers(run)),
       info.has_series === false ? null : guard(this.model.series(run, width, zoom)),
       guard(this.model.alerts(run)),
+      info.has_epochs ? guard(this.model.epochs(run, zoom)) : null,
       ...HEATMAP_STATS.map((spec) => guard(this.model.matrix(run, spec.stat, width, zoom))),
     ]);
-    Object.assign(bundle, {info, layers, series, alerts, matrices});
+    Object.assign(bundle, {info, layers, series, alerts, epochs, matrices});
     return bundle;
   }
 
@@ -387,17 +388,26 @@ class RunView {
     }));
     if (b.series) {
       const s = b.series;
-      const loss = new LineChart({title: 'Loss (per batch)', height: 170, tooltip: this.app.tooltip,
-                                   onPick: pick, onZoom});
+      // The epochs' losses and validation metrics, at each epoch's last step.
+      const e = b.epochs && b.epochs.steps.length ? b.epochs : null;
+      const epochSeries = (names, label) => (e ? names.filter((n) => e.names.includes(n)) : []).map(
+          (n) => ({name: label(n), steps: e.steps, values: e.values[n], dots: true}));
+      const valMetrics = e ? e.names.filter((n) => n.startsWith('val_') && n !== 'val_loss') : [];
+      const loss = new LineChart({
+        title: e ? 'Loss (per batch, and per epoch at its last step)' : 'Loss (per batch)',
+        height: 170, tooltip: this.app.tooltip, onPick: pick, onZoom});
       this.node.append(row(el('div', {className: 'th-side-note', text: 'Alerts are marked on the loss.'}), loss.node));
-      loss.draw([{name: 'loss', steps: s.first_steps, values: s.values.loss}], this.axis,
-          {markers, log: 'auto'});
+      loss.draw([{name: 'loss', steps: s.first_steps, values: s.values.loss},
+        ...epochSeries(['loss'], () => 'epoch loss'), ...epochSeries(['val_loss'], (n) => n)], this.axis,
+      {markers, log: 'auto'});
       this.charts.push(loss);
-      if (s.metrics.length) {
-        const metrics = new LineChart({title: `Metrics: ${s.metrics.join(', ')}`, height: 110,
+      if (s.metrics.length || valMetrics.length) {
+        const names = [...s.metrics, ...valMetrics];
+        const metrics = new LineChart({title: `Metrics: ${names.join(', ')}`, height: 110,
                                        tooltip: this.app.tooltip, onPick: pick, onZoom});
         this.node.append(row(null, metrics.node));
-        metrics.draw(s.metrics.map((m) => ({name: m, steps: s.first_steps, values: s.values[m]})), this.axis, {});
+        metrics.draw([...s.metrics.map((m) => ({name: m, steps: s.first_steps, values: s.values[m]})),
+          ...epochSeries(valMetrics, (n) => n)], this.axis, {});
         this.charts.push(metrics);
       }
     }

@@ -158,6 +158,10 @@ export class Model {
   alerts(run) {
     return this.source.get('alerts', {run});
   }
+  /** The finished epochs: last steps, numbers, `loss` and the `val_*` metrics. */
+  epochs(run, window = null) {
+    return this.source.get('epochs', Object.assign({run}, windowParams(window)));
+  }
   histograms(run, layer, limit) {
     return this.source.get('histograms', {run, layer, limit});
   }

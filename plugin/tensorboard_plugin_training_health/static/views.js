@@ -462,8 +462,9 @@ export class LineChart {
     this.compact = compact;
     this.canvas = el('canvas', {className: 'th-line-canvas', attrs: {role: 'img', 'aria-label': title}});
     this.titleNode = el('span', {className: 'th-chart-title', text: title});
+    this.legend = el('span', {className: 'th-legend th-series-legend'});
     this.node = el('div', {className: compact ? 'th-line th-compact' : 'th-line'},
-        el('div', {className: 'th-chart-head'}, this.titleNode),
+        el('div', {className: 'th-chart-head'}, this.titleNode, this.legend),
         this.canvas);
     this.canvas.addEventListener('mousemove', (e) => this._hover(e));
     this.canvas.addEventListener('mouseleave', () => this.tooltip.hide());
@@ -476,7 +477,9 @@ export class LineChart {
   }
 
   /**
-   * @param series [{name, steps, values}] (values as from JSON).
+   * @param series [{name, steps, values, color, dots}] (values as from JSON;
+   *   `dots`: also mark each point, for sparse series such as epoch ends).
+   *   With two or more series a legend names them.
    * @param axis StepAxis.
    * @param options {log (true, false or 'auto': log when values span > 2 decades),
    *   markers: [{step, color, label}], focusStep}
@@ -484,10 +487,15 @@ export class LineChart {
   draw(series, axis, options = {}) {
     this.series = series.map((s, i) => ({
       name: s.name, steps: s.steps, values: s.values.map(num),
-      color: s.color || SERIES_COLORS[i % SERIES_COLORS.length],
+      color: s.color || SERIES_COLORS[i % SERIES_COLORS.length], dots: Boolean(s.dots),
     }));
     this.axis = axis;
     this.options = options;
+    this.legend.replaceChildren(...(this.series.length > 1 ? this.series.map((s) => {
+      const box = el('span', {className: 'th-swatch'});
+      box.style.background = s.color;
+      return el('span', {className: 'th-legend-item', dataset: {series: s.name}}, box, s.name);
+    }) : []));
     this._render();
   }
 
@@ -618,6 +626,16 @@ export class LineChart {
           pen = true;
         }
         ctx.stroke();
+        if (s.dots) {
+          ctx.fillStyle = s.color;
+          for (let i = 0; i < s.steps.length; i++) {
+            const v = s.values[i];
+            if (!Number.isFinite(v)) continue;
+            ctx.beginPath();
+            ctx.arc(axis.x(s.steps[i]), this.log && v <= 0 ? top + plotH : y(v), 2.5, 0, 2 * Math.PI);
+            ctx.fill();
+          }
+        }
       }
     } else {
       ctx.fillStyle = '#80868b';
