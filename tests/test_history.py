@@ -212,6 +212,8 @@ def test_matrix_route_draws_summarized_blocks_at_their_last_step(tmp_path):
         assert body["values"][0][i] == pytest.approx(float(row(ALERT_STEP)[0, column]), rel=1e-4)
     layer = get_json(client, "/layer?run=run&layer=out&width=1000")
     assert layer["last_steps"] == steps
+    assert (layer["summarized_from"], layer["history_block"]) == (AFTER, BLOCK)
+    assert get_json(client, "/layers?run=run")["last_step"] == STEPS - 1
 
 
 @pytest.mark.parametrize("options, message", [
@@ -258,3 +260,20 @@ def test_pytorch_monitor_writes_history_blocks(tmp_path):
     assert [s.step for s in run.steps if len(s.layers)] == [
         s for s in steps if s < 20 or s // 10 >= last_block - 1]
     assert len(run.history) >= 3
+
+
+def test_a_live_long_run_reports_its_newest_layer_step(tmp_path):
+    """While the run trains, its newest layer data is a block summary (the
+    last blocks are written whole only at close): the layers route says so."""
+    from test_plugin_backend import get_json, make_client
+
+    writer = RunWriter(str(tmp_path / "run"), LAYERS, history_after=AFTER, history_block=BLOCK)
+    for step in range(STEPS):
+        writer.write_step(step, row(step), glob(step), wall_time=1000.0 + step)
+    writer.flush()
+    try:
+        client, _ = make_client(tmp_path)
+        # Block 28 (280..289) was summarized when step 290 came; 290..299 wait in memory.
+        assert get_json(client, "/layers?run=run")["last_step"] == 289
+    finally:
+        writer.close()

@@ -268,12 +268,16 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
         """The monitored layers of `run` and the statistic names."""
         time_series = self._reader.time_series(ctx, experiment_id, run, fmt.TAG_LAYERS)
         metadata = self._reader.metadata(time_series)
+        last_step = int(time_series.max_step)
+        tags = self._reader.list_runs(ctx, experiment_id).get(run, {})
+        if fmt.TAG_LAYER_HISTORY in tags:  # a long run's newest layer data may be a summary
+            last_step = max(last_step, int(tags[fmt.TAG_LAYER_HISTORY].max_step))
         return {
             "run": run,
             "format_version": metadata["format_version"],
             "stats": list(metadata["stats"]),
             "layers": [layer.to_json() for layer in metadata["layers"]],
-            "last_step": int(time_series.max_step),
+            "last_step": last_step,
         }
 
     def _layer_series(self, ctx, experiment_id, run, reduce="mean"):
