@@ -1,6 +1,6 @@
 """Runs the scenario suite and prints what the detectors found.
 
-    python benchmarks/scenario_report.py [--set suite|heldout|heldout2|all] [--only NAME ...]
+    python benchmarks/scenario_report.py [--set suite|heldout|heldout2|heldout3|all] [--only NAME ...]
                                          [--logdir DIR] [--margins] [--verbose]
 
 Prints one line per scenario, then: buggy runs detected, diagnosed with the
@@ -19,16 +19,18 @@ import tempfile
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.scenarios import (  # noqa: E402
-    BUGGY, HEALTHY, HELDOUT, HELDOUT2, SCENARIOS, run_scenario)
+    BUGGY, HEALTHY, HELDOUT, HELDOUT2, HELDOUT3, SCENARIOS, run_scenario)
 from benchmarks.scenarios.margins import format_margins, margins  # noqa: E402
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="*", default=None, help="scenario names to run")
-    parser.add_argument("--set", choices=("suite", "heldout", "heldout2", "all"), default="suite",
+    parser.add_argument("--set", choices=("suite", "heldout", "heldout2", "heldout3", "all"), default="suite",
                         help="the calibration suite (default), the held-out runs, the held-out "
-                             "runs of the second generation of alerts, or all")
+                             "runs of the second generation of alerts (heldout2: constant output, "
+                             "learning rate too low, dead from the start, frozen layers...; "
+                             "heldout3: data order, overfitting), or all")
     parser.add_argument("--every", type=int, default=1,
                         help="log every N batches (HealthCallback(every_n_batches=N))")
     parser.add_argument("--margins", action="store_true",
@@ -37,7 +39,7 @@ def main(argv=None):
     parser.add_argument("--verbose", action="store_true", help="print every alert")
     args = parser.parse_args(argv)
     sets = {"suite": BUGGY + HEALTHY, "heldout": HELDOUT, "heldout2": HELDOUT2,
-            "all": BUGGY + HEALTHY + HELDOUT + HELDOUT2}
+            "heldout3": HELDOUT3, "all": BUGGY + HEALTHY + HELDOUT + HELDOUT2 + HELDOUT3}
     names = args.only or list(sets[args.set])
     unknown = [n for n in names if n not in SCENARIOS]
     if unknown:

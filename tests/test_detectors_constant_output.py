@@ -67,3 +67,16 @@ def test_collapsed_output_while_the_loss_falls_is_silent():
 def test_healthy_streams_are_silent():
     assert run(ConstantOutputDetector(), stream(500)) == []
     assert run(ConstantOutputDetector(), stream(500, loss=flat(0.6))) == []  # flat but varying output
+
+
+def test_one_answer_per_batch_of_one_class_is_the_data_order_not_a_collapse():
+    # Batches sorted by class: the model answers the current class for every
+    # example of the batch (its output barely varies within a batch), and the
+    # loss jumps at each class change. The data order is the finding.
+    from test_detectors import class_sorted_loss
+
+    steps = stream(400, loss=class_sorted_loss(40),
+                   layer_fn=lambda s: {"out": {"act_example_std": 3e-4}})
+    assert raised(run(ConstantOutputDetector(), steps)) == []
+    kinds = {a.kind for a in raised(DetectorSuite().replay(steps))}
+    assert "oscillating_loss" in kinds and "constant_output" not in kinds

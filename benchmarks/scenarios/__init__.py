@@ -17,15 +17,17 @@ import dataclasses
 import math
 import time
 
-from benchmarks.scenarios import buggy, healthy, heldout, heldout2
+from benchmarks.scenarios import buggy, healthy, heldout, heldout2, heldout3
 from benchmarks.scenarios.common import Scenario
 
 SCENARIOS = {s.name: s for s in
-             buggy.SCENARIOS + healthy.SCENARIOS + heldout.SCENARIOS + heldout2.SCENARIOS}
+             buggy.SCENARIOS + healthy.SCENARIOS + heldout.SCENARIOS + heldout2.SCENARIOS
+             + heldout3.SCENARIOS}
 BUGGY = tuple(s.name for s in buggy.SCENARIOS)
 HEALTHY = tuple(s.name for s in healthy.SCENARIOS)
 HELDOUT = tuple(s.name for s in heldout.SCENARIOS)
 HELDOUT2 = tuple(s.name for s in heldout2.SCENARIOS)
+HELDOUT3 = tuple(s.name for s in heldout3.SCENARIOS)
 
 
 @dataclasses.dataclass
@@ -126,7 +128,8 @@ def run_scenario(scenario, logdir, seed=0, max_epochs=None, every_n_batches=1):
     start = time.perf_counter()
     fit_kwargs = dict(fit_kwargs)
     callbacks = [callback] + list(fit_kwargs.pop("callbacks", []))
-    model.fit(x, y, callbacks=callbacks, verbose=0, shuffle=True, **fit_kwargs)
+    shuffle = fit_kwargs.pop("shuffle", True)  # a scenario may train on data in order
+    model.fit(x, y, callbacks=callbacks, verbose=0, shuffle=shuffle, **fit_kwargs)
     seconds = time.perf_counter() - start
     callback.close()
     runs = reader.read_logdir(logdir)

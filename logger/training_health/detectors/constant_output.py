@@ -5,6 +5,7 @@ import numpy as np
 from training_health.detectors import hints
 from training_health.detectors.base import (
     MODEL, Detector, Finding, StepWindow, check_float, check_int, finite, output_rows)
+from training_health.detectors.oscillation import moves_with_data_order
 from training_health.detectors.saturation import OUTPUT_BOUNDED
 from training_health.detectors.stalled import _halves_differ
 
@@ -43,7 +44,14 @@ class ConstantOutputDetector(Detector):
       under 1% of what the labels do: it answers about the same constant
       for every example, and a constant's best loss is the label entropy.
       An output that never varies at all (median spread at most 1e-6) is
-      left to `saturation`'s constant answer.
+      left to `saturation`'s constant answer. Nor is it a collapse when
+      the loss rises and falls with the order of the batches (the
+      data-order test of `oscillating_loss`): batches of one class have
+      labels that do not vary within the batch, and a model that answers
+      the current class for every example of it is following the data
+      order, which `oscillating_loss` reports (two swings suffice here:
+      the 100-step window may hold only two class changes, and the loss
+      of a collapsed output does not swing beyond its noise even once).
 
     Args:
         max_spread: relative spread of a collapsed output. Defaults to 1e-3
@@ -148,6 +156,8 @@ class ConstantOutputDetector(Detector):
         mean = float(losses.mean())
         if _halves_differ(losses[:, None], self.min_delta * abs(mean), improved_only=True)[0]:
             return None
+        if moves_with_data_order(losses, swings=2):
+            return None  # batches of one class: the same answer within a batch is the data order
         first = self._losses.first_step()
         return Finding(
             "warning",

@@ -1,5 +1,6 @@
 """oscillating_loss: the loss bounces up and down without progress."""
 
+import collections
 import statistics
 
 import numpy as np
@@ -7,6 +8,20 @@ import numpy as np
 from training_health.detectors import hints
 from training_health.detectors.base import (
     MODEL, Detector, Finding, StepWindow, check_float, check_int, finite)
+
+
+# Defaults of the data-order test (see OscillatingLossDetector), also what
+# ConstantOutputDetector takes as a loss that moves with the data order.
+ORDER_RISE = 3.0
+ORDER_SWINGS = 3
+
+
+def moves_with_data_order(losses, swings=ORDER_SWINGS, group=5):
+    """Whether a loss series rises and falls with the order of the batches:
+    its rises reach ORDER_RISE times the noise in at least `swings` swings
+    (`data_order_evidence`)."""
+    order = data_order_evidence(losses, group)
+    return order is not None and order.ratio >= ORDER_RISE and order.swings >= swings
 
 
 class OscillatingLossDetector(Detector):
@@ -83,7 +98,8 @@ class OscillatingLossDetector(Detector):
 
     def __init__(self, window=50, min_observations=10, reference_steps=20, spread=1.0,
                  min_improvement=0.1, min_update_ratio=1e-2, patience=0, clear_patience=100,
-                 start_from_step=0, order_window=200, group=5, order_rise=3.0, order_swings=3):
+                 start_from_step=0, order_window=200, group=5, order_rise=ORDER_RISE,
+                 order_swings=ORDER_SWINGS):
         super().__init__(patience, 1, clear_patience, start_from_step)
         self.min_update_ratio = check_float("min_update_ratio", min_update_ratio, 0.0)
         self.window = check_int("window", window, minimum=1)
@@ -160,28 +176,20 @@ class OscillatingLossDetector(Detector):
         lr = stats.global_values.get("learning_rate")
         self._order.append(step, (loss, float(lr) if lr is not None and finite(lr) else np.nan))
         min_points = 8 * self.group
-        if not self._order.trim(step, self.order_window, min_points):
-            return None
+        self._order.trim(step, self.order_window, min_points)
+        if len(self._order) < min_points:
+            return None  # judged from 8 groups on, over at most the last `order_window` steps
         rows = self._order.values()
         n = len(rows) // self.group
         tail = rows[len(rows) - n * self.group:]
         rates = tail[:, 1][~np.isnan(tail[:, 1])]
         if len(rates) > 1 and np.any(np.diff(rates) > 0):
             return None  # a schedule raised the learning rate: it explains rises
-        groups = tail[:, 0].reshape(n, self.group)
-        means = groups.mean(axis=1)
-        sigma = float(np.median(groups.std(axis=1, ddof=1)))
-        moves = np.diff(means)
-        rises = moves[moves > 0]
-        total = float(rises.sum())
-        median = float(np.median(tail[:, 0]))
-        if median <= 0 or total < median:
+        order = data_order_evidence(tail[:, 0], self.group)
+        if order is None or order.ratio < self.order_rise or order.swings < self.order_swings:
             return None
-        noise = (n - 1) * sigma / np.sqrt(np.pi * self.group)
-        ratio = total / noise if noise > 0 else float("inf")
-        swings = int(np.sum(rises > 4.0 * sigma * np.sqrt(2.0 / self.group)))
-        if ratio < self.order_rise or swings < self.order_swings:
-            return None
+        swings, total, median, ratio, sigma = (order.swings, order.total, order.median,
+                                               order.ratio, order.sigma)
         return Finding(
             "warning",
             "loss rises and falls with the order of the batches: over the last %d steps its "
@@ -191,6 +199,42 @@ class OscillatingLossDetector(Detector):
                min(ratio, 999.0), sigma, step),
             hints.data_order(),
         )
+
+
+OrderEvidence = collections.namedtuple("OrderEvidence", "ratio swings total median sigma")
+
+
+def data_order_evidence(losses, group=5):
+    """How much a loss series rises and falls beyond batch noise.
+
+    `losses` (consecutive logged batch losses) is cut into groups of
+    `group`; sigma is the median within-group standard deviation (the batch
+    noise; a median, so groups holding a jump do not inflate it). Returns
+    None when fewer than 2 groups, or when the median loss is not positive or
+    the group means' rises add up to less than it (nothing material rose);
+    else an `OrderEvidence`: `ratio` of the summed rises of the group means
+    to what noise explains, (groups - 1) * sigma / sqrt(pi * group) (inf for
+    sigma 0); `swings`, the rises of more than four noise deviations of a
+    difference of two group means (4 * sigma * sqrt(2 / group)); `total`
+    (the summed rises), `median` (of the losses) and `sigma`.
+    """
+    losses = np.asarray(losses, dtype=np.float64)
+    n = len(losses) // group
+    if n < 2:
+        return None
+    groups = losses[len(losses) - n * group:].reshape(n, group)
+    means = groups.mean(axis=1)
+    sigma = float(np.median(groups.std(axis=1, ddof=1)))
+    moves = np.diff(means)
+    rises = moves[moves > 0]
+    total = float(rises.sum())
+    median = float(np.median(groups))
+    if median <= 0 or total < median:
+        return None
+    noise = (n - 1) * sigma / np.sqrt(np.pi * group)
+    ratio = total / noise if noise > 0 else float("inf")
+    swings = int(np.sum(rises > 4.0 * sigma * np.sqrt(2.0 / group)))
+    return OrderEvidence(ratio, swings, total, median, sigma)
 
 
 def _median_update_ratio(stats):
