@@ -110,11 +110,15 @@ class Detector:
         self.start_from_step = check_int("start_from_step", start_from_step)
         self._tracks = {}
         self._last_step = None
+        # The run's first logged step: at step 0 its numbers describe the
+        # initial weights, before any update (hints weigh them first).
+        self.first_stats = None
 
     def reset(self):
         """Forgets everything seen (call at the start of training)."""
         self._tracks = {}
         self._last_step = None
+        self.first_stats = None
         self._reset_state()
 
     def _reset_state(self):
@@ -143,6 +147,8 @@ class Detector:
         if self._last_step is not None and step <= self._last_step:
             self.reset()
         self._last_step = step
+        if self.first_stats is None:
+            self.first_stats = stats
         findings = self._evaluate(step, stats)
         alerts = []
         for key, finding in findings.items():

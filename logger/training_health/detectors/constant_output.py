@@ -140,7 +140,7 @@ class ConstantOutputDetector(Detector):
             "nothing has moved since the first step (%d): %s; the loss is %s at step %d and "
             "cannot move" % (self._first_step, what,
                              "%.4g" % float(loss) if finite(loss) else "not finite", step),
-            hints.hint_for(self.kind, stats),
+            hints.hint_for(self.kind, stats, first=self.first_stats),
             immediate=True,
         )
 
@@ -165,6 +165,6 @@ class ConstantOutputDetector(Detector):
             "range over the last %d steps (from step %d) while the loss stays at %.4g: it gives "
             "about the same answer for every input"
             % (info.name, info.activation, spreads.max(), step - first, first, losses[-1]),
-            hints.hint_for(self.kind, stats, info.name),
+            hints.hint_for(self.kind, stats, info.name, first=self.first_stats),
         )
 

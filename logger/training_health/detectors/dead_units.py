@@ -110,6 +110,7 @@ class DeadUnitsDetector(Detector):
                 "%.0f%%%s units of %s (%s) output 0 on every example %s at step %d"
                 % (100 * frac, units, info.name, info.activation, source, step),
                 hints.hint_for(self.kind, stats, info.name,
-                               alive_at=fewest if fewest[1] <= ALIVE_FRAC else None),
+                               alive_at=fewest if fewest[1] <= ALIVE_FRAC else None,
+                               first=self.first_stats),
             )
         return out

@@ -88,7 +88,7 @@ class ExplodingGradientsDetector(Detector):
                     "critical",
                     "gradient norm reached %.3g (%.0fx its early median), then the "
                     "gradients overflowed to NaN/Inf at step %d" % (self._previous_norm, grew, step),
-                    hints.hint_for(self.kind, stats),
+                    hints.hint_for(self.kind, stats, first=self.first_stats),
                     immediate=True,
                 )}
             return {}
@@ -122,7 +122,7 @@ class ExplodingGradientsDetector(Detector):
         return {MODEL: Finding(
             "critical" if immediate else "warning",
             "gradient norm %.3g at step %d, %s%s" % (g, step, " and ".join(reasons), where),
-            hints.hint_for(self.kind, stats),
+            hints.hint_for(self.kind, stats, first=self.first_stats),
             layer=largest[0] if largest else None,
             immediate=immediate,
         )}

@@ -68,7 +68,7 @@ class NanInfDetector(Detector):
             MODEL: Finding(
                 "critical",
                 "non-finite values at step %d: %s" % (step, "; ".join(parts)),
-                hints.hint_for(self.kind, stats, layer),
+                hints.hint_for(self.kind, stats, layer, first=self.first_stats),
                 layer=layer,
             )
         }

@@ -95,7 +95,7 @@ class SaturationDetector(Detector):
             "%d steps (std across the batch at most %.1e of its range, mean output %.4g)"
             % (info.name, info.activation or "linear", step - history.first_step(), max(values),
                mean),
-            hints.hint_for(self.kind, stats, info.name),
+            hints.hint_for(self.kind, stats, info.name, first=self.first_stats),
             immediate=True,
         )
 
@@ -130,7 +130,7 @@ class SaturationDetector(Detector):
                             "warning",
                             "%.0f%% of the outputs of %s (%s) are at the activation's bounds "
                             "at step %d" % (100 * frac, info.name, info.activation, step),
-                            hints.hint_for(self.kind, stats, info.name),
+                            hints.hint_for(self.kind, stats, info.name, first=self.first_stats),
                         )
             if judged:
                 out[info.name] = finding

@@ -205,7 +205,7 @@ class StalledDetector(Detector):
             "critical" if certain else "warning",
             "loss %.4g has not improved over the last %d steps (from step %d)%s; %s"
             % (losses[-1], step - first, first, metric_text, reason),
-            hints.hint_for(self.kind, stats),
+            hints.hint_for(self.kind, stats, first=self.first_stats),
         )
         return {MODEL: self._open_finding}
 

@@ -79,6 +79,6 @@ class VanishingGradientsDetector(Detector):
                 "critical" if ratio < self.ratio * 1e-2 else "warning",
                 "relative gradient ||g||/||W|| of %s is %.1e, %.1e times that of %s "
                 "(%d layers) at step %d" % (first[1], first[2], ratio, last[1], len(rel), step),
-                hints.hint_for(self.kind, stats, key),
+                hints.hint_for(self.kind, stats, key, first=self.first_stats),
             )
         }
