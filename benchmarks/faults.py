@@ -148,8 +148,10 @@ def train(args):
 # (or for `--steps` steps), calls the logger's flush every FLUSH_POINT steps
 # and prints "flushed N" once the flush says steps 1..N are in the files.
 # Every process of a trial series writes to the same logdir and numbers its
-# steps from 1, as a new run does; its learning rate (a logged global
-# value) tells its steps from those of the other processes.
+# steps from the start, as a new run does; its learning rate (a logged
+# global value) tells its steps from those of the other processes. It
+# imports its framework, then waits for a line on stdin ("go") before it
+# builds anything, so that it can import while the readers read the logdir.
 FLUSH_POINT = 10
 BATCH = 32
 
@@ -174,6 +176,8 @@ def train_torch(args):
     from training_health.torch import HealthMonitor
 
     warnings.simplefilter("ignore")  # the logger's warnings are also logged: one line each on stderr
+    if sys.stdin.readline() != "go\n":
+        return 1  # (the benchmark ended before it let this process start)
     torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
@@ -208,6 +212,8 @@ def train_keras(args):
     from training_health.keras import HealthCallback
 
     warnings.simplefilter("ignore")
+    if sys.stdin.readline() != "go\n":
+        return 1
     keras.utils.set_random_seed(args.seed)
     model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"),
                               keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
@@ -244,8 +250,8 @@ class Child:
         if storage_options:
             command += ["--storage-options", json.dumps(storage_options)]
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")  # (TensorFlow's start-up lines on stderr)
-        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True, env=env)
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
         self.lines, self.stderr = [], ""
         self._ready = threading.Event()
         threading.Thread(target=self._read_stdout, daemon=True).start()
@@ -261,6 +267,11 @@ class Child:
 
     def _read_stderr(self):
         self.stderr = self.proc.stderr.read()
+
+    def go(self):
+        """Lets a real training loop start (it waits for this after its imports)."""
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
 
     def wait_ready(self, timeout=120):
         if not self._ready.wait(timeout) or self.proc.poll() not in (None, 0):
@@ -364,12 +375,18 @@ def kill_trials(n, rng, workdir, log=print, keras_every=5):
     flushed_keys = set()  # (step, learning rate) of every step flushed, by every process so far
     lost_keys = set()
     reader_errors = unclean = cut = 0
-    for trial in range(n + 1):
+
+    def start(trial):
         last = trial == n  # a final run that is not killed: the logdir still takes a clean run
         framework = "keras" if keras_every and (trial + 1) % keras_every == 0 and not last else "torch"
+        return framework, Child(logdir, 0, steps=60 if last else 10 ** 6, seed=trial, flush_every=4,
+                                framework=framework)
+
+    framework, child = start(0)
+    for trial in range(n + 1):
+        last = trial == n
         started = time.monotonic()
-        child = Child(logdir, 0, steps=60 if last else 10 ** 6, seed=trial, flush_every=4,
-                      framework=framework)
+        child.go()
         child.wait_ready()
         delay = None
         if last:
@@ -381,10 +398,12 @@ def kill_trials(n, rng, workdir, log=print, keras_every=5):
             time.sleep(delay)
             child.proc.kill()
             child.finish()
+        following = start(trial + 1) if not last else None  # (imports while the readers read)
         first, flushed = child.first_step(), child.flushed()
         lr = float(np.float32(trial_lr(trial)))
         if flushed is not None:
             flushed_keys.update((step, lr) for step in range(first, flushed + 1))
+        trained = time.monotonic()
         keys, errors = read_everything(os.path.dirname(logdir), report=trial % 5 == 0 or last,
                                        key=lambda s: (s.step, s.global_values["learning_rate"]))
         reader_errors += len(errors)
@@ -396,12 +415,15 @@ def kill_trials(n, rng, workdir, log=print, keras_every=5):
         unclean += bool(problems)
         torn = cut_bytes(logdir, child.proc.pid)
         cut += torn > 0
-        log("  %s %2d (%s%s, %.1f s): flushed steps %s..%s, readable of this process %d, in all %d, "
-            "missing %d, bytes of a cut record %d, reader errors %s, start %s"
+        log("  %s %2d (%s%s; trained %.1f s, readers %.1f s): flushed steps %s..%s, readable of this "
+            "process %d, in all %d, missing %d, bytes of a cut record %d, reader errors %s, start %s"
             % ("clean run" if last else "kill", trial, framework,
-               "" if delay is None else ", killed %.2f s in" % delay, time.monotonic() - started,
+               "" if delay is None else ", killed %.2f s in" % delay, trained - started,
+               time.monotonic() - trained,
                first, flushed, sum(1 for _, key_lr in keys if key_lr == lr), len(keys), len(missing), torn,
                errors or 0, "ok" if not problems else "NOT clean: %s" % problems[:3]))
+        if following is not None:
+            framework, child = following
     log("  kills that cut a record short: %d of %d" % (cut, n))
     return n, len(lost_keys), reader_errors, unclean
 
