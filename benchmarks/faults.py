@@ -7,8 +7,9 @@
 Real processes, real files, a real S3-compatible server (moto, on 127.0.0.1):
 
 * kill trials: a real training process logs to one logdir and is killed with
-  SIGKILL at a random (seeded) moment, 0.02-1.5 s into training; one after
-  another in the same logdir, then one more that trains to its end there.
+  SIGKILL at a random (seeded) moment, 0.02-1.5 s into training (a Keras
+  one: after its first `fit`, which traces the step); one after another in
+  the same logdir, then one more that trains to its end there.
   Each is a PyTorch loop (a small MLP on random data, SGD, the
   `training_health.torch.HealthMonitor` with `flush_every=4`, `step(loss)`
   after `optimizer.step()`) that calls `monitor.flush()` every 10 steps and
