@@ -1,23 +1,39 @@
 """Fault injection and fuzzing: nothing flushed is lost, nothing crashes.
 
-    python benchmarks/faults.py [--seed 0] [--kill-trials 20] [--fuzz-files 200]
-                                [--fuzz-requests 2000] [--skip-bucket] [--skip-faults]
-                                [--workdir DIR]
+    python benchmarks/faults.py [--seed 0] [--kill-trials 20] [--keras-every 5]
+                                [--fuzz-files 200] [--fuzz-requests 2000] [--skip-bucket]
+                                [--skip-faults] [--workdir DIR]
 
 Real processes, real files, a real S3-compatible server (moto, on 127.0.0.1):
 
-* kill trials: a training process (the logger's host side, `capture.host.Host`
-  with its collector, detectors, `RunWriter` and `EventWriter`, fed rows by a
-  plain Python ring buffer as a device program would) logs to one logdir
-  and prints each step it has flushed; it is killed with SIGKILL at a random
-  moment; then every reader (`reader.read_logdir`, `training-health check`,
-  `watch`, the report) reads the logdir, every step flushed before the kill
-  must be there, and the next trial's process starts in the same logdir;
-* faults while a run trains (each once): a full disk (a small tmpfs filled
-  up, then space freed), an unwritable logdir (a read-only tmpfs), the logdir
-  removed mid-run, and a bucket that goes away (connections refused) and
-  comes back; training must finish, with one warning saying what happened
-  and what was lost, and everything written before must read back;
+* kill trials: a real training process logs to one logdir and is killed with
+  SIGKILL at a random (seeded) moment, 0.02-1.5 s into training (a Keras
+  one: after its first `fit`, which traces the step); one after another in
+  the same logdir, then one more that trains to its end there.
+  Each is a PyTorch loop (a small MLP on random data, SGD, the
+  `training_health.torch.HealthMonitor` with `flush_every=4`, `step(loss)`
+  after `optimizer.step()`) that calls `monitor.flush()` every 10 steps and
+  prints "flushed N" when it returned True: steps 1..N are then in the event
+  file (handed to the operating system, which keeps them when the process
+  is killed). Every `--keras-every`-th trial is a Keras `fit` of the same
+  MLP with a `HealthCallback` instead, 10 steps per `fit`, "flushed N" after
+  the `fit` that ran step N returned (the callback flushes at its end). After
+  each kill every reader (`reader.read_logdir`, `training-health check`,
+  `watch`, and every 5th time the report) reads the logdir: none may raise
+  or fail, and every step flushed by any process so far must be read back
+  whole (each process's learning rate, a logged value, tells its steps from
+  the others', as every process numbers its steps from the start). The next
+  process must start cleanly in that logdir: no traceback and no warning of
+  the logger but alerts on its stderr. Also counted: kills that left a
+  record cut short at the end of a file;
+* faults while a run trains (each once; the training process is the
+  logger's host side, `capture.host.Host` with its collector, detectors,
+  `RunWriter` and `EventWriter`, fed rows by a plain Python ring buffer as a
+  device program would): a full disk (a small tmpfs filled up, then space
+  freed), an unwritable logdir (a read-only tmpfs), the logdir removed
+  mid-run, and a bucket that goes away (connections refused) and comes back;
+  training must finish, with one warning saying what happened and what was
+  lost, and everything written before must read back;
 * fuzzing, bounded and seeded: event files with random truncations, bit
   flips, garbage and foreign records through every reader, and random or
   hostile query arguments through every route of the plugin (TensorBoard's
@@ -38,6 +54,7 @@ import io
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -128,17 +145,114 @@ def train(args):
     return 0
 
 
-class Child:
-    """A training process; its stdout lines are collected as they come."""
+# The real training loops of the kill trials. Each trains until it is killed
+# (or for `--steps` steps), calls the logger's flush every FLUSH_POINT steps
+# and prints "flushed N" once the flush says steps 1..N are in the files.
+# Every process of a trial series writes to the same logdir and numbers its
+# steps from the start, as a new run does; its learning rate (a logged
+# global value) tells its steps from those of the other processes. It
+# imports its framework, then waits for a line on stdin ("go") before it
+# builds anything, so that it can import while the readers read the logdir.
+FLUSH_POINT = 10
+BATCH = 32
 
-    def __init__(self, logdir, start, steps, seed, flush_every=5, step_secs=0.004, storage_options=None):
-        command = [sys.executable, os.path.abspath(__file__), "train", "--logdir", logdir,
+
+def trial_lr(seed):
+    """The learning rate of the training process of trial `seed`."""
+    return 0.001 * (seed + 1)
+
+
+def _random_data(seed, n=BATCH * FLUSH_POINT):
+    rng = np.random.default_rng(seed)
+    return rng.standard_normal((n, 32)).astype(np.float32), rng.integers(0, 10, n)
+
+
+def train_torch(args):
+    """A PyTorch loop with `training_health.torch.HealthMonitor`: a small MLP on
+    random data; "flushed N" after `monitor.flush()` returned True at step N."""
+    import warnings
+
+    import torch
+
+    from training_health.torch import HealthMonitor
+
+    warnings.simplefilter("ignore")  # the logger's warnings are also logged: one line each on stderr
+    if sys.stdin.readline() != "go\n":
+        return 1  # (the benchmark ended before it let this process start)
+    torch.set_num_threads(1)
+    torch.manual_seed(args.seed)
+    model = torch.nn.Sequential(torch.nn.Linear(32, 64), torch.nn.ReLU(), torch.nn.Linear(64, 64),
+                                torch.nn.ReLU(), torch.nn.Linear(64, 10))
+    optimizer = torch.optim.SGD(model.parameters(), lr=trial_lr(args.seed), momentum=0.9)
+    x, y = (torch.from_numpy(a) for a in _random_data(args.seed))
+    monitor = HealthMonitor(args.logdir, model, optimizer, flush_every=args.flush_every)
+    print("ready 1", flush=True)  # (the monitor numbers the optimizer steps from 1)
+    for step in range(1, args.steps + 1):
+        batch = slice((step % FLUSH_POINT) * BATCH, (step % FLUSH_POINT + 1) * BATCH)
+        optimizer.zero_grad()
+        loss = torch.nn.functional.cross_entropy(model(x[batch]), y[batch])
+        loss.backward()
+        optimizer.step()
+        monitor.step(loss)
+        if step % FLUSH_POINT == 0 or step == args.steps:
+            print("%s %d" % ("flushed" if monitor.flush() else "unflushed", step), flush=True)
+    monitor.close()
+    print("done {}", flush=True)
+    return 0
+
+
+def train_keras(args):
+    """A Keras `fit` with `training_health.keras.HealthCallback`: the same MLP;
+    each `fit` runs FLUSH_POINT steps and flushes at its end (`on_train_end`),
+    so "flushed N" follows the `fit` that ran step N (whether that flush
+    succeeded is not told; were it to fail, the trial would count its steps lost)."""
+    import warnings
+
+    import keras
+
+    from training_health.keras import HealthCallback
+
+    warnings.simplefilter("ignore")
+    if sys.stdin.readline() != "go\n":
+        return 1
+    keras.utils.set_random_seed(args.seed)
+    model = keras.Sequential([keras.Input((32,)), keras.layers.Dense(64, activation="relu"),
+                              keras.layers.Dense(64, activation="relu"), keras.layers.Dense(10)])
+    model.compile(keras.optimizers.SGD(trial_lr(args.seed), momentum=0.9),
+                  keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    x, y = _random_data(args.seed)
+    callback = HealthCallback(args.logdir, flush_every=args.flush_every)
+    print("ready 0", flush=True)  # (a step is numbered by `optimizer.iterations` before it: 0 first)
+    steps = 0
+    while steps < args.steps:
+        model.fit(x, y, batch_size=BATCH, epochs=1, callbacks=[callback], verbose=0, shuffle=False)
+        steps = int(model.optimizer.iterations.numpy())
+        print("flushed %d" % (steps - 1), flush=True)
+    callback.close()
+    print("done {}", flush=True)
+    return 0
+
+
+TRAIN = {"host": train, "torch": train_torch, "keras": train_keras}
+
+
+class Child:
+    """A training process; its stdout lines are collected as they come.
+
+    framework: "host" (the logger's host side fed by `RingSource`, see
+    `train`), "torch" or "keras" (a real training loop, see `train_torch`).
+    """
+
+    def __init__(self, logdir, start, steps, seed, flush_every=5, step_secs=0.004, storage_options=None,
+                 framework="host"):
+        command = [sys.executable, os.path.abspath(__file__), "train", framework, "--logdir", logdir,
                    "--start", str(start), "--steps", str(steps), "--seed", str(seed),
                    "--flush-every", str(flush_every), "--step-secs", str(step_secs)]
         if storage_options:
             command += ["--storage-options", json.dumps(storage_options)]
-        self.proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     text=True)
+        env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="3")  # (TensorFlow's start-up lines on stderr)
+        self.proc = subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, text=True, env=env)
         self.lines, self.stderr = [], ""
         self._ready = threading.Event()
         threading.Thread(target=self._read_stdout, daemon=True).start()
@@ -154,6 +268,11 @@ class Child:
 
     def _read_stderr(self):
         self.stderr = self.proc.stderr.read()
+
+    def go(self):
+        """Lets a real training loop start (it waits for this after its imports)."""
+        self.proc.stdin.write("go\n")
+        self.proc.stdin.flush()
 
     def wait_ready(self, timeout=120):
         if not self._ready.wait(timeout) or self.proc.poll() not in (None, 0):
@@ -173,6 +292,10 @@ class Child:
         steps = [int(line.split()[1]) for line in list(self.lines) if line.startswith("flushed")]
         return max(steps) if steps else None
 
+    def first_step(self):
+        """The number of the first step of a real training loop ("ready N")."""
+        return next(int(line.split()[1]) for line in self.lines if line.startswith("ready "))
+
     def finish(self, timeout=300):
         try:
             self.proc.wait(timeout)
@@ -185,11 +308,14 @@ class Child:
 
 
 # -- every reader ------------------------------------------------------------------
-def read_everything(logdir, storage_options=None, report=True):
+def read_everything(logdir, storage_options=None, report=True, key=None):
     """Reads `logdir` with every reader; returns (steps read, errors).
 
+    steps read: `key(step_stats)` (defaults to the step number) of every step
+    that `reader.read_logdir` read whole (global values and layer rows).
     errors: (reader, exception text) of every reader that raised or failed.
     """
+    key = key or (lambda s: s.step)
     from training_health.cli import main as cli_main
     from training_health.cli.watch import Watcher
     from training_health.io import reader
@@ -198,7 +324,7 @@ def read_everything(logdir, storage_options=None, report=True):
     steps = set()
     try:
         for run in reader.read_logdir(logdir, storage_options):
-            steps.update(s.step for s in run.steps if s.global_values and len(s.layers))
+            steps.update(key(s) for s in run.steps if s.global_values and len(s.layers))
     except Exception as e:  # noqa: BLE001  (counted and printed: this is what is measured)
         errors.append(("reader", "%s: %s" % (type(e).__name__, e)))
     try:
@@ -231,32 +357,98 @@ def read_everything(logdir, storage_options=None, report=True):
 
 
 # -- kill trials -------------------------------------------------------------------
-def kill_trials(n, rng, workdir, log=print):
-    """`n` training processes killed at random moments, one after another in one logdir.
+def kill_trials(n, rng, workdir, log=print, keras_every=5):
+    """`n` real training processes killed with SIGKILL at random moments, one
+    after another in one logdir, then one more that trains to its end there.
 
-    Returns (trials, lost flushed steps, reader errors).
+    Trials are PyTorch loops (`train_torch`), every `keras_every`-th one a
+    Keras `fit` (`train_keras`; 0: none). A trial is killed `rng.uniform(0.02,
+    1.5)` seconds after its monitor was created (a Keras trial: after its
+    first `fit`, which traces the step). After each trial every reader reads
+    the logdir, and every step that any process of the series printed as
+    flushed must be read back whole.
+
+    Returns (trials, lost flushed steps, reader errors, unclean starts): an
+    unclean start is a process whose stderr holds a traceback or a warning
+    of the logger other than an alert.
     """
     logdir = os.path.join(workdir, "kill", "run")
-    start, lost, reader_errors = 0, 0, 0
-    for trial in range(n + 1):
+    flushed_keys = set()  # (step, learning rate) of every step flushed, by every process so far
+    lost_keys = set()
+    reader_errors = unclean = cut = 0
+
+    def start(trial):
         last = trial == n  # a final run that is not killed: the logdir still takes a clean run
-        child = Child(logdir, start, steps=400 if last else 100000, seed=trial)
+        framework = "keras" if keras_every and (trial + 1) % keras_every == 0 and not last else "torch"
+        return framework, Child(logdir, 0, steps=60 if last else 10 ** 6, seed=trial, flush_every=4,
+                                framework=framework)
+
+    framework, child = start(0)
+    for trial in range(n + 1):
+        last = trial == n
+        started = time.monotonic()
+        child.go()
         child.wait_ready()
+        delay = None
         if last:
             child.finish()
         else:
-            time.sleep(rng.uniform(0.02, 1.2))
+            if framework == "keras":
+                child.wait_for("flushed")
+            delay = rng.uniform(0.02, 1.5)
+            time.sleep(delay)
             child.proc.kill()
             child.finish()
-        flushed = child.flushed()
-        steps, errors = read_everything(os.path.dirname(logdir), report=trial % 5 == 0 or last)
+        following = start(trial + 1) if not last else None  # (imports while the readers read)
+        first, flushed = child.first_step(), child.flushed()
+        lr = float(np.float32(trial_lr(trial)))
+        if flushed is not None:
+            flushed_keys.update((step, lr) for step in range(first, flushed + 1))
+        trained = time.monotonic()
+        keys, errors = read_everything(os.path.dirname(logdir), report=trial % 5 == 0 or last,
+                                       key=lambda s: (s.step, s.global_values["learning_rate"]))
         reader_errors += len(errors)
-        missing = [] if flushed is None else [s for s in range(start, flushed + 1) if s not in steps]
-        lost += len(missing)
-        log("  %s %2d: flushed up to step %s, %d steps readable in all, missing %d, reader errors %s"
-            % ("clean run" if last else "kill", trial, flushed, len(steps), len(missing), errors or 0))
-        start = max([start - 1, flushed if flushed is not None else -1] + list(steps)) + 1
-    return n, lost, reader_errors
+        missing = flushed_keys - keys
+        lost_keys |= missing
+        problems = [line for line in child.stderr.splitlines()
+                    if line.startswith("Traceback") or (line.startswith("training_health:")
+                                                        and not ALERT_LINE.match(line))]
+        unclean += bool(problems)
+        torn = cut_bytes(logdir, child.proc.pid)
+        cut += torn > 0
+        log("  %s %2d (%s%s; trained %.1f s, readers %.1f s): flushed steps %s..%s, readable of this "
+            "process %d, in all %d, missing %d, bytes of a cut record %d, reader errors %s, start %s"
+            % ("clean run" if last else "kill", trial, framework,
+               "" if delay is None else ", killed %.2f s in" % delay, trained - started,
+               time.monotonic() - trained,
+               first, flushed, sum(1 for _, key_lr in keys if key_lr == lr), len(keys), len(missing), torn,
+               errors or 0, "ok" if not problems else "NOT clean: %s" % problems[:3]))
+        if following is not None:
+            framework, child = following
+    log("  kills that cut a record short: %d of %d" % (cut, n))
+    return n, len(lost_keys), reader_errors, unclean
+
+
+ALERT_LINE = re.compile(r"training_health: (\[|  then )")  # (host.dispatch_alerts)
+
+
+def cut_bytes(logdir, pid):
+    """Bytes at the end of process `pid`'s event files that are not a whole
+    record (a write the kill cut short), from the record framing alone."""
+    torn = 0
+    for name in os.listdir(logdir):
+        if ".%d." % pid not in name:
+            continue
+        with open(os.path.join(logdir, name), "rb") as f:
+            data = f.read()
+        at = 0
+        while at + 12 <= len(data):  # length (8 bytes), its CRC (4), data, the data's CRC (4)
+            end = at + 12 + int.from_bytes(data[at:at + 8], "little") + 4
+            if end > len(data):
+                break
+            at = end
+        torn += len(data) - at
+    return torn
 
 
 # -- faults while training -----------------------------------------------------------
@@ -572,7 +764,7 @@ def fuzz(workdir, files, requests, rng, log):
 
 # -- main --------------------------------------------------------------------------
 def run_all(seed=0, kill=20, files=200, requests=2000, bucket=True, workdir=None, log=print,
-            fault_cases=True):
+            fault_cases=True, keras_every=5):
     """Runs everything; returns the figures of the last line as a dict."""
     rng = random.Random(seed)
     own = workdir is None
@@ -580,8 +772,10 @@ def run_all(seed=0, kill=20, files=200, requests=2000, bucket=True, workdir=None
     quiet = quiet_logging()
     quiet.__enter__()
     try:
-        log("kill -9 at random moments (%d trials, seed %d):" % (kill, seed))
-        trials, lost, reader_errors = kill_trials(kill, rng, workdir, log)
+        log("kill -9 of a training process at random moments (%d trials, seed %d):" % (kill, seed))
+        started = time.monotonic()
+        trials, lost, reader_errors, unclean = kill_trials(kill, rng, workdir, log, keras_every)
+        log("kill trials took %.0f s" % (time.monotonic() - started))
         cases = failed = fault_errors = fault_lost = 0
         if fault_cases:
             log("faults while training:")
@@ -591,7 +785,7 @@ def run_all(seed=0, kill=20, files=200, requests=2000, bucket=True, workdir=None
         log("fault cases: %d, failed: %d" % (cases, failed))
         return {"kill_trials": trials, "lost_flushed_steps": lost, "reader_errors": reader_errors + fault_errors,
                 "fuzz_inputs": inputs, "uncaught": uncaught, "fault_cases": cases, "fault_failed": failed,
-                "fault_lost": fault_lost}
+                "fault_lost": fault_lost, "unclean_starts": unclean}
     finally:
         quiet.__exit__(None, None, None)
         if own:
@@ -629,13 +823,17 @@ def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["train"]:
         p = argparse.ArgumentParser()
+        p.add_argument("framework", choices=sorted(TRAIN))
         for name, kind in (("--logdir", str), ("--start", int), ("--steps", int), ("--seed", int),
                            ("--flush-every", int), ("--step-secs", float), ("--storage-options", str)):
             p.add_argument(name, type=kind)
-        return train(p.parse_args(argv[1:]))
+        args = p.parse_args(argv[1:])
+        return TRAIN[args.framework](args)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--kill-trials", type=int, default=20)
+    parser.add_argument("--keras-every", type=int, default=5,
+                        help="every this many kill trials is a Keras one (0: PyTorch only)")
     parser.add_argument("--fuzz-files", type=int, default=200)
     parser.add_argument("--fuzz-requests", type=int, default=2000)
     parser.add_argument("--skip-bucket", action="store_true", help="no S3 server case")
@@ -645,12 +843,15 @@ def main(argv=None):
     started = time.monotonic()
     try:
         figures = run_all(args.seed, args.kill_trials, args.fuzz_files, args.fuzz_requests,
-                          not args.skip_bucket, args.workdir, fault_cases=not args.skip_faults)
+                          not args.skip_bucket, args.workdir, fault_cases=not args.skip_faults,
+                          keras_every=args.keras_every)
     except Exception:  # noqa: BLE001  (the harness itself failed: say where)
         traceback.print_exc()
         return 1
-    print("took %.0f s; fault cases %d, failed %d, steps missing after a fault %d"
-          % (time.monotonic() - started, figures["fault_cases"], figures["fault_failed"], figures["fault_lost"]))
+    print("took %.0f s; training processes that did not start cleanly after a kill %d; fault cases %d, "
+          "failed %d, steps missing after a fault %d"
+          % (time.monotonic() - started, figures["unclean_starts"], figures["fault_cases"],
+             figures["fault_failed"], figures["fault_lost"]))
     print(contract_line(figures))
     return 0
 

@@ -1,5 +1,5 @@
 """The fault-injection suite (benchmarks/faults.py) with smaller counts: real
-training processes killed with SIGKILL at random moments, a full disk, an
+PyTorch and Keras training processes killed with SIGKILL at random moments, a full disk, an
 unwritable or removed logdir, a bucket outage, and fuzzed event files and
 requests through every reader and route. Seeded and bounded."""
 
@@ -25,11 +25,18 @@ def quiet():
         yield
 
 
-def test_kill_9_at_random_moments_loses_no_flushed_step(tmp_path):
+def test_kill_9_of_pytorch_and_keras_training_loses_no_flushed_step(tmp_path):
+    # A PyTorch loop, then a Keras fit, killed at random moments in one
+    # logdir, then a PyTorch run to its end there.
     lines = []
-    trials, lost, reader_errors = faults.kill_trials(4, random.Random(0), str(tmp_path), lines.append)
-    assert (trials, lost, reader_errors) == (4, 0, 0), "\n".join(lines)
-    assert lines[-1].startswith("  clean run")  # the next run in the same logdir went cleanly
+    figures = faults.kill_trials(2, random.Random(0), str(tmp_path), lines.append, keras_every=2)
+    text = "\n".join(lines)
+    assert figures == (2, 0, 0, 0), text  # trials, lost flushed steps, reader errors, unclean starts
+    assert "(torch, killed" in lines[0] and "(keras, killed" in lines[1], text
+    assert all(int(re.search(r"flushed steps \d+\.\.(\d+)", line).group(1)) > 0 for line in lines[:2]), text
+    # the next run in the same logdir went cleanly, and every step of it reads back
+    assert lines[2].startswith("  clean run  2 (torch") and "flushed steps 1..60, readable of this process 60" \
+        in lines[2], text
 
 
 def _mount_or_skip(tmp_path):
@@ -58,10 +65,10 @@ def test_fuzzed_files_and_requests_never_crash_a_reader_or_answer_500(tmp_path):
 
 def test_benchmark_prints_its_contract_line(tmp_path):
     result = subprocess.run(
-        [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "faults.py"), "--kill-trials", "2",
+        [sys.executable, os.path.join(REPO_ROOT, "benchmarks", "faults.py"), "--kill-trials", "1",
          "--fuzz-files", "2", "--fuzz-requests", "10", "--skip-faults", "--workdir", str(tmp_path)],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     last = result.stdout.strip().splitlines()[-1]
-    assert re.fullmatch(r"kill_trials=2 lost_flushed_steps=0 reader_errors=0 fuzz_inputs=\d+ uncaught=0", last), \
+    assert re.fullmatch(r"kill_trials=1 lost_flushed_steps=0 reader_errors=0 fuzz_inputs=\d+ uncaught=0", last), \
         result.stdout[-3000:]

@@ -392,6 +392,28 @@ def test_stop_on_sets_stop_requested_and_alerts_are_kept(tmp_path):
     assert raised == monitor.alerts
 
 
+@pytest.mark.filterwarnings("ignore:training_health. could not write:RuntimeWarning")
+def test_flush_says_whether_the_steps_are_in_the_files(tmp_path):
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the logdir's parent directory should be")
+    model = nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = tht.HealthMonitor(str(blocked / "run"), model, optimizer, flush_every=100)
+    assert monitor.flush() is True  # nothing to write yet
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = model(torch.randn(8, 4)).sum()
+        loss.backward()
+        optimizer.step()
+        monitor.step(loss)
+    assert monitor.flush() is False  # the steps stay queued
+    blocked.unlink()
+    assert monitor.flush() is True
+    (run,) = reader.read_logdir(str(tmp_path))  # (before close)
+    assert [s.step for s in run.steps] == [1, 2, 3]
+    monitor.close()
+
+
 @pytest.mark.parametrize("kwargs,match", [
     (dict(model="not a module"), "torch.nn.Module"),
     (dict(optimizer=object()), "torch.optim.Optimizer"),

@@ -205,9 +205,14 @@ class HealthMonitor:
 
     def flush(self):
         """Reads the device buffer and writes everything recorded so far
-        (also reacts to the alerts found so far: `on_alert`, `stop_on`)."""
-        if self._host is not None:
-            self._host.flush()
+        (also reacts to the alerts found so far: `on_alert`, `stop_on`).
+
+        Returns:
+            True when every step recorded so far is in the event files (or
+            this process does not write), False when writing failed or timed
+            out (as `training_health.torch.HealthMonitor.flush`).
+        """
+        return True if self._host is None else self._host.flush()
 
     def close(self):
         """Writes what the device still holds, closes the files and unwraps

@@ -202,9 +202,17 @@ class HealthMonitor:
         self._epochs += 1
 
     def flush(self):
-        """Copies every recorded step to the host and waits until it is written."""
-        if self._host is not None:
-            self._host.flush()
+        """Copies every recorded step to the host and waits until it is written.
+
+        Returns:
+            True when every step recorded so far is in the event files
+            (handed to the operating system: it survives a kill of the
+            process) or this process does not write (not rank 0); False
+            when writing failed or timed out, the steps stay queued and are
+            retried. In a run past `history_after` steps, the layer rows of
+            the current history block wait for the block's end.
+        """
+        return True if self._host is None else self._host.flush()
 
     def close(self):
         """Writes what the device still holds, closes the files and removes

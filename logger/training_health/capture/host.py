@@ -499,11 +499,17 @@ class Host:
         return True
 
     def flush(self):
-        """Collects every row and waits until the writer has written it."""
+        """Collects every row and waits until the writer has written it.
+
+        Returns:
+            True when every row collected is in the files (handed to the
+            operating system), except the layer rows a history block still
+            holds; False when writing failed or timed out (the events stay
+            queued and are retried).
+        """
         self.collect(blocking=True)
         self.dispatch()
-        if self.writer is not None:
-            self.writer.flush()
+        return True if self.writer is None else self.writer.flush()
 
     def close(self):
         """Stops the background thread, collects every row, closes the files."""
