@@ -16,6 +16,9 @@ Layout: PyTorch keeps the unit (channel) axis of an image-like output at
 axis 1 (NCHW); the statistics take units on the last axis, as Keras does.
 """
 
+import importlib.util
+import sys
+
 import torch
 
 from training_health import format as fmt
@@ -27,12 +30,24 @@ _NAN = float("nan")
 _POSITIONS = {}  # (positions, units, examples, device) -> index tensor or None
 
 
+def dynamo_import_would_abort():
+    """Whether importing torch._dynamo would abort this process: it loads
+    triton (CUDA builds of PyTorch ship it), whose LLVM clashes with the one
+    TensorFlow loaded ("LLVM ERROR: inconsistency in registered CommandLine
+    options", then SIGABRT) when TensorFlow was imported first."""
+    return "tensorflow" in sys.modules and importlib.util.find_spec("triton") is not None
+
+
 def _constant_when_compiling(fn):
     """Under torch.compile, `fn` runs while tracing and its result is a
     constant of the graph (it reads numpy: tracing into it would break the
-    graph); outside, a plain call."""
+    graph); outside, a plain call. Marking it imports torch._dynamo, which is
+    skipped where that import would abort the process (in such a process
+    torch.compile cannot run either)."""
     mark = getattr(torch.compiler, "assume_constant_result", None)
-    return mark(fn) if mark is not None else fn
+    if mark is None or dynamo_import_would_abort():
+        return fn
+    return mark(fn)
 
 
 @_constant_when_compiling
