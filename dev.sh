@@ -135,6 +135,15 @@ install_cpu_torch() {
   done
   say "no CPU-only torch found; installing torch from the package index"
   retry python -m pip install -q torch
+  # That build brings triton, whose LLVM clashes with TensorFlow's in one
+  # process: with TensorFlow imported first, the first torch optimizer (which
+  # imports torch._dynamo, hence triton) aborts the process ("LLVM ERROR:
+  # inconsistency in registered CommandLine options"), and the test session
+  # runs both frameworks. torch works without triton on a CPU.
+  if python -m pip show -q triton >/dev/null 2>&1; then
+    say "removing triton (it aborts a process that also runs TensorFlow)"
+    python -m pip uninstall -y -q triton
+  fi
 }
 
 # Debian's chromium for the browser tests, and libatomic1, which the driver
