@@ -18,6 +18,7 @@ import shutil
 import threading
 import urllib.request
 
+import numpy as np
 import pytest
 
 from training_health import format as fmt
@@ -505,6 +506,60 @@ def test_offline_page_with_inline_data(browser, logdir, tmp_path):
         page.close()
     finally:
         httpd.shutdown()
+
+
+FROZEN_LAYER = "<b>base_conv</b>"
+
+
+def write_frozen_base_run(path):
+    """A frozen convolution (named like HTML), its ReLU layer, a trainable head."""
+    from training_health.io.run_writer import RunWriter
+    from training_health.records import LayerInfo
+
+    layers = (LayerInfo(FROZEN_LAYER, "Conv2D", "relu", None, 16, False, True, frozen=True),
+              LayerInfo("base_relu", "ReLU", "relu", None, 16, False, True),
+              LayerInfo("head", "Dense", "softmax", (0.0, 1.0), 3, True, True, is_output=True))
+    writer = RunWriter(path, layers)
+    not_measured = [fmt.LAYER_STATS.index(s) for s in fmt.LAYER_STATS
+                    if s.startswith("grad_") or s in ("weight_norm", "update_ratio")]
+    for step in range(30):
+        values = np.full((3, len(fmt.LAYER_STATS)), 0.1 + step / 100, np.float32)
+        values[:2, not_measured] = np.nan
+        writer.write_step(step, values, [1.0 / (step + 1), 1, 0, 0, 1, -1, 1, 0, 1e-3],
+                          wall_time=4000.0 + step)
+    writer.close()
+
+
+def test_frozen_layers_are_marked_frozen(browser, tmp_path):
+    """Row labels, run head and layer detail mark a frozen layer "frozen",
+    not "no weights"; its HTML-like name stays text."""
+    write_frozen_base_run(str(tmp_path / "logs" / "transfer"))
+    with support.tensorboard_process(tmp_path / "logs", load_fast=False) as base:
+        served = get_json(base, "layers?run=transfer")["layers"]
+        assert [layer["frozen"] for layer in served] == [True, False, False]
+        page = Page(browser, base + ENTRY)
+        page.wait_rendered()
+        p = page.page
+        section = ".th-run-section[data-run=transfer]"
+        assert p.inner_text(section + " .th-run-head .th-run-meta") == "3 layers, 1 frozen"
+        labels = p.eval_on_selector_all(
+            section + " .th-heatmap[data-stat=grad_norm] .th-layer-label",
+            "ls => ls.map(l => [l.dataset.layer, l.querySelector('.th-frozen-mark') !== null, "
+            "l.textContent])")
+        assert labels == [[FROZEN_LAYER, True, "frozen" + FROZEN_LAYER], ["base_relu", False, "base_relu"],
+                          ["head", False, "head"]]
+        p.click(section + " .th-heatmap[data-stat=grad_norm] .th-layer-label >> nth=0")
+        p.wait_for_selector(section + " .th-detail")
+        assert p.inner_text(section + " .th-detail-name") == FROZEN_LAYER
+        meta = p.inner_text(section + " .th-detail-head .th-run-meta")
+        assert meta == "Conv2D · relu · 16 units · frozen"
+        assert p.query_selector(section + " .th-layer-label.th-focused").get_attribute("data-layer") == FROZEN_LAYER
+        p.click(section + " .th-heatmap[data-stat=grad_norm] .th-layer-label >> nth=1")
+        p.wait_for_selector(section + " .th-detail[data-layer=base_relu]")
+        assert p.inner_text(section + " .th-detail-head .th-run-meta") == "ReLU · relu · 16 units · no weights"
+        assert p.evaluate("document.querySelectorAll('b').length") == 0
+        assert page.dialogs == [] and page.errors == []
+        page.close()
 
 
 class _QuietHandler(http.server.SimpleHTTPRequestHandler):

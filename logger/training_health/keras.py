@@ -46,8 +46,10 @@ class HealthCallback(keras.callbacks.Callback):
         histogram_every: log gradient and activation histograms every this
             many batches; 0 turns them off. Defaults to 100.
         layers: list of layer names or regular expressions (full match) to
-            monitor, or None for every layer with trainable weights plus
-            activation layers. Defaults to None.
+            monitor, or None for every layer with trainable weights, every
+            frozen layer (weights, `trainable=False`, also inside a frozen
+            base model: activations and dead units measured, no gradient
+            or update statistics) and activation layers. Defaults to None.
         dead_window: number of batches over which a unit must stay at <= 0
             to count as dead in `dead_frac_window`. Defaults to 50.
         flush_every: read the device buffer every this many batches (and at

@@ -22,6 +22,12 @@ class LayerInfo:
         has_activation: whether the layer's output was captured.
         is_output: whether the layer produces one of the model's outputs
             (False when unknown, e.g. for subclassed models).
+        frozen: whether the layer holds weights of which none is trained
+            (Keras: `trainable=False`, set on the layer or on a model that
+            contains it; PyTorch: no parameter requires grad). It gets no
+            gradient by design: its gradient and weight statistics are not
+            measured (`has_weights` is False) and no alert speaks of that.
+            False in runs written before the field existed.
     """
 
     name: str
@@ -32,6 +38,7 @@ class LayerInfo:
     has_weights: bool = False
     has_activation: bool = False
     is_output: bool = False
+    frozen: bool = False
 
     RELU_FAMILY = ("relu", "relu6", "leaky_relu", "elu", "selu", "gelu", "silu")
 

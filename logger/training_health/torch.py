@@ -67,7 +67,11 @@ class HealthMonitor:
     Monitored are the modules with parameters of their own (`Linear`,
     `Conv2d`, `BatchNorm2d`, `LSTM`, `Embedding`, `MultiheadAttention`...)
     and the activation modules (`ReLU`, `GELU`, `Sigmoid`...), named by
-    their `named_modules()` path. A unit is an output feature (last axis),
+    their `named_modules()` path. A module whose parameters all have
+    `requires_grad=False` is monitored as frozen (`LayerInfo.frozen`): its
+    activations and dead units are measured, also when it runs in eval()
+    mode or under `torch.no_grad()` inside the training forward, and it has
+    no gradient or update statistics. A unit is an output feature (last axis),
     or a channel for convolution, normalization and pooling outputs (and the
     activation modules behind them).
 

@@ -45,20 +45,29 @@ def _leaves(model):
             yield layer
 
 
+def is_frozen(layer):
+    """Whether a layer holds weights of which none is trained: it was set
+    `trainable=False` (itself, or a model that contains it, as the base of
+    transfer learning). A layer whose weights are never trained by design
+    (an adapted Normalization) is not frozen."""
+    return bool(layer.weights) and not layer.trainable_weights and not layer.trainable
+
+
 def select_layers(model, patterns=None):
     """The layers to monitor, in model order.
 
     Args:
         model: a built Keras model.
-        patterns: None for the default (layers with trainable weights and
-            activation layers), or a list of layer names / regular expressions
-            matched against the whole layer name.
+        patterns: None for the default (layers with trainable weights,
+            frozen layers (`is_frozen`) and activation layers), or a list of
+            layer names / regular expressions matched against the whole
+            layer name.
     """
     leaves = list(_leaves(model))
     if patterns is None:
         chosen = [
             l for l in leaves
-            if l.trainable_weights or type(l).__name__ in _ACTIVATION_LAYERS
+            if l.trainable_weights or is_frozen(l) or type(l).__name__ in _ACTIVATION_LAYERS
         ]
     else:
         compiled = [re.compile(p) for p in patterns]
@@ -117,6 +126,7 @@ def layer_info(layer, units=0, has_activation=False, is_output=False):
         has_weights=bool(layer.trainable_weights),
         has_activation=bool(has_activation),
         is_output=bool(is_output),
+        frozen=is_frozen(layer),
     )
 
 

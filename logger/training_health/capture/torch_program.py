@@ -7,7 +7,9 @@ layer's LAYER_STATS) in a ring buffer on the model's device:
 * a forward hook on each monitored module computes the activation columns
   of the first `activation_examples` examples of its output, and which of
   its units fired anywhere in the batch (training forwards only: nothing is
-  done under `torch.no_grad()` / `inference_mode` or in `eval()` mode);
+  done when the model runs under `torch.no_grad()` / `inference_mode` or in
+  `eval()` mode; a part of it that runs so inside a training forward, as a
+  frozen base, is measured);
 * a forward pre-hook on the model takes the input statistics;
 * the optimizer's step pre-hook takes the gradient columns (the gradients
   the optimizer applies: after `GradScaler` unscaled them) and a sample of
@@ -59,10 +61,17 @@ def unwrap(model):
         return model
 
 
+def is_frozen(module):
+    """Whether a module has parameters of its own and none requires grad."""
+    params = list(module.parameters(recurse=False))
+    return bool(params) and not any(p.requires_grad for p in params)
+
+
 def select_modules(model, patterns=None):
     """[(name, module)] to monitor, in `named_modules()` order: modules with
-    parameters of their own plus activation modules, or those whose path
-    fully matches one of `patterns`."""
+    trainable parameters of their own, frozen modules (`is_frozen`) and
+    activation modules, or those whose path fully matches one of
+    `patterns`."""
     import re
 
     named = [(n, m) for n, m in model.named_modules() if n]
@@ -71,7 +80,7 @@ def select_modules(model, patterns=None):
     if patterns is None:
         chosen = [(n, m) for n, m in named
                   if any(p.requires_grad for p in m.parameters(recurse=False))
-                  or type(m).__name__ in ACTIVATIONS]
+                  or is_frozen(m) or type(m).__name__ in ACTIVATIONS]
     else:
         compiled = [re.compile(p) for p in patterns]
         chosen = [(n, m) for n, m in named if any(c.fullmatch(n) for c in compiled)]
@@ -125,6 +134,7 @@ class _Layer:
         self.name = name
         self.module = module
         self.params = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        self.frozen = is_frozen(module)
         self.activation = _activation(module)
         self.bounds = ACTIVATION_BOUNDS.get(self.activation)
         # Dead units of a ReLU-family output cover the whole batch; of any
@@ -208,12 +218,23 @@ class TorchProgram(host.RowSource):
         self._weights = None  # [L, 2] weight columns of the step
         self._output_ids = {}
         self._last_output = None  # (units at axis 1, shape) of the last output hooked
+        # Inside a training forward of the whole model (see `_recording`).
+        self._training_forward = False
         self._handles = []
         self._install()
 
     # -- hooks -----------------------------------------------------------------------
     def _recording(self, module):
         return torch.is_grad_enabled() and module.training
+
+    def _recording_layer(self, module):
+        """Whether a monitored module's output belongs to the training step:
+        inside a training forward of the whole model (grad enabled, model in
+        train() mode), also where the module runs in eval() mode or under
+        torch.no_grad() (a frozen base kept in eval() mode, a feature
+        extractor run without gradients); or, called outside the model's
+        forward, when the module itself is training with grad enabled."""
+        return self._training_forward or self._recording(module)
 
     def _install(self):
         for i, layer in enumerate(self.layers):
@@ -242,7 +263,7 @@ class TorchProgram(host.RowSource):
             return True
         if a.dim() < 3:
             return False
-        if layer.params or layer.channels_first:
+        if layer.params or layer.frozen or layer.channels_first:
             return layer.channels_first
         previous = self._last_output
         return previous is not None and previous[1] == tuple(a.shape) and previous[0]
@@ -252,7 +273,7 @@ class TorchProgram(host.RowSource):
     # state they branched on would be a guard (a recompilation when it
     # changes). What they record goes into lists that `end_step` empties.
     def _on_output(self, index, module, out):
-        if not self._recording(module):
+        if not self._recording_layer(module):
             return
         t = _first_tensor(out)
         if t is None or not t.is_floating_point():
@@ -277,7 +298,8 @@ class TorchProgram(host.RowSource):
 
     def _on_input(self, module, args):
         self._last_output = None
-        if not self._recording(module) or self._inputs:
+        self._training_forward = self._recording(module)
+        if not self._training_forward or self._inputs:
             return
         xs = [x for x in args if isinstance(x, torch.Tensor) and x.is_floating_point()]
         if not xs:
@@ -289,6 +311,7 @@ class TorchProgram(host.RowSource):
         self._inputs.append(ops.input_columns(part))
 
     def _on_model_output(self, module, args, out):
+        self._training_forward = False
         if torch.compiler.is_compiling() or not self._recording(module):
             return
         t = _first_tensor(out)
@@ -503,5 +526,5 @@ class TorchProgram(host.RowSource):
     def layer_infos(self):
         return [LayerInfo(name=l.name, type=type(l.module).__name__, activation=l.activation,
                           bounds=l.bounds, units=l.units, has_weights=bool(l.params),
-                          has_activation=l.captured, is_output=l.is_output)
+                          has_activation=l.captured, is_output=l.is_output, frozen=l.frozen)
                 for l in self.layers]

@@ -81,8 +81,13 @@ def worst_layer(stats, open_alerts):
 
     A layer with an open alert comes first (critical before warning);
     otherwise the layer with the largest fraction of dead or saturated
-    units (only when above 0), or with non-finite values.
+    units (only when above 0), or with non-finite values. Layers fed by
+    frozen weights (`hints.frozen_sources`) are not ranked by their dead or
+    saturated units: training cannot change those, and their own alerts
+    speak when they matter.
     """
+    from training_health.detectors.hints import frozen_sources
+
     alerts = [a for a in open_alerts.values() if a.layer]
     if alerts:
         alert = max(alerts, key=lambda a: (a.severity == "critical", a.step))
@@ -91,11 +96,14 @@ def worst_layer(stats, open_alerts):
         return None
     names = stats.layer_stats
     best = None
+    frozen = frozen_sources(stats)
     for i, info in enumerate(stats.layers):
         row = stats.layer_values[i]
         for column in ("act_nonfinite", "grad_nonfinite"):
             if column in names and math.isfinite(row[names.index(column)]) and row[names.index(column)] >= 1:
                 return info.name, "non-finite values"
+        if info.name in frozen:
+            continue
         for column, label in _BAD_FRACTIONS:
             if column not in names:
                 continue

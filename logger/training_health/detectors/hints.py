@@ -194,12 +194,15 @@ def high_update_ratio(stats):
 
 
 def dead_layers(stats):
-    """Clause naming ReLU-family layers with most units dead, or None."""
+    """Clause naming ReLU-family layers with most units dead, or None.
+    Layers fed by frozen weights are left out: the fixes named here cannot
+    change them (their own alerts say what can)."""
     names = []
     window = _column(stats, "dead_frac_window")
     batch = _column(stats, "dead_frac")
+    frozen = frozen_sources(stats)
     for i, info in enumerate(stats.layers):
-        if not info.is_relu_family:
+        if not info.is_relu_family or info.name in frozen:
             continue
         frac = window[i] if window[i] is not None else batch[i]
         if frac is not None and frac >= DEAD_HINT_FRAC:
@@ -211,9 +214,13 @@ def dead_layers(stats):
 
 def saturated_layers(stats):
     names = []
+    frozen = frozen_sources(stats)  # left out, as in `dead_layers`
+    saturated = _column(stats, "act_saturated_frac")
     for i in _hidden_rows(stats):  # a confident classifier's outputs are saturated
         info = stats.layers[i]
-        frac = _column(stats, "act_saturated_frac")[i]
+        frac = saturated[i]
+        if info.name in frozen:
+            continue
         if info.activation in BOUNDED and frac is not None and frac >= SATURATED_HINT_FRAC:
             names.append("%s of %s (%s)" % (_pct(frac), info.name, info.activation))
     if not names:
@@ -469,6 +476,50 @@ def nonfinite_inputs_unsampled(stats):
             "examples); clean the data" % (grads[bad[0]], stats.layers[bad[0]].name))
 
 
+def frozen_sources(stats):
+    """{layer name: the frozen layer whose weights make its output}: a frozen
+    layer maps to itself, a layer without weights (an activation layer) to
+    the closest layer before it that holds weights, when that one is frozen
+    (the ReLU after a frozen convolution)."""
+    out, last = {}, None
+    for info in stats.layers:
+        if info.frozen or info.has_weights:
+            last = info.name if info.frozen else None
+        if last is not None:
+            out[info.name] = last
+    return out
+
+
+def frozen_source(stats, layer):
+    """`frozen_sources(stats)`'s entry for `layer`, or None."""
+    return frozen_sources(stats).get(layer)
+
+
+def frozen_units(stats, kind, layer, alive_at=None):
+    """Clause for dead or pinned units whose weights are frozen, or None.
+
+    A frozen layer's weights do not change: its units are dead (or
+    saturated) because of the weights it was given and the inputs it gets,
+    not because of updates, so the learning rate and the initializers are
+    not the cause."""
+    source = frozen_source(stats, layer)
+    if source is None:
+        return None
+    what = ("%s is frozen (its weights are not trained)" % layer if source == layer else
+            "%s follows the frozen layer %s (whose weights are not trained)" % (layer, source))
+    state = {"dead_units": "output 0 for every example",
+             "saturation": "sit at the activation's bounds"}[kind]
+    if alive_at is not None:
+        return (
+            "%s, so its units %s because their input changed: the trainable layers before it "
+            "moved it; lower their learning rate or clip gradients (clipnorm=1.0)" % (what, state))
+    return (
+        "%s: its units %s with the weights it was given, on these inputs; check that the "
+        "inputs are preprocessed as the frozen layers expect (a pretrained model's own "
+        "preprocessing) and that their weights were loaded, or fine-tune them (trainable "
+        "again, with a low learning rate)" % (what, state))
+
+
 def died_during_training(alive_at):
     """Clause for ReLU units that were alive at an earlier step (step, dead fraction)."""
     step, frac = alive_at
@@ -544,6 +595,12 @@ def hint_for(kind, stats, layer=None, alive_at=None, first=None):
             note(tiny_gradients(stats))
         fallback = ("the initializers, the input scale, the learning rate, the output "
                     "activation against the loss, and that layers are trainable")
+    elif kind in ("dead_units", "saturation") and frozen_source(stats, layer) is not None:
+        # Frozen weights: neither the updates nor the initializers are the
+        # cause; the weights the layer was given and its inputs are.
+        add(frozen_units(stats, kind, layer, alive_at))
+        add(input_range(stats))
+        fallback = None
     elif kind == "dead_units":
         if alive_at is not None:  # they died during training: the updates
             add(start_gain(first))

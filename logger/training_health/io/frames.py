@@ -16,7 +16,7 @@ from training_health.io import reader
 
 ALERT_COLUMNS = ("kind", "layer", "severity", "message", "hint", "cleared")
 LAYER_INFO_COLUMNS = ("type", "activation", "bounds", "units", "has_weights",
-                      "has_activation", "is_output")
+                      "has_activation", "is_output", "frozen")
 
 
 def _pandas():
@@ -62,7 +62,7 @@ class HealthFrames:
         layer_info: the monitored layers: one row per (run, layer) from the
             run's newest layer metadata, columns `run`, `layer`, then
             `records.LayerInfo`'s fields (`type`, `activation`, `bounds`,
-            `units`, `has_weights`, `has_activation`, `is_output`).
+            `units`, `has_weights`, `has_activation`, `is_output`, `frozen`).
         history: a long run's summarized stretches (docs/format.md, "Long
             runs"): one row per (run, block, layer, reduction), columns
             `run`, `first_step`, `step` (the block's last logged step),

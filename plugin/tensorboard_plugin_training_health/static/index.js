@@ -6,7 +6,7 @@ import {
   DataError, HEATMAP_STATS, LOG_STATS, Latest, Model, defaultSource, groupIncidents, orderAlerts,
 } from './model.js';
 import {
-  HistogramStrip, Heatmap, LineChart, SEVERITY_COLOR, StepAxis, Tooltip, alertPanel,
+  FROZEN_NOTE, HistogramStrip, Heatmap, LineChart, SEVERITY_COLOR, StepAxis, Tooltip, alertPanel,
   describeLayer, el, emptyState, formatStep, runSelector,
 } from './views.js';
 import {CompareRuns, RunOverview} from './sweep.js';
@@ -356,7 +356,8 @@ class RunView {
 
   build() {
     const b = this.bundle;
-    const name = b.layers ? `${b.layers.layers.length} layers` : '';
+    const frozen = new Set(b.layers ? b.layers.layers.filter((l) => l.frozen).map((l) => l.name) : []);
+    const name = b.layers ? `${b.layers.layers.length} layers` + (frozen.size ? `, ${frozen.size} frozen` : '') : '';
     const zoom = b.zoom ?
         el('span', {className: 'th-zoom'},
             `Steps ${formatStep(b.zoom[0])}–${formatStep(b.zoom[1])}`,
@@ -419,7 +420,7 @@ class RunView {
         spec, tooltip: this.app.tooltip, onZoom,
         onPick: ({layer, step}) => this.app.setFocus({run: this.run, layer, step: step === null ? hi : step}, false),
       });
-      heatmap.draw(matrix, this.axis, null);
+      heatmap.draw(matrix, this.axis, null, frozen);
       this.heatmaps.push(heatmap);
       this.node.append(heatmap.node);
     });
@@ -485,7 +486,8 @@ class RunView {
     const parts = [
       el('div', {className: 'th-detail-head'},
           el('h3', {className: 'th-detail-title'}, 'Layer ', el('span', {className: 'th-detail-name', text: data.layer.name})),
-          el('span', {className: 'th-run-meta', text: describeLayer(data.layer)}),
+          el('span', {className: 'th-run-meta', text: describeLayer(data.layer),
+                      title: data.layer.frozen ? FROZEN_NOTE : undefined}),
           el('button', {className: 'th-button th-small', text: 'Close', on: {click: () => this.closeDetail()}})),
       grid,
     ];

@@ -243,6 +243,9 @@ export class Tooltip {
 
 // ---------------------------------------------------------------- heatmap
 
+/** What "frozen" means, where a layer is marked so. */
+export const FROZEN_NOTE = 'frozen: its weights are not trained, so it has no gradient or update by design';
+
 /**
  * A layer x step heatmap of one statistic with layer labels, a legend and
  * a hover read-out. `onPick({layer, step})` is called on click.
@@ -271,9 +274,13 @@ export class Heatmap {
     });
   }
 
-  /** Draws `matrix` (a /matrix answer) over the step axis `axis`. */
-  draw(matrix, axis, focus) {
+  /**
+   * Draws `matrix` (a /matrix answer) over the step axis `axis`; the rows
+   * of the layers named in `frozen` (a Set) are marked frozen.
+   */
+  draw(matrix, axis, focus, frozen = new Set()) {
     this.matrix = matrix;
+    this.frozen = frozen;
     this.axis = axis;
     this.focus = focus || null;
     const layers = matrix.layers;
@@ -301,8 +308,10 @@ export class Heatmap {
     const every = this.rowH >= 11 ? 1 : Math.ceil(11 / this.rowH);
     this.labels.style.height = `${this.plotH}px`;
     this.labels.replaceChildren(...layers.map((name, i) => {
-      const label = el('div', {className: 'th-layer-label', text: name, title: name,
-                               dataset: {index: i}});
+      const frozen = this.frozen.has(name);
+      const label = el('div', {className: 'th-layer-label', title: frozen ? `${name} (${FROZEN_NOTE})` : name,
+                               dataset: {index: i, layer: name}},
+          frozen ? el('span', {className: 'th-frozen-mark', text: 'frozen'}) : null, name);
       // Rows thinner than a line of text get a label every few rows, centered on its row.
       const height = Math.max(this.rowH, 12);
       label.style.top = `${i * this.rowH - (height - this.rowH) / 2}px`;
@@ -319,7 +328,7 @@ export class Heatmap {
   _markLabel() {
     const layer = this.focus ? this.focus.layer : null;
     for (const label of this.labels.children) {
-      label.classList.toggle('th-focused', label.textContent === layer);
+      label.classList.toggle('th-focused', label.dataset.layer === layer);
     }
   }
 
@@ -426,7 +435,7 @@ export class Heatmap {
         `step ${formatStep(hit.step)}` :
         `steps ${formatStep(hit.step)}–${formatStep(hit.lastStep)} (${this.matrix.reduce})`;
     this.tooltip.show(event, [
-      `layer ${hit.layer}`,
+      `layer ${hit.layer}${this.frozen.has(hit.layer) ? ' (frozen)' : ''}`,
       steps,
       `${this.spec.title}: ${formatValue(hit.value)}`,
     ]);
@@ -921,7 +930,8 @@ export function describeLayer(info) {
   const parts = [info.type || 'layer'];
   if (info.activation) parts.push(info.activation);
   if (info.units) parts.push(`${info.units} units`);
-  if (!info.has_weights) parts.push('no weights');
+  if (info.frozen) parts.push('frozen');
+  else if (!info.has_weights) parts.push('no weights');
   return parts.join(' · ');
 }
 

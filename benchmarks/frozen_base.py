@@ -1,0 +1,102 @@
+"""Cost of monitoring a frozen base: transfer learning with HealthCallback.
+
+A MobileNetV2 base (random weights: no download; `trainable=False`) under a
+new Dense head, trained with `fit` three ways in ONE process, interleaved
+round by round:
+
+  plain        model.fit
+  default      model.fit + HealthCallback() (the frozen base's layers are
+               monitored: activations and dead units, no gradient)
+  trainable    model.fit + HealthCallback(layers=...) naming only what the
+               default monitored before frozen layers were: layers with
+               trainable weights and activation layers
+
+Alerts are off (the random base's features barely vary across examples).
+Prints the median wall ms/step of each, the number of monitored layers, and
+as its last line:
+
+  default_vs_plain=R1 trainable_only_vs_plain=R2 frozen_layers=F monitored=M
+
+Usage: python benchmarks/frozen_base.py [--rounds 5] [--steps 30] [--size 96]
+"""
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+
+from benchmarks.overhead import FitTimer  # noqa: E402
+from training_health.capture.keras_layers import is_frozen, select_layers  # noqa: E402
+from training_health.keras import HealthCallback  # noqa: E402
+
+
+def make_model(size):
+    base = keras.applications.MobileNetV2(input_shape=(size, size, 3), include_top=False,
+                                          weights=None, pooling="avg")
+    base.trainable = False
+    model = keras.Sequential([keras.Input((size, size, 3)), base,
+                              keras.layers.Dense(10, activation="softmax", name="head")])
+    model.compile("adam", "sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--steps", type=int, default=30, help="batches per timed fit call")
+    parser.add_argument("--size", type=int, default=96, help="image side")
+    args = parser.parse_args(argv)
+    keras.utils.set_random_seed(0)
+    batch = 32
+    n = batch * args.steps
+    x = np.random.rand(n, args.size, args.size, 3).astype("float32")
+    y = np.random.randint(0, 10, n)
+    tmp = tempfile.mkdtemp(prefix="th-frozen-")
+    models = {name: make_model(args.size) for name in ("plain", "default", "trainable")}
+    chosen = select_layers(models["default"])
+    frozen = [layer for layer in chosen if is_frozen(layer)]
+    before = [re.escape(layer.name) for layer in chosen if not is_frozen(layer)]
+    callbacks = {
+        "plain": [],
+        "default": [HealthCallback(os.path.join(tmp, "default"), histogram_every=100,
+                                   detectors=None)],
+        "trainable": [HealthCallback(os.path.join(tmp, "trainable"), histogram_every=100,
+                                     layers=before, detectors=None)],
+    }
+    for name, model in models.items():  # warm-up: tracing
+        model.fit(x, y, batch_size=batch, epochs=1, verbose=0, callbacks=callbacks[name])
+    timer = FitTimer()
+    times = {name: [] for name in models}
+    for r in range(args.rounds):
+        names = list(models) if r % 2 == 0 else list(reversed(list(models)))
+        for name in names:
+            models[name].fit(x, y, batch_size=batch, epochs=1, verbose=0,
+                             callbacks=[timer.first] + callbacks[name] + [timer.last])
+            times[name].append(timer.per_step_ms(args.steps)[0])
+    med = {name: statistics.median(v) for name, v in times.items()}
+    for name, v in times.items():
+        print("%-9s median %.1f ms/step wall (by round: %s)"
+              % (name, med[name], " ".join("%.1f" % t for t in v)))
+    monitored = len(callbacks["default"][0]._program.layers)
+    print("monitored layers: default %d (%d frozen), trainable-only %d"
+          % (monitored, len(frozen), len(callbacks["trainable"][0]._program.layers)))
+    for cbs in callbacks.values():
+        for cb in cbs:
+            cb.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+    print("default_vs_plain=%.2f trainable_only_vs_plain=%.2f frozen_layers=%d monitored=%d"
+          % (med["default"] / med["plain"], med["trainable"] / med["plain"], len(frozen),
+             monitored))
+
+
+if __name__ == "__main__":
+    main()
