@@ -135,13 +135,17 @@ install_cpu_torch() {
   done
   say "no CPU-only torch found; installing torch from the package index"
   retry python -m pip install -q torch
-  # That build brings triton, whose LLVM clashes with TensorFlow's in one
-  # process: with TensorFlow imported first, the first torch optimizer (which
-  # imports torch._dynamo, hence triton) aborts the process ("LLVM ERROR:
-  # inconsistency in registered CommandLine options"), and the test session
-  # runs both frameworks. torch works without triton on a CPU.
+}
+
+# A PyTorch build from the package index brings triton, whose LLVM clashes
+# with TensorFlow's in one process: with TensorFlow imported first, the first
+# torch optimizer (which imports torch._dynamo, hence triton) aborts the
+# process ("LLVM ERROR: inconsistency in registered CommandLine options"),
+# and the test session runs both frameworks. torch works without triton on a
+# CPU. (Run after the last install: pip reinstalls it for torch otherwise.)
+remove_triton() {
   if python -m pip show -q triton >/dev/null 2>&1; then
-    say "removing triton (it aborts a process that also runs TensorFlow)"
+    say "removing triton from the test environment (it aborts a process that also runs TensorFlow)"
     python -m pip uninstall -y -q triton
   fi
 }
@@ -184,6 +188,7 @@ case $command in
     install_cpu_torch
     say "installing training-health with its [test] extra"
     retry python -m pip install -q -e ".[test]"
+    remove_triton
     say "running: python -m pytest -q $*"
     exec python -m pytest -q "$@"
     ;;
