@@ -2,7 +2,7 @@
 # Sets up Training Health from this checkout and runs the demo or the tests,
 # on a fresh machine as on a prepared one.
 #
-#   ./dev.sh demo             train the frozen-accuracy CNN demo into ./runs
+#   ./dev.sh demo             train the stalled CNN demo into ./runs
 #                             (installs the package with its [tf] extra)
 #   ./dev.sh test [ARGS...]   run the test suite: `python -m pytest -q ARGS...`
 #                             (installs the [test] extra, PyTorch's CPU-only

@@ -1,6 +1,6 @@
 """The tab in a real headless Chromium against a real `tensorboard` process.
 
-The logs are the demo's (the frozen-accuracy CNN and its healthy twin,
+The logs are the demo's (the stalled CNN and its healthy twin,
 trained with the real Keras capture) plus a synthetic run whose layer is
 named `<img src=x onerror=alert(1)>`.
 
@@ -99,7 +99,7 @@ def get_json(base, path):
         return json.loads(response.read())
 
 
-FROZEN = ".th-run-section[data-run=%s]" % support.DEMO_FROZEN
+STALLED = ".th-run-section[data-run=%s]" % support.DEMO_STALLED
 
 
 def reveal(page, selector):
@@ -116,8 +116,8 @@ def reveal(page, selector):
 def test_heatmaps_are_drawn(tab, server):
     page = tab.page
     sections = page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
-    assert sections == [support.DEMO_FROZEN, support.DEMO_HEALTHY, support.XSS_RUN]
-    canvases = page.query_selector_all(FROZEN + " .th-heatmap-canvas")
+    assert sections == [support.DEMO_HEALTHY, support.DEMO_STALLED, support.XSS_RUN]
+    canvases = page.query_selector_all(STALLED + " .th-heatmap-canvas")
     stats = [c.get_attribute("data-stat") for c in canvases]
     assert stats == ["grad_norm", "update_ratio", "dead_frac", "act_saturated_frac", "act_std"]
     colors = []
@@ -126,27 +126,27 @@ def test_heatmaps_are_drawn(tab, server):
         assert pixels["painted"] > 0.6, pixels  # the layer rows are filled
         colors.append(pixels["colors"])
     assert max(colors) >= 10  # and show a real color range, not one flat fill
-    legend = page.inner_text(FROZEN + " .th-heatmap[data-stat=grad_norm] .th-legend")
+    legend = page.inner_text(STALLED + " .th-heatmap[data-stat=grad_norm] .th-legend")
     assert "log scale" in legend and "not measured" in legend
     labels = page.eval_on_selector_all(
-        FROZEN + " .th-heatmap[data-stat=grad_norm] .th-layer-label",
+        STALLED + " .th-heatmap[data-stat=grad_norm] .th-layer-label",
         "ls => ls.map(l => l.textContent)")
-    served = get_json(server, "layers?run=" + support.DEMO_FROZEN)["layers"]
+    served = get_json(server, "layers?run=" + support.DEMO_STALLED)["layers"]
     assert labels == [layer["name"] for layer in served] and "conv2d" in labels
 
 
 def test_hover_reads_out_layer_step_value(tab, server):
     page = tab.page
-    names = [layer["name"] for layer in get_json(server, "layers?run=" + support.DEMO_FROZEN)["layers"]]
+    names = [layer["name"] for layer in get_json(server, "layers?run=" + support.DEMO_STALLED)["layers"]]
     row = names.index("conv2d")
-    canvas = page.query_selector(FROZEN + " .th-heatmap-canvas[data-stat=dead_frac]")
+    canvas = page.query_selector(STALLED + " .th-heatmap-canvas[data-stat=dead_frac]")
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     row_height = 20  # a few layers: views.js gives each row 20 px (its cap)
     y = box["y"] + (row + 0.5) * row_height
     page.mouse.move(box["x"] + box["width"] - 1, y)
     lines = page.inner_text(".th-tooltip").splitlines()
-    last_step = get_json(server, "layers?run=" + support.DEMO_FROZEN)["last_step"]
+    last_step = get_json(server, "layers?run=" + support.DEMO_STALLED)["last_step"]
     assert lines == ["layer conv2d", "step %d" % last_step, "Dead-unit fraction: 1"]  # all died
     page.mouse.move(box["x"] + 1, y)
     lines = page.inner_text(".th-tooltip").splitlines()
@@ -156,24 +156,24 @@ def test_hover_reads_out_layer_step_value(tab, server):
 
 def test_stall_alert_is_listed_with_hint_and_click_moves_the_view(tab, server):
     page = tab.page
-    served = get_json(server, "alerts?run=" + support.DEMO_FROZEN)["alerts"]
+    served = get_json(server, "alerts?run=" + support.DEMO_STALLED)["alerts"]
     stall = next(a for a in served if a["kind"] == "stalled" and not a["cleared"])
     # The stall follows from the dead conv layer: the incident shows the dead
     # units with message and hint; the stall is one line folded under it.
     root = next(a for a in served if a["incident"] == stall["incident"] and a["caused_by"] is None)
     assert root["kind"] == "dead_units" and stall["caused_by"].startswith("dead_units@")
     incident = page.query_selector(".th-incident[data-run=%s][data-incident='%d']"
-                                   % (support.DEMO_FROZEN, stall["incident"]))
+                                   % (support.DEMO_STALLED, stall["incident"]))
     head = incident.query_selector(":scope > .th-alert")
     assert head.get_attribute("data-kind") == "dead_units"
     assert root["message"] in head.inner_text() and "Try: " + root["hint"] in head.inner_text()
-    selector = ".th-consequence[data-kind=stalled][data-run=%s]" % support.DEMO_FROZEN
+    selector = ".th-consequence[data-kind=stalled][data-run=%s]" % support.DEMO_STALLED
     assert not page.query_selector(selector).is_visible()  # folded
     item = reveal(page, selector)
     text = item.inner_text()
     assert stall["message"].split("; ")[0] in text and stall["hint"] not in text
     assert "step %d" % stall["step"] in text
-    heatmap = FROZEN + " .th-heatmap-canvas[data-stat=grad_norm]"
+    heatmap = STALLED + " .th-heatmap-canvas[data-stat=grad_norm]"
     assert page.evaluate(RED_JS, heatmap)["count"] == 0  # no cursor yet
 
     item.click()
@@ -181,8 +181,8 @@ def test_stall_alert_is_listed_with_hint_and_click_moves_the_view(tab, server):
     layer = stall["layer"] or ""
     assert page.evaluate("document.body.dataset.focusLayer") == layer
     where = stall["layer"] if stall["layer"] else "whole model"
-    assert "%s · %s · step %d" % (support.DEMO_FROZEN, where, stall["step"]) in page.inner_text(".th-focus")
-    series = get_json(server, "series?run=%s&width=5000" % support.DEMO_FROZEN)
+    assert "%s · %s · step %d" % (support.DEMO_STALLED, where, stall["step"]) in page.inner_text(".th-focus")
+    series = get_json(server, "series?run=%s&width=5000" % support.DEMO_STALLED)
     lo, hi = series["first_steps"][0], series["last_steps"][-1]
     red = page.evaluate(RED_JS, heatmap)
     expected_x = (stall["step"] - lo) / (hi - lo) * (red["width"] - 1)
@@ -192,16 +192,16 @@ def test_stall_alert_is_listed_with_hint_and_click_moves_the_view(tab, server):
 
 def test_layer_alert_click_opens_the_layer(tab, server):
     page = tab.page
-    served = get_json(server, "alerts?run=" + support.DEMO_FROZEN)["alerts"]
+    served = get_json(server, "alerts?run=" + support.DEMO_STALLED)["alerts"]
     alert = next(a for a in served if a["layer"] == "conv2d" and not a["cleared"])
     reveal(page, ".th-alert[data-kind=%s][data-run=%s][data-layer=conv2d]"
-           % (alert["kind"], support.DEMO_FROZEN)).click()
-    page.wait_for_selector(FROZEN + " .th-detail[data-layer=conv2d] .th-hist-canvas")
+           % (alert["kind"], support.DEMO_STALLED)).click()
+    page.wait_for_selector(STALLED + " .th-detail[data-layer=conv2d] .th-hist-canvas")
     assert page.evaluate("document.body.dataset.focusLayer") == "conv2d"
-    focused = page.eval_on_selector_all(FROZEN + " .th-layer-label.th-focused",
+    focused = page.eval_on_selector_all(STALLED + " .th-layer-label.th-focused",
                                         "ls => ls.map(l => l.textContent)")
     assert set(focused) == {"conv2d"}
-    detail = page.query_selector(FROZEN + " .th-detail")
+    detail = page.query_selector(STALLED + " .th-detail")
     assert len(detail.query_selector_all(".th-line-canvas")) == len(fmt.LAYER_STATS)
     assert len(detail.query_selector_all(".th-hist-canvas")) == 2
     for canvas in detail.query_selector_all(".th-hist-canvas"):
@@ -211,9 +211,9 @@ def test_layer_alert_click_opens_the_layer(tab, server):
 
 def test_drag_zooms_and_an_alert_outside_the_zoom_shows_all_steps(tab, server):
     page = tab.page
-    series = get_json(server, "series?run=%s&width=5000" % support.DEMO_FROZEN)
+    series = get_json(server, "series?run=%s&width=5000" % support.DEMO_STALLED)
     lo, hi = series["first_steps"][0], series["last_steps"][-1]
-    canvas = page.query_selector(FROZEN + " .th-heatmap-canvas[data-stat=grad_norm]")
+    canvas = page.query_selector(STALLED + " .th-heatmap-canvas[data-stat=grad_norm]")
     canvas.scroll_into_view_if_needed()
     box = canvas.bounding_box()
     y = box["y"] + 10
@@ -224,22 +224,22 @@ def test_drag_zooms_and_an_alert_outside_the_zoom_shows_all_steps(tab, server):
     page.mouse.move(box["x"] + 0.75 * box["width"], y, steps=5)
     page.mouse.move(box["x"] + 0.9 * box["width"], y, steps=5)
     page.mouse.up()
-    page.wait_for_selector(FROZEN + " .th-zoom-reset")
+    page.wait_for_selector(STALLED + " .th-zoom-reset")
     page.wait_for_function("document.body.dataset.loading === 'false'")
-    text = page.inner_text(FROZEN + " .th-zoom")
+    text = page.inner_text(STALLED + " .th-zoom")
     first, last = [int(v.replace(",", "")) for v in text.split()[1].split("–")]
     assert abs(first - (lo + 0.6 * (hi - lo))) <= 2 and abs(last - (lo + 0.9 * (hi - lo))) <= 2
     assert page.evaluate("document.body.dataset.focusStep") == ""  # a drag is not a click
     # The zoomed views were fetched for the window, at full width.
-    asked = [u for u in requests if "/matrix?" in u and "run=frozen_cnn" in u]
+    asked = [u for u in requests if "/matrix?" in u and "run=stalled_cnn" in u]
     assert asked and all("start_step=%d&" % first in u and "end_step=%d&" % last in u for u in asked)
-    stall = next(a for a in get_json(server, "alerts?run=" + support.DEMO_FROZEN)["alerts"]
+    stall = next(a for a in get_json(server, "alerts?run=" + support.DEMO_STALLED)["alerts"]
                  if a["kind"] == "stalled")
     assert not first <= stall["step"] <= last
-    reveal(page, ".th-alert[data-kind=stalled][data-run=%s]" % support.DEMO_FROZEN).click()
+    reveal(page, ".th-alert[data-kind=stalled][data-run=%s]" % support.DEMO_STALLED).click()
     page.wait_for_function("document.body.dataset.focusStep === '%d'" % stall["step"])
-    page.wait_for_selector(FROZEN + " .th-zoom-reset", state="detached")
-    assert "Drag across a chart" in page.inner_text(FROZEN + " .th-zoom")
+    page.wait_for_selector(STALLED + " .th-zoom-reset", state="detached")
+    assert "Drag across a chart" in page.inner_text(STALLED + " .th-zoom")
 
 
 def test_xss_layer_name_is_shown_as_text(tab):
@@ -282,9 +282,9 @@ def assert_epochs_drawn(page):
     assert legends[0] == ["loss", "epoch loss", "val_loss"]
     assert legends[1] == [] and support.XSS_METRIC in page.inner_text(XSS_SECTION + " .th-line >> nth=1")
     assert page.query_selector(XSS_SECTION + " .th-line-canvas").evaluate(GREEN_JS) > 20
-    frozen = page.eval_on_selector_all(FROZEN + " .th-series-legend .th-legend-item",
+    legend = page.eval_on_selector_all(STALLED + " .th-series-legend .th-legend-item",
                                        "ls => ls.map(l => l.textContent)")
-    assert frozen == ["loss", "epoch loss"]  # a fit without validation data: no val_loss
+    assert legend == ["loss", "epoch loss"]  # a fit without validation data: no val_loss
 
 
 def test_selection_changes_drop_stale_answers(tab):
@@ -292,15 +292,15 @@ def test_selection_changes_drop_stale_answers(tab):
     box = ".th-run-list input[data-run=%s]"
     # Several changes in a row, faster than the answers arrive.
     page.click(box % support.DEMO_HEALTHY)
-    page.click(box % support.DEMO_FROZEN)
+    page.click(box % support.DEMO_STALLED)
     page.click(box % support.XSS_RUN)
-    page.click(box % support.DEMO_FROZEN)
+    page.click(box % support.DEMO_STALLED)
     page.wait_for_function("document.body.dataset.loading === 'false'")
     page.wait_for_timeout(500)
     sections = page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
-    assert sections == [support.DEMO_FROZEN]
+    assert sections == [support.DEMO_STALLED]
     alerts_runs = page.eval_on_selector_all(".th-alert-where", "s => s.map(x => x.textContent)")
-    assert alerts_runs and all(a.startswith("frozen_cnn") for a in alerts_runs)
+    assert alerts_runs and all(a.startswith("stalled_cnn") for a in alerts_runs)
 
 
 def test_refresh_finds_new_run_and_polling_toggles(tab, logdir):
@@ -364,7 +364,7 @@ def test_tab_works_under_a_path_prefix(browser, logdir):
         page = Page(browser, base + ENTRY)
         page.wait_rendered()
         sections = page.page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
-        assert sections == [support.DEMO_FROZEN, support.DEMO_HEALTHY, support.XSS_RUN]
+        assert sections == [support.DEMO_HEALTHY, support.DEMO_STALLED, support.XSS_RUN]
         assert page.page.query_selector(".th-alert") is not None
         assert page.errors == []
         page.close()
@@ -375,7 +375,7 @@ def test_page_says_when_tensorboard_downsampled(browser, logdir):
     with support.tensorboard_process(logdir, load_fast=True, extra_args=extra) as base:
         page = Page(browser, base + ENTRY)
         page.wait_rendered()
-        notes = page.page.inner_text(".th-run-section[data-run=frozen_cnn]")
+        notes = page.page.inner_text(".th-run-section[data-run=stalled_cnn]")
         assert "Downsampled: TensorBoard kept 50 values per tag" in notes
         assert "--samples_per_plugin=training_health=0" in notes
         # A run under the limit carries no such note.
@@ -447,7 +447,7 @@ def _snapshot(logdir, runs):
 
 def test_self_contained_offline_page_opens_from_disk(browser, logdir, tmp_path):
     """inline.offline_page(): code, style and data in one file, opened with file://."""
-    data = _snapshot(logdir, [support.DEMO_FROZEN, support.XSS_RUN])
+    data = _snapshot(logdir, [support.DEMO_STALLED, support.XSS_RUN])
     path = tmp_path / "report.html"
     path.write_text(inline.offline_page(data, title="<report>"), encoding="utf-8")
     page = Page(browser, path.as_uri())
@@ -456,15 +456,15 @@ def test_self_contained_offline_page_opens_from_disk(browser, logdir, tmp_path):
     page.wait_rendered()
     assert page.page.title() == "<report>"
     sections = page.page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
-    assert sections == [support.DEMO_FROZEN, support.XSS_RUN]
-    canvas = page.page.query_selector(".th-run-section[data-run=frozen_cnn] .th-heatmap-canvas")
+    assert sections == [support.DEMO_STALLED, support.XSS_RUN]
+    canvas = page.page.query_selector(".th-run-section[data-run=stalled_cnn] .th-heatmap-canvas")
     assert canvas.evaluate(PIXELS_JS)["painted"] > 0.6
     labels = page.page.eval_on_selector_all(
         ".th-run-section[data-run=xss_names] .th-heatmap[data-stat=grad_norm] .th-layer-label",
         "ls => ls.map(l => l.textContent)")
     assert labels == [support.XSS_LAYER, "plain"]
     assert_epochs_drawn(page.page)  # the report holds the epochs too
-    page.page.click(".th-alert[data-run=frozen_cnn][data-layer=conv2d] >> nth=0")
+    page.page.click(".th-alert[data-run=stalled_cnn][data-layer=conv2d] >> nth=0")
     page.page.wait_for_selector(".th-detail[data-layer=conv2d] .th-hist-canvas")
     assert requests == []  # nothing fetched: not even the stylesheet
     assert page.page.evaluate("getComputedStyle(document.querySelector('.th-header')).position") == "sticky"
@@ -474,7 +474,7 @@ def test_self_contained_offline_page_opens_from_disk(browser, logdir, tmp_path):
 
 def test_offline_page_with_inline_data(browser, logdir, tmp_path):
     """The same modules draw from data embedded in the page, with no server routes."""
-    data = _snapshot(logdir, [support.DEMO_FROZEN, support.XSS_RUN])
+    data = _snapshot(logdir, [support.DEMO_STALLED, support.XSS_RUN])
     site = tmp_path / "report"
     shutil.copytree(health_plugin.STATIC_DIR, site)
     (site / "report.html").write_text(
@@ -492,9 +492,9 @@ def test_offline_page_with_inline_data(browser, logdir, tmp_path):
         page.page.on("request", lambda r: requests.append(r.url))
         page.wait_rendered()
         sections = page.page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
-        assert sections == [support.DEMO_FROZEN, support.XSS_RUN]
+        assert sections == [support.DEMO_STALLED, support.XSS_RUN]
         assert page.page.query_selector("#th-poll") is None  # nothing to poll offline
-        page.page.click(".th-alert[data-run=frozen_cnn][data-layer=conv2d] >> nth=0")
+        page.page.click(".th-alert[data-run=stalled_cnn][data-layer=conv2d] >> nth=0")
         page.page.wait_for_selector(".th-detail[data-layer=conv2d] .th-hist-canvas")
         assert not [u for u in requests if "/data/" in u or u.endswith(("runs", "matrix"))]
         # Python's keys are the keys model.js looks up, for awkward names too.
@@ -577,7 +577,7 @@ def save_screenshot(page, name):
     os.makedirs(out, exist_ok=True)
     page.set_viewport_size({"width": 1400, "height": 1400})
     page.wait_for_timeout(800)  # the page redraws for the new size
-    detail = page.query_selector(FROZEN + " .th-detail")
+    detail = page.query_selector(STALLED + " .th-detail")
     header = page.evaluate("() => document.querySelector('.th-header').offsetHeight")
     page.evaluate("(el) => window.scrollTo(0, el.getBoundingClientRect().top + window.scrollY - %d)"
                   % (header + 8), detail)

@@ -8,7 +8,7 @@ import subprocess
 import numpy as np
 import pytest
 
-from test_detectors import frozen_cnn_stream, stream
+from test_detectors import stalled_cnn_stream, stream
 from training_health import format as fmt
 from training_health.detectors import DetectorSuite
 from training_health.records import Alert
@@ -50,7 +50,7 @@ def test_healthy_logdir_exits_0(python_exe, tmp_path):
 
 
 def test_buggy_run_exits_1_with_exact_json(python_exe, tmp_path):
-    steps = frozen_cnn_stream()
+    steps = stalled_cnn_stream()
     write_stats(tmp_path / "logs" / "frozen", steps)
     write_stats(tmp_path / "logs" / "healthy", stream(300))
     result = check(python_exe, tmp_path / "logs", "--json")
@@ -67,22 +67,22 @@ def test_buggy_run_exits_1_with_exact_json(python_exe, tmp_path):
             assert alert["severity"] in ("warning", "critical")
             assert isinstance(alert["incident"], int)
             assert alert["caused_by"] is None or isinstance(alert["caused_by"], str)
-    frozen = body["runs"][0]["alerts"]
+    stalled = body["runs"][0]["alerts"]
     # one incident: the dead conv layer, the constant output and the stall follow from it
-    root = "dead_units@%d/conv" % frozen[0]["step"]
-    assert [(a["kind"], a["incident"], a["caused_by"]) for a in frozen] == [
+    root = "dead_units@%d/conv" % stalled[0]["step"]
+    assert [(a["kind"], a["incident"], a["caused_by"]) for a in stalled] == [
         ("dead_units", 1, None), ("saturation", 1, root), ("stalled", 1, root)]
     # the same alerts as replaying the detectors in-process over the same steps
     expected = [a for a in DetectorSuite().replay(steps) if not a.cleared]
-    assert sorted((a["kind"], a["step"], a["layer"]) for a in frozen) == sorted(
+    assert sorted((a["kind"], a["step"], a["layer"]) for a in stalled) == sorted(
         (a.kind, a.step, a.layer) for a in expected)
-    stall = [a for a in frozen if a["kind"] == "stalled"][0]
+    stall = [a for a in stalled if a["kind"] == "stalled"][0]
     assert "inputs range 0..255" in stall["hint"]
     assert body["runs"][1]["alerts"] == []
 
 
 def test_logged_alerts_are_listed_and_duplicates_merged(python_exe, tmp_path):
-    steps = frozen_cnn_stream()
+    steps = stalled_cnn_stream()
     replayed = [a for a in DetectorSuite().replay(steps) if not a.cleared]
     online_copy = replayed[0]  # the online detectors logged the same finding
     extra = Alert("oscillating_loss", 150, None, "warning", "logged by a custom detector", "h")
@@ -98,7 +98,7 @@ def test_logged_alerts_are_listed_and_duplicates_merged(python_exe, tmp_path):
 
 
 def test_human_output_is_a_table_per_run(python_exe, tmp_path):
-    write_stats(tmp_path / "logs" / "frozen", frozen_cnn_stream())
+    write_stats(tmp_path / "logs" / "frozen", stalled_cnn_stream())
     result = check(python_exe, tmp_path / "logs")
     assert result.returncode == 1
     lines = result.stdout.splitlines()
@@ -146,7 +146,7 @@ def test_unreadable_data_exits_2(python_exe, tmp_path):
 
 
 def test_check_does_not_import_tensorflow(python_exe, tmp_path):
-    write_stats(tmp_path / "run", frozen_cnn_stream())
+    write_stats(tmp_path / "run", stalled_cnn_stream())
     code = (
         "import sys\n"
         "sys.modules['tensorflow'] = None  # importing it now raises ImportError\n"

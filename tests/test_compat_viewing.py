@@ -78,29 +78,29 @@ def check_served_tab(browser, base):
     with urllib.request.urlopen(base + "/data/plugins_listing", timeout=30) as response:
         assert json.loads(response.read())[fmt.PLUGIN_NAME]["enabled"] is True
     runs = {r["run"]: r for r in get_json(base, "runs")["runs"]}
-    assert {support.DEMO_FROZEN, support.DEMO_HEALTHY} <= set(runs)
-    frozen = runs[support.DEMO_FROZEN]
-    assert frozen["has_layers"] and frozen["has_alerts"] and frozen["has_histograms"]
-    assert not frozen["error"]
-    layers = [layer["name"] for layer in get_json(base, "layers?run=frozen_cnn")["layers"]]
+    assert {support.DEMO_STALLED, support.DEMO_HEALTHY} <= set(runs)
+    stalled = runs[support.DEMO_STALLED]
+    assert stalled["has_layers"] and stalled["has_alerts"] and stalled["has_histograms"]
+    assert not stalled["error"]
+    layers = [layer["name"] for layer in get_json(base, "layers?run=stalled_cnn")["layers"]]
     assert "conv2d" in layers
-    matrix = get_json(base, "matrix?run=frozen_cnn&stat=dead_frac&width=50")
+    matrix = get_json(base, "matrix?run=stalled_cnn&stat=dead_frac&width=50")
     assert matrix["values"][layers.index("conv2d")][-1] == pytest.approx(1.0)  # its ReLUs died
-    alerts = get_json(base, "alerts?run=frozen_cnn")["alerts"]
+    alerts = get_json(base, "alerts?run=stalled_cnn")["alerts"]
     assert any(a["kind"] == "dead_units" and a["layer"] == "conv2d" for a in alerts)
     assert get_json(base, "alerts?run=healthy_cnn")["alerts"] == []
 
-    from test_browser_tab import ENTRY, FROZEN, Page
+    from test_browser_tab import ENTRY, STALLED, Page
     from thtest_canvas import PIXELS_JS
 
     page = Page(browser, base + ENTRY)
     try:
         page.wait_rendered()
         sections = page.page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
-        assert sections[:2] == [support.DEMO_FROZEN, support.DEMO_HEALTHY]
-        canvas = page.page.query_selector(FROZEN + " .th-heatmap-canvas[data-stat=dead_frac]")
+        assert sections[:2] == [support.DEMO_HEALTHY, support.DEMO_STALLED]
+        canvas = page.page.query_selector(STALLED + " .th-heatmap-canvas[data-stat=dead_frac]")
         assert canvas.evaluate(PIXELS_JS)["painted"] > 0.6
-        assert page.page.query_selector(".th-alert[data-kind=dead_units][data-run=frozen_cnn]")
+        assert page.page.query_selector(".th-alert[data-kind=dead_units][data-run=stalled_cnn]")
         assert page.errors == [] and page.dialogs == []
     finally:
         page.close()

@@ -20,7 +20,7 @@ import pytest
 
 from conftest import write_sample_run
 from test_check_cli import write_stats
-from test_detectors import frozen_cnn_stream
+from test_detectors import stalled_cnn_stream
 from training_health.cli import main as cli_main
 from training_health.cli.check import check_run
 from training_health.io import reader
@@ -159,7 +159,7 @@ def test_foreign_records_and_values_that_do_not_match_are_skipped(tmp_path, capl
 
 
 def test_check_replays_alerts_from_everything_readable(tmp_path, python_exe):
-    steps = frozen_cnn_stream()
+    steps = stalled_cnn_stream()
     write_stats(tmp_path / "logs" / "frozen", steps)
     path = event_file(tmp_path / "logs" / "frozen")
     expected = check_run(reader.read_logdir(tmp_path / "logs")[0])

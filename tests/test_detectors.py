@@ -416,7 +416,7 @@ def test_warm_restarts_are_not_a_data_order():
     assert run(OscillatingLossDetector(), stream(1500, loss=loss)) == []
 
 
-def frozen_cnn_stream(n=200):
+def stalled_cnn_stream(n=200):
     """The seed report: raw pixels, the conv layer dead from step 8, accuracy at the prior."""
 
     def layer_fn(s):
@@ -433,8 +433,8 @@ def frozen_cnn_stream(n=200):
                                        "accuracy": 0.4473 + 0.05 * math.sin(s)})
 
 
-def test_frozen_cnn_stalls_and_the_hint_names_inputs_and_dead_relus():
-    alerts = run(StalledDetector(), frozen_cnn_stream())
+def test_stalled_cnn_stalls_and_the_hint_names_inputs_and_dead_relus():
+    alerts = run(StalledDetector(), stalled_cnn_stream())
     # the condition holds from step 55 on; the window (patience 50) is
     # judged every 5 steps from the first full window: 49, 54, 59
     assert [(a.kind, a.step, a.layer) for a in alerts] == [("stalled", 59, None)]
@@ -444,8 +444,8 @@ def test_frozen_cnn_stalls_and_the_hint_names_inputs_and_dead_relus():
     assert "dead ReLU units (100% of conv)" in alerts[0].hint
 
 
-def test_frozen_cnn_full_suite_finds_stall_dead_units_and_constant_output():
-    alerts = raised(DetectorSuite().replay(frozen_cnn_stream()))
+def test_stalled_cnn_full_suite_finds_stall_dead_units_and_constant_output():
+    alerts = raised(DetectorSuite().replay(stalled_cnn_stream()))
     assert {(a.kind, a.layer) for a in alerts} == {
         ("stalled", None), ("dead_units", "conv"), ("saturation", "out")}
 
@@ -474,7 +474,7 @@ def test_stall_clears_when_training_resumes():
 
 
 def test_open_stall_is_not_closed_by_batch_noise():
-    # weights frozen all along; the batches get easier for a while (the loss
+    # weights still all along; the batches get easier for a while (the loss
     # drifts down over 80 steps without any learning)
     def loss(s, r):
         drift = 0.004 * min(max(s - 100, 0), 80)
@@ -501,7 +501,7 @@ def test_default_detectors_cover_every_kind():
 
 
 def test_suite_reset_and_replay_give_the_same_alerts():
-    steps = frozen_cnn_stream()
+    steps = stalled_cnn_stream()
     suite = DetectorSuite()
     first = suite.replay(steps)
     again = suite.replay(steps)  # replay resets first

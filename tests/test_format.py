@@ -268,22 +268,22 @@ def test_doc_pandas_snippet_reads_a_real_logdir(tmp_path, monkeypatch):
     assert len(snippet) == 1, "docs/format.md must hold one training_health.load snippet"
     from conftest import write_sample_run
 
-    frozen = write_sample_run(tmp_path / "runs" / "frozen", steps=(2, 4, 7))
+    stalled = write_sample_run(tmp_path / "runs" / "stalled", steps=(2, 4, 7))
     write_sample_run(tmp_path / "runs" / "healthy", steps=(1, 2))
     monkeypatch.chdir(tmp_path)
     namespace = {}
     exec(compile(snippet[0], "docs/format.md", "exec"), namespace)
-    assert namespace["data"].runs == ["frozen", "healthy"]
+    assert namespace["data"].runs == ["healthy", "stalled"]
     dead = namespace["dead"]
-    assert list(dead.index) == frozen.steps
-    for i, layer in enumerate(frozen.layers):
+    assert list(dead.index) == stalled.steps
+    for i, layer in enumerate(stalled.layers):
         np.testing.assert_array_equal(
             dead[layer.name].to_numpy(dtype=np.float32),
-            [frozen.layer_values[s][i, fmt.LAYER_STATS.index("dead_frac")] for s in frozen.steps])
+            [stalled.layer_values[s][i, fmt.LAYER_STATS.index("dead_frac")] for s in stalled.steps])
     loss = namespace["loss"]
     np.testing.assert_array_equal(loss.to_numpy(dtype=np.float32),
-                                  [frozen.global_values[s][0] for s in frozen.steps])
-    assert list(namespace["open_alerts"].run) == ["frozen", "healthy"]
+                                  [stalled.global_values[s][0] for s in stalled.steps])
+    assert list(namespace["open_alerts"].run) == ["healthy", "stalled"]
 
 
 def test_package_reader_returns_what_was_written(sample_run, tmp_path):

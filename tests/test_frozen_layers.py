@@ -205,7 +205,7 @@ def test_keras_transfer_learning_with_a_frozen_base_is_monitored_and_silent(tmp_
 
 @pytest.mark.parametrize("feature_extractor", [False, True],
                          ids=["requires_grad_false", "no_grad_eval_backbone"])
-def test_torch_frozen_first_layers_are_monitored_and_silent(tmp_path, feature_extractor):
+def test_torch_stalled_demo_first_layers_are_monitored_and_silent(tmp_path, feature_extractor):
     torch = pytest.importorskip("torch")
     import training_health.torch as tht
 

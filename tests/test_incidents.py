@@ -3,7 +3,7 @@ the same way online (the suite) and offline (`group` over a record list)."""
 
 import pytest
 
-from test_detectors import frozen_cnn_stream, raised, stream
+from test_detectors import stalled_cnn_stream, raised, stream
 from training_health.detectors import DetectorSuite, incidents
 from training_health.records import KINDS, Alert
 
@@ -74,7 +74,7 @@ def test_bad_horizon_is_refused():
 
 
 def test_the_suite_annotates_online_as_group_does_offline():
-    steps = frozen_cnn_stream()
+    steps = stalled_cnn_stream()
     online = DetectorSuite().replay(steps)
     plain = [a.__class__(a.kind, a.step, a.layer, a.severity, a.message, a.hint, a.cleared)
              for a in online]

@@ -18,10 +18,10 @@ from thtest_events import read_run  # noqa: E402
 pytestmark = pytest.mark.slow
 
 
-def frozen_fit(logdir, epochs=3, **kwargs):
+def stalled_fit(logdir, epochs=3, **kwargs):
     keras.utils.set_random_seed(0)
     x, y = demo.images(1024)
-    model = demo.frozen_cnn()
+    model = demo.stalled_cnn()
     cb = HealthCallback(logdir, flush_every=10, **kwargs)
     history = model.fit(x, y, batch_size=32, epochs=epochs, verbose=0, callbacks=[cb])
     cb.close()
@@ -29,7 +29,7 @@ def frozen_fit(logdir, epochs=3, **kwargs):
 
 
 @pytest.mark.compat
-def test_frozen_cnn_alerts_written_logged_once_and_hooked(tmp_path, caplog):
+def test_stalled_cnn_alerts_written_logged_once_and_hooked(tmp_path, caplog):
     seen, threads = [], set()
 
     def hook(alert):
@@ -37,7 +37,7 @@ def test_frozen_cnn_alerts_written_logged_once_and_hooked(tmp_path, caplog):
         threads.add(threading.current_thread())
 
     with caplog.at_level(logging.WARNING, logger="training_health"):
-        cb, history = frozen_fit(str(tmp_path), on_alert=hook)
+        cb, history = stalled_fit(str(tmp_path), on_alert=hook)
     kinds = {a.kind for a in cb.alerts}
     assert "stalled" in kinds and "dead_units" in kinds
     assert seen == cb.alerts
@@ -66,7 +66,7 @@ def test_frozen_cnn_alerts_written_logged_once_and_hooked(tmp_path, caplog):
 
 
 def test_stop_on_ends_training_early(tmp_path):
-    cb, history = frozen_fit(str(tmp_path), epochs=20, stop_on=["dead_units"])
+    cb, history = stalled_fit(str(tmp_path), epochs=20, stop_on=["dead_units"])
     assert any(a.kind == "dead_units" for a in cb.alerts)
     assert len(history.history["loss"]) < 20
 
@@ -76,7 +76,7 @@ def test_on_alert_exception_is_logged_not_raised(tmp_path, caplog):
         raise RuntimeError("webhook down")
 
     with caplog.at_level(logging.ERROR, logger="training_health"):
-        cb, history = frozen_fit(str(tmp_path), epochs=2, on_alert=broken)
+        cb, history = stalled_fit(str(tmp_path), epochs=2, on_alert=broken)
     assert cb.alerts and len(history.history["loss"]) == 2
     assert any("on_alert raised" in r.getMessage() for r in caplog.records)
 

@@ -104,15 +104,15 @@ def test_tab_enabled_by_data_and_frontend_metadata(client, tmp_path):
 def test_runs(client):
     body = get_json(client, "/runs")
     runs = {r["run"]: r for r in body["runs"]}
-    assert sorted(runs) == sorted([support.FROZEN_RUN, support.HEALTHY_RUN, support.XSS_RUN])
-    frozen = runs[support.FROZEN_RUN]
-    assert frozen["layers"] == 5 and frozen["last_step"] == 299
-    assert frozen["has_alerts"] and frozen["has_histograms"] and frozen["error"] is None
+    assert sorted(runs) == sorted([support.STALLED_RUN, support.HEALTHY_RUN, support.XSS_RUN])
+    stalled = runs[support.STALLED_RUN]
+    assert stalled["layers"] == 5 and stalled["last_step"] == 299
+    assert stalled["has_alerts"] and stalled["has_histograms"] and stalled["error"] is None
     assert runs[support.HEALTHY_RUN]["has_alerts"] is False
 
 
 def test_layers(client):
-    body = get_json(client, "/layers?run=" + support.FROZEN_RUN)
+    body = get_json(client, "/layers?run=" + support.STALLED_RUN)
     assert [l["name"] for l in body["layers"]] == ["conv1", "conv2", "pool", "dense1", "probs"]
     assert body["stats"] == list(fmt.LAYER_STATS)
     assert body["layers"][4]["bounds"] == [0.0, 1.0]
@@ -120,47 +120,47 @@ def test_layers(client):
 
 
 def test_matrix_full_resolution_matches_written_values(client):
-    body = get_json(client, "/matrix?run=%s&stat=update_ratio&width=5000" % support.FROZEN_RUN)
+    body = get_json(client, "/matrix?run=%s&stat=update_ratio&width=5000" % support.STALLED_RUN)
     assert body["layers"][1] == "conv2"
     assert len(body["first_steps"]) == 300 and body["first_steps"] == body["last_steps"]
     conv2 = body["values"][1]
-    assert all(v == 0.0 for v in conv2[support.STALL_STEP:])  # frozen after the stall
+    assert all(v == 0.0 for v in conv2[support.STALL_STEP:])  # flat after the stall
     assert all(v > 0 for v in conv2[: support.STALL_STEP])
     assert all(v is None for v in body["values"][2])  # pool: no weights, not measured
     assert body["samples"] == 300 and body["downsampled"] is False
 
 
 def test_matrix_downsampled_to_width(client):
-    body = get_json(client, "/matrix?run=%s&stat=dead_frac&width=30" % support.FROZEN_RUN)
+    body = get_json(client, "/matrix?run=%s&stat=dead_frac&width=30" % support.STALLED_RUN)
     assert len(body["first_steps"]) == 30
     assert body["first_steps"][0] == 0 and body["last_steps"][-1] == 299
     assert body["first_steps"][1] == body["last_steps"][0] + 1  # buckets tile the steps
     dense1 = body["values"][3]
     assert dense1[0] == 0.0 and dense1[-1] == pytest.approx(0.8)  # dies over time
     assert body["max"] == pytest.approx(0.8) and body["min"] == 0.0
-    mx = get_json(client, "/matrix?run=%s&stat=dead_frac&width=2&reduce=max" % support.FROZEN_RUN)
+    mx = get_json(client, "/matrix?run=%s&stat=dead_frac&width=2&reduce=max" % support.STALLED_RUN)
     assert mx["values"][3][0] == pytest.approx(0.0) and mx["values"][3][1] == pytest.approx(0.8)
 
 
 def test_step_window(client):
     body = get_json(client, "/matrix?run=%s&stat=update_ratio&start_step=100&end_step=149&width=5000"
-                    % support.FROZEN_RUN)
+                    % support.STALLED_RUN)
     assert body["first_steps"] == list(range(100, 150))
     conv2 = body["values"][1]
     assert all(v > 0 for v in conv2[:20]) and all(v == 0 for v in conv2[20:])  # stall at 120
-    body = get_json(client, "/matrix?run=%s&stat=dead_frac&start_step=200&width=10" % support.FROZEN_RUN)
+    body = get_json(client, "/matrix?run=%s&stat=dead_frac&start_step=200&width=10" % support.STALLED_RUN)
     assert body["first_steps"][0] == 200 and body["last_steps"][-1] == 299
     assert len(body["first_steps"]) == 10
-    series = get_json(client, "/series?run=%s&end_step=9" % support.FROZEN_RUN)
+    series = get_json(client, "/series?run=%s&end_step=9" % support.STALLED_RUN)
     assert series["last_steps"] == list(range(10))
-    layer = get_json(client, "/layer?run=%s&layer=conv2&start_step=290" % support.FROZEN_RUN)
+    layer = get_json(client, "/layer?run=%s&layer=conv2&start_step=290" % support.STALLED_RUN)
     assert layer["first_steps"] == list(range(290, 300))
-    empty = get_json(client, "/matrix?run=%s&stat=dead_frac&start_step=5000" % support.FROZEN_RUN)
+    empty = get_json(client, "/matrix?run=%s&stat=dead_frac&start_step=5000" % support.STALLED_RUN)
     assert empty["first_steps"] == [] and empty["values"] == [[]] * 5 and empty["max"] is None
 
 
 def test_series(client):
-    body = get_json(client, "/series?run=%s" % support.FROZEN_RUN)
+    body = get_json(client, "/series?run=%s" % support.STALLED_RUN)
     assert body["names"][: len(fmt.GLOBAL_STATS)] == list(fmt.GLOBAL_STATS)
     assert body["metrics"] == ["accuracy"]
     loss = body["values"]["loss"]
@@ -170,14 +170,14 @@ def test_series(client):
 
 
 def test_layer_detail(client):
-    body = get_json(client, "/layer?run=%s&layer=conv2" % support.FROZEN_RUN)
+    body = get_json(client, "/layer?run=%s&layer=conv2" % support.STALLED_RUN)
     assert body["layer"]["name"] == "conv2" and body["layer"]["type"] == "Conv2D"
     assert set(body["values"]) == set(fmt.LAYER_STATS)
     assert body["values"]["grad_norm"][-1] == pytest.approx(1e-9, rel=0.2)
 
 
 def test_alerts(client):
-    body = get_json(client, "/alerts?run=" + support.FROZEN_RUN)
+    body = get_json(client, "/alerts?run=" + support.STALLED_RUN)
     kinds = [(a["kind"], a["step"], a["layer"], a["severity"]) for a in body["alerts"]]
     assert kinds == [("stalled", support.STALL_STEP, "conv2", "critical"),
                      ("dead_units", 210, "dense1", "warning")]
@@ -218,13 +218,13 @@ def test_alert_records_get_their_incidents():
 
 
 def test_histograms(client):
-    body = get_json(client, "/histograms?run=%s&layer=conv2" % support.FROZEN_RUN)
+    body = get_json(client, "/histograms?run=%s&layer=conv2" % support.STALLED_RUN)
     assert body["steps"] == list(range(0, 300, 25))
     assert body["bins"] == fmt.HIST_BINS and body["grad_log10_range"] == list(fmt.GRAD_LOG10_RANGE)
     assert len(body["gradient"][0]) == fmt.HIST_ROW
     assert sum(body["gradient"][0][2:]) == pytest.approx(1.0, abs=1e-3)
     assert body["activation"][0][1] == 3.0  # max of layer index 1 = 2 + 1
-    few = get_json(client, "/histograms?run=%s&layer=conv2&limit=3" % support.FROZEN_RUN)
+    few = get_json(client, "/histograms?run=%s&layer=conv2&limit=3" % support.STALLED_RUN)
     assert few["steps"] == [0, 150, 275]
 
 
@@ -237,7 +237,7 @@ def test_xss_names_are_returned_verbatim(client):
 
 def test_epochs(client):
     runs = {r["run"]: r for r in get_json(client, "/runs")["runs"]}
-    assert runs[support.XSS_RUN]["has_epochs"] and not runs[support.FROZEN_RUN]["has_epochs"]
+    assert runs[support.XSS_RUN]["has_epochs"] and not runs[support.STALLED_RUN]["has_epochs"]
     body = get_json(client, "/epochs?run=" + support.XSS_RUN)
     assert body["steps"] == [9, 19, 29, 39] and body["epochs"] == [1, 2, 3, 4]
     assert body["names"] == ["loss", "val_loss", support.XSS_METRIC]  # the name verbatim
@@ -253,25 +253,25 @@ def test_epochs(client):
     ("/epochs", 400, "missing query parameter 'run'"),
     ("/epochs?run=xss_names&start_step=x", 400, "'start_step' must be an integer"),
     ("/epochs?run=nope", 404, "no Training Health data for run 'nope'"),
-    ("/epochs?run=frozen_cnn", 404, "has no 'training_health/epochs'"),
-    ("/matrix?run=frozen_cnn", 400, "missing query parameter 'stat'"),
-    ("/matrix?run=frozen_cnn&stat=nope", 400, "unknown statistic 'nope'"),
-    ("/matrix?run=frozen_cnn&stat=grad_norm&width=abc", 400, "must be an integer"),
-    ("/matrix?run=frozen_cnn&stat=grad_norm&width=0", 400, "between 1 and"),
-    ("/matrix?run=frozen_cnn&stat=grad_norm&reduce=median", 400, "reduce must be one of"),
-    ("/series?run=frozen_cnn&width=-3", 400, "between 1 and"),
-    ("/matrix?run=frozen_cnn&stat=dead_frac&start_step=9&end_step=3", 400,
+    ("/epochs?run=stalled_cnn", 404, "has no 'training_health/epochs'"),
+    ("/matrix?run=stalled_cnn", 400, "missing query parameter 'stat'"),
+    ("/matrix?run=stalled_cnn&stat=nope", 400, "unknown statistic 'nope'"),
+    ("/matrix?run=stalled_cnn&stat=grad_norm&width=abc", 400, "must be an integer"),
+    ("/matrix?run=stalled_cnn&stat=grad_norm&width=0", 400, "between 1 and"),
+    ("/matrix?run=stalled_cnn&stat=grad_norm&reduce=median", 400, "reduce must be one of"),
+    ("/series?run=stalled_cnn&width=-3", 400, "between 1 and"),
+    ("/matrix?run=stalled_cnn&stat=dead_frac&start_step=9&end_step=3", 400,
      "start_step must be <= end_step; received start_step=9, end_step=3"),
-    ("/series?run=frozen_cnn&start_step=-1", 400, "'start_step' must be between 0 and"),
-    ("/layer?run=frozen_cnn&layer=conv2&end_step=x", 400, "'end_step' must be an integer"),
-    ("/layer?run=frozen_cnn", 400, "missing query parameter 'layer'"),
-    ("/histograms?run=frozen_cnn&layer=conv2&limit=x", 400, "must be an integer"),
+    ("/series?run=stalled_cnn&start_step=-1", 400, "'start_step' must be between 0 and"),
+    ("/layer?run=stalled_cnn&layer=conv2&end_step=x", 400, "'end_step' must be an integer"),
+    ("/layer?run=stalled_cnn", 400, "missing query parameter 'layer'"),
+    ("/histograms?run=stalled_cnn&layer=conv2&limit=x", 400, "must be an integer"),
     ("/layers?run=nope", 404, "no Training Health data for run 'nope'"),
     ("/matrix?run=nope&stat=grad_norm", 404, "nope"),
     ("/series?run=nope", 404, "nope"),
     ("/alerts?run=nope", 404, "no Training Health data for run 'nope'"),
-    ("/layer?run=frozen_cnn&layer=nope", 404, "has no layer 'nope'"),
-    ("/histograms?run=frozen_cnn&layer=nope", 404, "no histograms for layer 'nope'"),
+    ("/layer?run=stalled_cnn&layer=nope", 404, "has no layer 'nope'"),
+    ("/histograms?run=stalled_cnn&layer=nope", 404, "no histograms for layer 'nope'"),
     ("/histograms?run=healthy_mlp&layer=dense_0", 404, "has no 'training_health/histograms'"),
 ])
 def test_bad_and_unknown_arguments(client, path, status, fragment):

@@ -30,7 +30,7 @@ XSS_EPOCHS = (
     (29, 3, {"loss": 0.05, "val_loss": 0.8, XSS_METRIC: 0.7}),
     (39, 4, {"loss": 0.02, "val_loss": 1.2, XSS_METRIC: float("inf")}),
 )
-FROZEN_RUN = "frozen_cnn"
+STALLED_RUN = "stalled_cnn"
 HEALTHY_RUN = "healthy_mlp"
 XSS_RUN = "xss_names"
 STALL_STEP = 120
@@ -46,10 +46,10 @@ def _row(**stats):
     return row
 
 
-def _conv_like(rng, step, scale, frozen=False, dead=0.0, units=16):
+def _conv_like(rng, step, scale, stuck=False, dead=0.0, units=16):
     grad = scale * np.exp(-step / 400.0) * (1 + 0.1 * rng.standard_normal())
     ratio = 1e-3 * (1 + 0.2 * rng.standard_normal())
-    if frozen:
+    if stuck:
         grad, ratio = 1e-9 * (1 + 0.1 * rng.random()), 0.0
     return _row(
         grad_norm=grad,
@@ -69,12 +69,12 @@ def _conv_like(rng, step, scale, frozen=False, dead=0.0, units=16):
     )
 
 
-def _histograms(rng, n_layers, frozen_index=None):
-    """Gradient peaks near |g| ~ 1e-3; a frozen layer's near 1e-10."""
+def _histograms(rng, n_layers, stalled_index=None):
+    """Gradient peaks near |g| ~ 1e-3; a stuck layer's near 1e-10."""
     hist = np.zeros((n_layers, 2, fmt.HIST_ROW), dtype=np.float32)
     centers = np.linspace(0, 1, fmt.HIST_BINS)
     for i in range(n_layers):
-        peak = 0.55 if i != frozen_index else 0.12
+        peak = 0.55 if i != stalled_index else 0.12
         g = np.exp(-((centers - peak - 0.02 * rng.standard_normal()) ** 2) / 0.01)
         hist[i, 0, 0] = 0.02
         hist[i, 0, 2:] = g / g.sum()
@@ -84,7 +84,7 @@ def _histograms(rng, n_layers, frozen_index=None):
     return hist
 
 
-def write_frozen_cnn(logdir, steps=300, seed=0):
+def write_stalled_cnn(logdir, steps=300, seed=0):
     """A CNN whose `conv2` stops learning at STALL_STEP and whose `dense1` dies."""
     rng = np.random.default_rng(seed)
     layers = (
@@ -99,7 +99,7 @@ def write_frozen_cnn(logdir, steps=300, seed=0):
         dead = min(max((step - 150) / 100.0, 0.0), 0.8)
         matrix = np.stack([
             _conv_like(rng, step, 0.8),
-            _conv_like(rng, step, 0.5, frozen=step >= STALL_STEP),
+            _conv_like(rng, step, 0.5, stuck=step >= STALL_STEP),
             _row(act_mean=0.4, act_std=0.6, act_example_std=0.3, act_zero_frac=0.3,
                  act_saturated_frac=0.0, act_nonfinite=0, dead_frac=0.0, dead_frac_window=0.0),
             _conv_like(rng, step, 0.3, dead=dead, units=64),
@@ -115,8 +115,8 @@ def write_frozen_cnn(logdir, steps=300, seed=0):
         glob = [loss, 1.0, 0, 0.0, 1.0, -1.0, 1.0, 0, 1e-3, min(0.1 + step / 300.0, 0.55)]
         writer.write_step(step, matrix, glob, wall_time=1000.0 + step)
         if step % 25 == 0:
-            frozen = 1 if step >= STALL_STEP else None
-            writer.write_histograms(step, _histograms(rng, len(layers), frozen_index=frozen),
+            stuck = 1 if step >= STALL_STEP else None
+            writer.write_histograms(step, _histograms(rng, len(layers), stalled_index=stuck),
                                     wall_time=1000.0 + step)
         if step == STALL_STEP + 20:
             writer.write_alerts(step, [Alert(
@@ -174,13 +174,13 @@ def write_xss_run(logdir):
 
 def write_synthetic_logdir(root):
     """Three runs under `root` (one per subdirectory); returns their names."""
-    write_frozen_cnn(os.path.join(root, FROZEN_RUN))
+    write_stalled_cnn(os.path.join(root, STALLED_RUN))
     write_healthy_mlp(os.path.join(root, HEALTHY_RUN))
     write_xss_run(os.path.join(root, XSS_RUN))
-    return (FROZEN_RUN, HEALTHY_RUN, XSS_RUN)
+    return (STALLED_RUN, HEALTHY_RUN, XSS_RUN)
 
 
-DEMO_FROZEN = "frozen_cnn"  # run names written by training_health.cli.demo
+DEMO_STALLED = "stalled_cnn"  # run names written by training_health.cli.demo
 DEMO_HEALTHY = "healthy_cnn"
 _DEMO_LOGS = {}
 
@@ -188,7 +188,7 @@ _DEMO_LOGS = {}
 def demo_logdir(tmp_path_factory):
     """The demo's logs plus the synthetic XSS run, written once per test session.
 
-    `training_health.cli.demo.write_demo_runs` trains the frozen-accuracy CNN and
+    `training_health.cli.demo.write_demo_runs` trains the stalled CNN and
     its healthy twin with the real Keras capture (2 epochs keep it short).
     Tests must not leave other runs behind in this folder.
     """
@@ -280,7 +280,7 @@ def test_fixture_runs_read_back(tmp_path):
 
     write_synthetic_logdir(str(tmp_path))
     acc = event_accumulator.EventAccumulator(
-        str(tmp_path / FROZEN_RUN), size_guidance={event_accumulator.TENSORS: 0}
+        str(tmp_path / STALLED_RUN), size_guidance={event_accumulator.TENSORS: 0}
     )
     acc.Reload()
     layers = acc.Tensors(fmt.TAG_LAYERS)
@@ -291,7 +291,7 @@ def test_fixture_runs_read_back(tmp_path):
     from tensorboard.util import tensor_util
 
     late = tensor_util.make_ndarray(layers[-1].tensor_proto)
-    assert late[1, fmt.LAYER_STATS.index("update_ratio")] == 0.0  # conv2 frozen
+    assert late[1, fmt.LAYER_STATS.index("update_ratio")] == 0.0  # conv2 stuck
     assert np.isnan(late[2, fmt.LAYER_STATS.index("grad_norm")])  # pool has no weights
     alerts = acc.Tensors(fmt.TAG_ALERTS)
     decoded = fmt.decode_alerts(tensor_util.make_ndarray(alerts[0].tensor_proto))

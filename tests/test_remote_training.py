@@ -1,6 +1,6 @@
 """A real Keras training run logging to s3:// (a real S3 server on 127.0.0.1), read by the CLI.
 
-The frozen-accuracy CNN of the seed report (benchmarks/scenarios) trains
+The stalled CNN of the seed report (benchmarks/scenarios) trains
 with `HealthCallback("s3://bucket/run")`; event files roll over and appear
 in the bucket while it trains; afterwards `training-health check
 s3://bucket/run --json` finds the stall and `training-health watch --once`
@@ -31,7 +31,7 @@ def cli():
     return [exe] if exe else [PYTHON, "-m", "training_health.cli"]
 
 
-def test_frozen_cnn_logs_to_a_bucket_and_check_finds_the_stall(s3, monkeypatch):
+def test_stalled_cnn_logs_to_a_bucket_and_check_finds_the_stall(s3, monkeypatch):
     keras = pytest.importorskip("keras")
     from training_health.keras import HealthCallback
 
@@ -60,7 +60,7 @@ def test_frozen_cnn_logs_to_a_bucket_and_check_finds_the_stall(s3, monkeypatch):
             time.sleep(3.0)
             seen.append(len(server.keys(bucket, "run/")))
 
-    scenario = SCENARIOS["frozen_cnn"]
+    scenario = SCENARIOS["stalled_cnn"]
     keras.utils.set_random_seed(0)
     model, x, y, fit_kwargs = scenario.build()
     callback = HealthCallback("s3://%s/run" % bucket, histogram_every=0, flush_every=20)

@@ -66,7 +66,7 @@ def write_run(path, seed, alert=None):
 @pytest.fixture(scope="module")
 def logdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("report") / "runs"
-    write_run(root / "frozen", seed=1, alert=ALERT)
+    write_run(root / "stalled", seed=1, alert=ALERT)
     write_run(root / "healthy", seed=2)
     return root
 
@@ -87,23 +87,23 @@ def test_report_is_one_self_contained_downsampled_file(logdir, tmp_path):
     out = run_report(logdir, output, "--points", "100")
     assert out.returncode == 0, out.stderr
     assert os.listdir(tmp_path / "out") == ["report.html"]
-    assert out.stdout.startswith("wrote %s (" % output) and "2 runs: frozen, healthy" in out.stdout
+    assert out.stdout.startswith("wrote %s (" % output) and "2 runs: healthy, stalled" in out.stdout
     text = output.read_text(encoding="utf-8")
     assert not re.search(r"<script[^>]+src=|<link[^>]+href=|@import", text), "nothing is loaded from elsewhere"
     assert inline.bundle() in text.replace("<\\/script", "</script"), "the tab's own modules"
     data = inline_data(text)
-    assert [r["run"] for r in data["runs"]["runs"]] == ["frozen", "healthy"]
-    matrix = data["matrix?run=frozen&stat=grad_norm"]
+    assert [r["run"] for r in data["runs"]["runs"]] == ["healthy", "stalled"]
+    matrix = data["matrix?run=stalled&stat=grad_norm"]
     assert len(matrix["first_steps"]) == 100, "400 steps averaged into 100 columns"
     assert matrix["first_steps"][0] == 1 and matrix["last_steps"][-1] == N_STEPS
-    alerts = data["alerts?run=frozen"]["alerts"]
+    alerts = data["alerts?run=stalled"]["alerts"]
     assert [(a["kind"], a["step"], a["hint"]) for a in alerts] == [(ALERT.kind, ALERT.step, ALERT.hint)]
     assert os.stat(output).st_mode & 0o044, "the report is readable by others, like any written file"
 
-    assert data["histograms?layer=conv&run=frozen"]["steps"] == [100, 200, 300, 400]
+    assert data["histograms?layer=conv&run=stalled"]["steps"] == [100, 200, 300, 400]
     thin = tmp_path / "thin.html"
     assert run_report(logdir, thin, "--points", "100", "--histograms", "2").returncode == 0
-    assert inline_data(thin.read_text(encoding="utf-8"))["histograms?layer=conv&run=frozen"][
+    assert inline_data(thin.read_text(encoding="utf-8"))["histograms?layer=conv&run=stalled"][
         "steps"] == [100, 400], "evenly spaced snapshots, first and last kept"
 
     one = tmp_path / "one.html"
@@ -134,13 +134,13 @@ def test_report_errors_are_one_line_without_traceback(tmp_path):
 
 def test_report_of_a_bucket(s3, tmp_path):
     server, bucket = s3
-    write_run("s3://%s/runs/frozen" % bucket, seed=1, alert=ALERT)
+    write_run("s3://%s/runs/stalled" % bucket, seed=1, alert=ALERT)
     output = tmp_path / "report.html"
     out = run_report("s3://%s/runs" % bucket, output, "--points", "50")
     assert out.returncode == 0, out.stderr
     data = inline_data(output.read_text(encoding="utf-8"))
-    assert [r["run"] for r in data["runs"]["runs"]] == ["frozen"]
-    assert len(data["matrix?run=frozen&stat=dead_frac"]["first_steps"]) == 50
+    assert [r["run"] for r in data["runs"]["runs"]] == ["stalled"]
+    assert len(data["matrix?run=stalled&stat=dead_frac"]["first_steps"]) == 50
 
 
 @pytest.mark.browser
@@ -174,7 +174,7 @@ def test_report_renders_from_disk_offline_in_chromium(logdir, tmp_path):
             page.wait_for_selector("body[data-rendered]", timeout=30000)
             page.wait_for_function("document.body.dataset.loading === 'false'", timeout=30000)
             sections = page.eval_on_selector_all(".th-run-section", "s => s.map(x => x.dataset.run)")
-            assert sections == ["frozen", "healthy"]
+            assert sections == ["healthy", "stalled"]
             for run in sections:
                 canvases = page.query_selector_all(
                     ".th-run-section[data-run=%s] .th-heatmap-canvas" % run)

@@ -7,7 +7,7 @@ default detectors, plus the alerts logged online). A buggy scenario must
 get its expected alert kind, a healthy one no alert at all.
 
     from benchmarks.scenarios import SCENARIOS, run_scenario
-    result = run_scenario(SCENARIOS["frozen_cnn"], "/tmp/runs/frozen_cnn")
+    result = run_scenario(SCENARIOS["stalled_cnn"], "/tmp/runs/stalled_cnn")
 
 `benchmarks/scenario_report.py` runs them all and prints the figures.
 `heldout` holds runs written after the calibration (see its docstring).

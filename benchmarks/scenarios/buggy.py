@@ -23,7 +23,7 @@ def _mlp(hidden, activation, out_units, out_activation, input_dim, **dense_kwarg
     return keras.Model(inp, out)
 
 
-def frozen_cnn():
+def stalled_cnn():
     """The seed report: raw 0..255 pixels, one conv filter as large as the image."""
     keras = _keras()
     x, y = images(N, 28, 3, seed=1, priors=[0.45, 0.35, 0.20])
@@ -166,7 +166,7 @@ def adam_rate_jump():
 
 
 SCENARIOS = [
-    Scenario("frozen_cnn", "stalled", frozen_cnn, frozen_cnn.__doc__, cause="inputs range"),
+    Scenario("stalled_cnn", "stalled", stalled_cnn, stalled_cnn.__doc__, cause="inputs range"),
     Scenario("deep_sigmoid", "vanishing_gradients", deep_sigmoid, deep_sigmoid.__doc__,
              cause="stacked sigmoid/tanh"),
     Scenario("diverging_lr", "exploding_gradients", diverging_lr, diverging_lr.__doc__,

@@ -14,7 +14,7 @@ def _keras():
 
 
 def healthy_cnn():
-    """Twin of frozen_cnn: pixels scaled to [0, 1], 3x3 filters, pooling."""
+    """Twin of stalled_cnn: pixels scaled to [0, 1], 3x3 filters, pooling."""
     keras = _keras()
     x, y = images(N, 28, 3, seed=1, priors=[0.45, 0.35, 0.20])
     model = keras.Sequential([

@@ -2,7 +2,7 @@
 `healthy`, to see how the defaults do on runs they were not tuned on.
 
 Their first run gave 12/12 healthy runs without alerts and 8/8 buggy runs
-detected; `b_sigmoid_raw_big_conv` (the frozen CNN with a hidden layer) got
+detected; `b_sigmoid_raw_big_conv` (the stalled CNN with a hidden layer) got
 its stall only at step 176, because a rare example still sparked the dead
 filter now and then. That led to one change (a layer with zero gradient on
 90% of the window counts as cut off); everything else is as first run.

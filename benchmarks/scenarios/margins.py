@@ -9,7 +9,7 @@ default detector compares to its threshold, at its worst over the run:
 - vanishing: the lowest first/last relative-gradient ratio (3+ layers);
 - grad_max: the highest global gradient norm;
 - osc_spread: the highest (p90 - p10) / median of the loss over 50 steps;
-- frozen: the highest fraction of weighted layers with update ratio < 1e-7
+- still: the highest fraction of weighted layers with update ratio < 1e-7
   (or zero gradient);
 - update: the highest median (over 50 steps) of the largest layer update
   ratio ||dW||/||W||;
@@ -24,7 +24,7 @@ from training_health.detectors.vanishing import relative_gradients
 
 def margins(steps):
     out = dict(dead=0.0, saturated=0.0, output_spread=float("inf"), vanishing=float("inf"),
-               grad_max=0.0, osc_spread=0.0, update=0.0, frozen=0.0, final_loss=float("nan"))
+               grad_max=0.0, osc_spread=0.0, update=0.0, still=0.0, final_loss=float("nan"))
     losses = []
     largest_update = []
     for s in steps:
@@ -53,8 +53,8 @@ def margins(steps):
         if weighted:
             ratios = s.layer_values[weighted, names.index("update_ratio")]
             grads = s.layer_values[weighted, names.index("grad_norm")]
-            frozen = np.mean((ratios < 1e-7) | (grads == 0))
-            out["frozen"] = max(out["frozen"], float(frozen))
+            still = np.mean((ratios < 1e-7) | (grads == 0))
+            out["still"] = max(out["still"], float(still))
             finite = ratios[np.isfinite(ratios)]
             largest_update.append(float(finite.max()) if finite.size else np.nan)
         loss = s.global_values.get("loss", float("nan"))

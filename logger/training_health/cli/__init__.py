@@ -26,7 +26,7 @@ VERSION_PACKAGES = (
 
 # name -> (module, one-line help)
 SUBCOMMANDS = {
-    "demo": ("training_health.cli.demo", "train the frozen-accuracy CNN and a healthy twin into ./runs"),
+    "demo": ("training_health.cli.demo", "train the stalled CNN and a healthy twin into ./runs"),
     "check": ("training_health.cli.check", "replay the stall detectors over a logdir and list alerts"),
     "watch": ("training_health.cli.watch", "live terminal view of a logdir (for SSH sessions)"),
     "report": ("tensorboard_plugin_training_health.report", "write one self-contained HTML report of a logdir"),

@@ -1,11 +1,11 @@
-"""`training-health demo`: the frozen-accuracy CNN of the classic bug report, and a healthy twin.
+"""`training-health demo`: the stalled CNN of the classic bug report, and a healthy twin.
 
 Both train on the same synthetic images (a bright quadrant tells the class;
-three classes with 45/35/20 % priors). The frozen run is fed raw 0..255
+three classes with 45/35/20 % priors). The stalled run is fed raw 0..255
 pixels through one convolution filter as large as the image, so its ReLU
 units die in the first steps and its accuracy freezes at the majority
 class's 0.45, as in the report. The healthy twin scales the pixels to [0, 1]
-and uses small filters. Runs are written to LOGDIR/frozen_cnn and
+and uses small filters. Runs are written to LOGDIR/stalled_cnn and
 LOGDIR/healthy_cnn.
 """
 
@@ -41,7 +41,7 @@ def images(n, seed=0):
     return x, np.eye(CLASSES, dtype="float32")[labels]
 
 
-def frozen_cnn():
+def stalled_cnn():
     import keras
 
     model = keras.Sequential([
@@ -49,7 +49,7 @@ def frozen_cnn():
         keras.layers.Conv2D(16, IMAGE, activation="relu", name="conv2d"),  # filter = whole image
         keras.layers.Flatten(name="flatten"),
         keras.layers.Dense(CLASSES, activation="softmax", name="output"),
-    ], name="frozen_cnn")
+    ], name="stalled_cnn")
     model.compile(keras.optimizers.SGD(0.01), "categorical_crossentropy", metrics=["accuracy"])
     return model
 
@@ -79,7 +79,7 @@ def write_demo_runs(logdir, epochs=6, samples=2048, verbose=0, seed=0):
 
     x, y = images(samples, seed=seed)
     results = {}
-    for name, build in (("frozen_cnn", frozen_cnn), ("healthy_cnn", healthy_cnn)):
+    for name, build in (("stalled_cnn", stalled_cnn), ("healthy_cnn", healthy_cnn)):
         keras.utils.set_random_seed(seed)
         model = build()
         callback = HealthCallback(os.path.join(logdir, name), flush_every=20, histogram_every=20)
@@ -89,8 +89,8 @@ def write_demo_runs(logdir, epochs=6, samples=2048, verbose=0, seed=0):
     return results
 
 
-def torch_frozen_cnn():
-    """The frozen CNN in PyTorch: one ReLU convolution as large as the image."""
+def torch_stalled_cnn():
+    """The stalled CNN in PyTorch: one ReLU convolution as large as the image."""
     from collections import OrderedDict
 
     from torch import nn
@@ -113,7 +113,7 @@ def torch_healthy_cnn():
 
 def write_torch_demo_runs(logdir, epochs=6, samples=2048, seed=0):
     """`write_demo_runs` with PyTorch: the same images (channels first), the
-    frozen CNN on raw pixels with SGD(0.01), the healthy twin on pixels
+    stalled CNN on raw pixels with SGD(0.01), the healthy twin on pixels
     scaled to [0, 1] with Adam(3e-3); returns {run name: (HealthMonitor,
     accuracy of each epoch)}."""
     import torch
@@ -126,7 +126,7 @@ def write_torch_demo_runs(logdir, epochs=6, samples=2048, seed=0):
     labels = torch.from_numpy(y.argmax(axis=1))
     results = {}
     for name, build, scale, make_optimizer in (
-            ("frozen_cnn", torch_frozen_cnn, 1.0, lambda p: torch.optim.SGD(p, lr=0.01)),
+            ("stalled_cnn", torch_stalled_cnn, 1.0, lambda p: torch.optim.SGD(p, lr=0.01)),
             ("healthy_cnn", torch_healthy_cnn, 1.0 / 255, lambda p: torch.optim.Adam(p, lr=3e-3))):
         torch.manual_seed(seed)
         model = build()
@@ -175,7 +175,7 @@ def run(args):
         return 2
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     start = time.time()
-    print("Training the frozen-accuracy CNN and its healthy twin (%s) into %s ..."
+    print("Training the stalled CNN and its healthy twin (%s) into %s ..."
           % ("Keras" if framework == "keras" else "PyTorch", args.logdir))
     if framework == "keras":
         results = {name: (callback, history.history["accuracy"]) for name, (callback, history) in

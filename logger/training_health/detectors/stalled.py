@@ -241,17 +241,17 @@ class StalledDetector(Detector):
             below = np.sum((ratios < self.min_update_ratio) & measured, axis=0)
             zero_update = np.sum((ratios == 0) & measured, axis=0)
         counts = measured.sum(axis=0)
-        frozen_columns = columns & (2 * below > counts)
+        idle_columns = columns & (2 * below > counts)
         n_layers = int(columns.sum())
-        frozen = int(frozen_columns.sum())
-        if frozen * 2 < n_layers:
+        idle = int(idle_columns.sum())
+        if idle * 2 < n_layers:
             return self._slow_from_start(ratios, measured, losses)
         if np.all(2 * zero_update[columns] > counts[columns]):
             return ("the weights are not learning (no gradient or update in all %d layers)"
                     % n_layers, True)
         return ("%d of %d layers with weights are not learning (zero gradient or update "
                 "ratio < %.0e per step)"
-                % (frozen, n_layers, self.min_update_ratio), frozen == n_layers)
+                % (idle, n_layers, self.min_update_ratio), idle == n_layers)
 
 
     def _slow_from_start(self, ratios, measured, losses):

@@ -28,8 +28,8 @@ import test_plugin_support as support  # noqa: E402
 def logdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("torch_demo") / "logs"
     results = demo.write_torch_demo_runs(str(root), epochs=2)
-    frozen_accuracy = results["frozen_cnn"][1]
-    assert frozen_accuracy[-1] == pytest.approx(0.4565, abs=0.01)  # frozen at the majority class
+    stalled_accuracy = results["stalled_cnn"][1]
+    assert stalled_accuracy[-1] == pytest.approx(0.4565, abs=0.01)  # stuck at the majority class
     return root
 
 
@@ -40,8 +40,8 @@ def test_check_json_reports_the_stall_with_its_hint(logdir, python_exe):
     report = json.loads(result.stdout)
     runs = {r["run"]: r for r in report["runs"]}
     assert runs["healthy_cnn"]["alerts"] == []
-    frozen = runs["frozen_cnn"]["alerts"]
-    stall = next(a for a in frozen if a["kind"] == "stalled")
+    stalled = runs["stalled_cnn"]["alerts"]
+    stall = next(a for a in stalled if a["kind"] == "stalled")
     assert "inputs range 0..25" in stall["hint"] and "scale them" in stall["hint"]
     assert "conv2d" in stall["message"]  # named by the module's path
 
@@ -62,14 +62,14 @@ def test_the_tab_shows_the_pytorch_run_and_its_stall(logdir):
         page.goto(base + "/data/plugin_entry.html?name=" + fmt.PLUGIN_NAME)
         page.wait_for_selector("body[data-rendered]", timeout=30000)
         page.wait_for_function("document.body.dataset.loading === 'false'", timeout=30000)
-        section = ".th-run-section[data-run=frozen_cnn]"
+        section = ".th-run-section[data-run=stalled_cnn]"
         assert page.query_selector(section + " .th-heatmap-canvas[data-stat=grad_norm]")
-        stall = page.query_selector(".th-alert[data-kind=stalled][data-run=frozen_cnn]")
+        stall = page.query_selector(".th-alert[data-kind=stalled][data-run=stalled_cnn]")
         assert stall is not None
         if not stall.is_visible():  # folded under the incident's first alert
             stall.evaluate_handle("n => n.closest('details').querySelector('summary')").as_element().click()
         text = stall.inner_text()
-        assert "Stalled" in text and "frozen_cnn · whole model · step" in text
+        assert "Stalled" in text and "stalled_cnn · whole model · step" in text
         assert "Try: inputs range 0..25" in text
         assert not page.query_selector(".th-alert[data-run=healthy_cnn]")
         # the layers carry their PyTorch module paths
