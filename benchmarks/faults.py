@@ -26,14 +26,21 @@ Real processes, real files, a real S3-compatible server (moto, on 127.0.0.1):
   process must start cleanly in that logdir: no traceback and no warning of
   the logger but alerts on its stderr. Also counted: kills that left a
   record cut short at the end of a file;
-* faults while a run trains (each once; the training process is the
-  logger's host side, `capture.host.Host` with its collector, detectors,
-  `RunWriter` and `EventWriter`, fed rows by a plain Python ring buffer as a
-  device program would): a full disk (a small tmpfs filled up, then space
-  freed), an unwritable logdir (a read-only tmpfs), the logdir removed
-  mid-run, and a bucket that goes away (connections refused) and comes back;
-  training must finish, with one warning saying what happened and what was
-  lost, and everything written before must read back;
+* faults while a run trains (each once), each in a real PyTorch training
+  process (the loop of the kill trials, `--step-secs` of sleep after each
+  step standing for a bigger model's compute): a full disk (a 1 MiB tmpfs
+  filled up mid-run, then space freed), an unwritable logdir (a read-only
+  tmpfs), the logdir removed mid-run (the process stopped with SIGSTOP
+  meanwhile, so that what the removed file held is known), and an `s3://`
+  logdir whose bucket goes away (the S3 server behind a proxy that closes
+  every connection) and comes back. Each must finish with exit status 0 and
+  no traceback on its stderr, print exactly the expected warnings of the
+  logger (what happened; for the unwritable logdir, how many events were
+  lost; for the removed logdir, which file and how many bytes), and every
+  step not lost by design must read back whole through every reader; after
+  the full disk and the outage, a flush must succeed again (writing
+  resumed) and every whole record written before the fault must still be at
+  the start of its file or object;
 * fuzzing, bounded and seeded: event files with random truncations, bit
   flips, garbage and foreign records through every reader, and random or
   hostile query arguments through every route of the plugin (TensorBoard's
@@ -56,6 +63,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -78,76 +86,14 @@ LAYERS = (
     LayerInfo("dense", "Dense", "softmax", (0.0, 1.0), 10, True, True, is_output=True),
 )
 N_GLOBAL = len(fmt.GLOBAL_STATS)
-WIDTH = N_GLOBAL + len(LAYERS) * len(fmt.LAYER_STATS)
 
 
-# -- the training process ----------------------------------------------------------
-class RingSource:
-    """A ring buffer of rows, as a device program keeps them (a `host.RowSource`)."""
-
-    rows = 256
-    hist_slots = 0
-    global_names = tuple(fmt.GLOBAL_STATS)
-
-    def __init__(self, seed):
-        self.count = 0
-        self.buffer = np.zeros((self.rows, WIDTH), np.float32)
-        self.steps = np.zeros(self.rows, np.int64)
-        self._rng = np.random.default_rng(seed)
-
-    def train_step(self, step):
-        row = self._rng.random(WIDTH).astype(np.float32)
-        row[fmt.GLOBAL_STATS.index("loss")] = 1.0 / (1.0 + 0.01 * step)
-        slot = self.count % self.rows
-        self.buffer[slot], self.steps[slot] = row, step
-        self.count += 1
-
-    def read_rows(self):
-        if not self.count:
-            return None
-        return self.count, self.buffer.copy(), self.steps.copy(), self.count
-
-    def read_histograms(self):
-        return None
-
-    def layer_infos(self):
-        return LAYERS
-
-
-def train(args):
-    """The training process: logs `--steps` steps, flushing every `--flush-every`."""
-    import warnings
-
-    from training_health.capture import host
-    from training_health.detectors import DetectorSuite
-
-    warnings.simplefilter("ignore")  # the logger's warnings are also logged: one line each on stderr
-
-    options = json.loads(args.storage_options) if args.storage_options else None
-    source = RingSource(args.seed)
-    monitor = host.Host(args.logdir, source, DetectorSuite(), (), None, lambda: None,
-                        storage_options=options)
-    print("ready", flush=True)
-    for i, step in enumerate(range(args.start, args.start + args.steps)):
-        source.train_step(step)
-        time.sleep(args.step_secs)  # the step's compute
-        if (i + 1) % args.flush_every == 0:
-            monitor.collect()
-            events = monitor.writer.writer
-            if events.flush():
-                print("flushed %d" % step, flush=True)
-            elif events.errors:
-                print("failing %d" % step, flush=True)
-    monitor.close()
-    events = monitor.writer.writer
-    print("done %s" % json.dumps({"errors": events.errors, "dropped": events.dropped,
-                                  "pending": events.pending, "files": len(events.files)}), flush=True)
-    return 0
-
-
-# The real training loops of the kill trials. Each trains until it is killed
-# (or for `--steps` steps), calls the logger's flush every FLUSH_POINT steps
-# and prints "flushed N" once the flush says steps 1..N are in the files.
+# -- the training processes --------------------------------------------------------
+# The real training loops of the kill trials and the fault cases. Each
+# trains until it is killed (or for `--steps` steps), calls the logger's
+# flush every FLUSH_POINT steps and prints "flushed N" once the flush says
+# steps 1..N are in the files (a PyTorch loop prints "unflushed N" when the
+# flush says writing failed).
 # Every process of a trial series writes to the same logdir and numbers its
 # steps from the start, as a new run does; its learning rate (a logged
 # global value) tells its steps from those of the other processes. It
@@ -169,7 +115,10 @@ def _random_data(seed, n=BATCH * FLUSH_POINT):
 
 def train_torch(args):
     """A PyTorch loop with `training_health.torch.HealthMonitor`: a small MLP on
-    random data; "flushed N" after `monitor.flush()` returned True at step N."""
+    random data; "flushed N" after `monitor.flush()` returned True at step N,
+    "unflushed N" after it returned False. `--step-secs` (a sleep after each
+    step) stands for a bigger model's compute: it paces the fault cases.
+    `--storage-options` (JSON) are the monitor's fsspec options."""
     import warnings
 
     import torch
@@ -185,7 +134,9 @@ def train_torch(args):
                                 torch.nn.ReLU(), torch.nn.Linear(64, 10))
     optimizer = torch.optim.SGD(model.parameters(), lr=trial_lr(args.seed), momentum=0.9)
     x, y = (torch.from_numpy(a) for a in _random_data(args.seed))
-    monitor = HealthMonitor(args.logdir, model, optimizer, flush_every=args.flush_every)
+    options = json.loads(args.storage_options) if args.storage_options else None
+    monitor = HealthMonitor(args.logdir, model, optimizer, flush_every=args.flush_every,
+                            storage_options=options)
     print("ready 1", flush=True)  # (the monitor numbers the optimizer steps from 1)
     for step in range(1, args.steps + 1):
         batch = slice((step % FLUSH_POINT) * BATCH, (step % FLUSH_POINT + 1) * BATCH)
@@ -194,10 +145,12 @@ def train_torch(args):
         loss.backward()
         optimizer.step()
         monitor.step(loss)
+        if args.step_secs:
+            time.sleep(args.step_secs)
         if step % FLUSH_POINT == 0 or step == args.steps:
             print("%s %d" % ("flushed" if monitor.flush() else "unflushed", step), flush=True)
     monitor.close()
-    print("done {}", flush=True)
+    print("done", flush=True)
     return 0
 
 
@@ -229,24 +182,23 @@ def train_keras(args):
         steps = int(model.optimizer.iterations.numpy())
         print("flushed %d" % (steps - 1), flush=True)
     callback.close()
-    print("done {}", flush=True)
+    print("done", flush=True)
     return 0
 
 
-TRAIN = {"host": train, "torch": train_torch, "keras": train_keras}
+TRAIN = {"torch": train_torch, "keras": train_keras}
 
 
 class Child:
-    """A training process; its stdout lines are collected as they come.
+    """A training process; its stdout lines are collected as they come. It
+    imports its framework, then waits for `go()`.
 
-    framework: "host" (the logger's host side fed by `RingSource`, see
-    `train`), "torch" or "keras" (a real training loop, see `train_torch`).
+    framework: "torch" (see `train_torch`) or "keras" (see `train_keras`).
     """
 
-    def __init__(self, logdir, start, steps, seed, flush_every=5, step_secs=0.004, storage_options=None,
-                 framework="host"):
+    def __init__(self, framework, logdir, steps, seed, flush_every=4, step_secs=0.0, storage_options=None):
         command = [sys.executable, os.path.abspath(__file__), "train", framework, "--logdir", logdir,
-                   "--start", str(start), "--steps", str(steps), "--seed", str(seed),
+                   "--steps", str(steps), "--seed", str(seed),
                    "--flush-every", str(flush_every), "--step-secs", str(step_secs)]
         if storage_options:
             command += ["--storage-options", json.dumps(storage_options)]
@@ -276,7 +228,7 @@ class Child:
 
     def wait_ready(self, timeout=120):
         if not self._ready.wait(timeout) or self.proc.poll() not in (None, 0):
-            raise RuntimeError("the training process did not start:\n%s" % self.finish(5)[1])
+            raise RuntimeError("the training process did not start:\n%s" % self.finish(5))
 
     def wait_for(self, prefix, timeout=120):
         deadline = time.monotonic() + timeout
@@ -297,14 +249,23 @@ class Child:
         return next(int(line.split()[1]) for line in self.lines if line.startswith("ready "))
 
     def finish(self, timeout=300):
+        """Waits for the process to end (kills it after `timeout` s); returns its stderr."""
         try:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.proc.kill()
             self.proc.wait()
         self._err_thread.join(10)
-        done = [json.loads(line[5:]) for line in self.lines if line.startswith("done ")]
-        return (done[0] if done else None), self.stderr
+        return self.stderr
+
+    def finished(self):
+        """True when the training loop ran to its end and the process exited with status 0."""
+        return "done" in self.lines and self.proc.returncode == 0
+
+    def after(self, prefix, line):
+        """True when a line starting with `prefix` came after `line`."""
+        lines = list(self.lines)
+        return line in lines and any(x.startswith(prefix) for x in lines[lines.index(line):])
 
 
 # -- every reader ------------------------------------------------------------------
@@ -380,8 +341,7 @@ def kill_trials(n, rng, workdir, log=print, keras_every=5):
     def start(trial):
         last = trial == n  # a final run that is not killed: the logdir still takes a clean run
         framework = "keras" if keras_every and (trial + 1) % keras_every == 0 and not last else "torch"
-        return framework, Child(logdir, 0, steps=60 if last else 10 ** 6, seed=trial, flush_every=4,
-                                framework=framework)
+        return framework, Child(framework, logdir, steps=60 if last else 10 ** 6, seed=trial)
 
     framework, child = start(0)
     for trial in range(n + 1):
@@ -410,9 +370,8 @@ def kill_trials(n, rng, workdir, log=print, keras_every=5):
         reader_errors += len(errors)
         missing = flushed_keys - keys
         lost_keys |= missing
-        problems = [line for line in child.stderr.splitlines()
-                    if line.startswith("Traceback") or (line.startswith("training_health:")
-                                                        and not ALERT_LINE.match(line))]
+        problems = [line for line in child.stderr.splitlines() if line.startswith("Traceback")]
+        problems += logger_warnings(child.stderr)
         unclean += bool(problems)
         torn = cut_bytes(logdir, child.proc.pid)
         cut += torn > 0
@@ -432,6 +391,23 @@ def kill_trials(n, rng, workdir, log=print, keras_every=5):
 ALERT_LINE = re.compile(r"training_health: (\[|  then )")  # (host.dispatch_alerts)
 
 
+def logger_warnings(stderr):
+    """The logger's warnings (one line each) in a training process's stderr, alerts left out."""
+    return [line for line in stderr.splitlines()
+            if line.startswith("training_health:") and not ALERT_LINE.match(line)]
+
+
+def whole_records(data):
+    """The longest prefix of `data` made of whole records, from the record framing alone."""
+    at = 0
+    while at + 12 <= len(data):  # length (8 bytes), its CRC (4), data, the data's CRC (4)
+        end = at + 12 + int.from_bytes(data[at:at + 8], "little") + 4
+        if end > len(data):
+            break
+        at = end
+    return data[:at]
+
+
 def cut_bytes(logdir, pid):
     """Bytes at the end of process `pid`'s event files that are not a whole
     record (a write the kill cut short), from the record framing alone."""
@@ -441,13 +417,7 @@ def cut_bytes(logdir, pid):
             continue
         with open(os.path.join(logdir, name), "rb") as f:
             data = f.read()
-        at = 0
-        while at + 12 <= len(data):  # length (8 bytes), its CRC (4), data, the data's CRC (4)
-            end = at + 12 + int.from_bytes(data[at:at + 8], "little") + 4
-            if end > len(data):
-                break
-            at = end
-        torn += len(data) - at
+        torn += len(data) - len(whole_records(data))
     return torn
 
 
@@ -472,23 +442,52 @@ def can_mount(workdir):
         return False
 
 
-def warnings_in(stderr, *words):
-    """The logger's warnings (one line each) in a training process's stderr that hold every word."""
-    return [line for line in stderr.splitlines()
-            if line.startswith("training_health:") and all(w in line for w in words)]
+def local_files(logdir):
+    """{name: bytes} of the files in local directory `logdir` (none when it is missing)."""
+    if not os.path.isdir(logdir):
+        return {}
+    files = {}
+    for name in sorted(os.listdir(logdir)):
+        with open(os.path.join(logdir, name), "rb") as f:
+            files[name] = f.read()
+    return files
 
 
-def _outcome(name, child, logdir, expected, warning_words, log, storage_options=None):
-    """Checks one fault run: training finished, one warning with the words, steps read back."""
-    done, stderr = child.finish()
+def changed(before, after):
+    """Names of the files of `before` whose whole records `after` no longer starts with:
+    what was written before was overwritten, cut or removed."""
+    return sorted(name for name, data in before.items()
+                  if not after.get(name, b"").startswith(whole_records(data)))
+
+
+def _outcome(name, child, logdir, expected, warnings_expected, log, storage_options=None, checks=()):
+    """Checks one fault run: the training process finished with exit status 0
+    and no traceback; its logger warnings (alerts left out) are exactly
+    `warnings_expected` (one tuple of words per warning, in order); every
+    reader reads `logdir` without an error and every step of `expected`
+    whole. `checks`: more (description, callable() -> passed) pairs, called
+    once the process ended.
+
+    Returns (ok, reader errors, expected steps missing).
+    """
+    stderr = child.finish()
     steps, errors = read_everything(logdir, storage_options, report=False)
     missing = sorted(set(expected) - steps)
-    warned = warnings_in(stderr, *warning_words)
-    ok = done is not None and not errors and not missing and len(warned) == 1
-    log("  %-14s %s: finished=%s, %d of %d expected steps read, reader errors %s, warning: %s"
-        % (name, "ok" if ok else "FAILED", done is not None, len(expected) - len(missing), len(expected),
-           errors or 0, warned[0][:200] if warned else "(none)"))
+    warned = logger_warnings(stderr)
+    right_warnings = len(warned) == len(warnings_expected) and all(
+        all(w in line for w in words) for line, words in zip(warned, warnings_expected))
+    checks = [("finished with exit status 0", child.finished()),
+              ("no traceback", "Traceback" not in stderr),
+              ("the expected warnings", right_warnings)] + [(what, check()) for what, check in checks]
+    failed = [what for what, passed in checks if not passed]
+    ok = not errors and not missing and not failed
+    log("  %-14s %s: exit status %s, %d of %d expected steps read, reader errors %s, failed checks %s, "
+        "warnings: %s" % (name, "ok" if ok else "FAILED", child.proc.returncode,
+                          len(expected) - len(missing), len(expected), errors or 0, failed or 0,
+                          " | ".join(line[:400] for line in warned) or "(none)"))
+    log("    and: %s" % "; ".join(what for what, _ in checks[3:]))
     if not ok:
+        log("    stdout: %s" % " ".join(list(child.lines)[-40:]))
         log("    stderr: %s" % stderr[-1500:])
     return ok, len(errors), len(missing)
 
@@ -496,17 +495,25 @@ def _outcome(name, child, logdir, expected, warning_words, log, storage_options=
 def full_disk(workdir, log):
     """A small filesystem fills up mid-run; then space is freed."""
     mount = os.path.join(workdir, "full")
-    with tmpfs(mount, 256 * 1024):
+    with tmpfs(mount, 1 << 20):
         with open(os.path.join(mount, "filler"), "wb") as f:
-            f.write(b"\0" * (256 * 1024 - 48 * 1024))  # ~48 KB left: about 200 steps
+            f.write(b"\0" * ((1 << 20) - (64 << 10)))  # 64 KiB left: about 130 of the 900 steps
         logdir = os.path.join(mount, "run")
-        child = Child(logdir, 0, steps=900, seed=1, step_secs=0.002)
+        child = Child("torch", logdir, steps=900, seed=1, step_secs=0.004)
+        child.go()
         child.wait_ready()
-        if not child.wait_for("failing", timeout=120):
-            log("  full disk: the disk never filled up")
+        if not child.wait_for("unflushed", timeout=120):
+            log("  full disk: the disk never filled up: %s" % child.finish()[-1500:])
             return False, 1, 0
+        full_at = next(line for line in child.lines if line.startswith("unflushed"))
+        before = local_files(logdir)  # what was written before the disk filled
         os.remove(os.path.join(mount, "filler"))  # space comes back
-        return _outcome("full disk", child, mount, range(900), ("could not write", "No space left"), log)
+        return _outcome(
+            "full disk", child, mount, range(1, 901), [("could not write", "No space left")], log,
+            checks=[("writing resumed (a flush succeeded after the disk was full at %s)" % full_at,
+                     lambda: child.after("flushed", full_at)),
+                    ("what was written before is intact", lambda: not changed(before, local_files(logdir))),
+                    ("one event file", lambda: len(local_files(logdir)) == 1)])
 
 
 def unwritable(workdir, log):
@@ -514,30 +521,46 @@ def unwritable(workdir, log):
     mount = os.path.join(workdir, "readonly")
     with tmpfs(mount, 1 << 20):
         subprocess.run(["mount", "-o", "remount,ro", mount], check=True, capture_output=True)
-        child = Child(os.path.join(mount, "run"), 0, steps=200, seed=2, step_secs=0.001)
+        steps = 200
+        child = Child("torch", os.path.join(mount, "run"), steps=steps, seed=2)
+        child.go()
         child.wait_ready()
-        done, stderr = child.finish()
-        lost = warnings_in(stderr, "could not be written")
-        first = warnings_in(stderr, "could not write")
-        ok = done is not None and len(first) == 1 and len(lost) == 1 and "Read-only" in first[0]
-        log("  %-14s %s: finished=%s, warnings: %s | %s" % (
-            "unwritable", "ok" if ok else "FAILED", done is not None,
-            first[0][:160] if first else "(none)", lost[0][:160] if lost else "(none)"))
-        return ok, 0, 0
+
+        def all_counted():  # every step is at least two events (its layer rows, its global values)
+            lost = re.search(r"(\d+) events could not be written", child.stderr)
+            return lost is not None and int(lost.group(1)) >= 2 * steps
+
+        return _outcome("unwritable", child, mount, (), [("could not write", "Read-only"),
+                                                         ("events could not be written", "Read-only")], log,
+                        checks=[("the closing warning counts every step's events as lost", all_counted),
+                                ("no flush succeeded", lambda: child.flushed() is None),
+                                ("nothing written", lambda: not os.listdir(mount))])
 
 
 def removed(workdir, log):
-    """The logdir is removed while the run trains."""
+    """The logdir is removed while the run trains (the process stopped
+    meanwhile, so that what it held is known): the steps in it are lost, the
+    warning says so with its size, every later step is written to a new file."""
+    from training_health.io import reader
+
     logdir = os.path.join(workdir, "removed", "run")
-    child = Child(logdir, 0, steps=600, seed=3, step_secs=0.003)
+    child = Child("torch", logdir, steps=600, seed=3, step_secs=0.003)
+    child.go()
     child.wait_ready()
-    child.wait_for("flushed 99")
-    shutil.rmtree(logdir)
-    removed_after = child.flushed()
-    # Steps flushed before the removal are gone with it (the warning says so);
-    # those after it are written to a new file.
-    return _outcome("logdir removed", child, os.path.dirname(logdir), range(removed_after + 1, 600),
-                    ("no longer holds", "new event file"), log)
+    child.wait_for("flushed 100")
+    child.proc.send_signal(signal.SIGSTOP)
+    try:
+        gone = {s.step for run in reader.read_logdir(os.path.dirname(logdir)) for s in run.steps}
+        size = sum(len(data) for data in local_files(logdir).values())
+        shutil.rmtree(logdir)
+    finally:
+        child.proc.send_signal(signal.SIGCONT)
+    later = sorted(set(range(1, 601)) - gone)
+    return _outcome("logdir removed", child, os.path.dirname(logdir), later,
+                    [("no longer holds", "(%d bytes" % size, "new event file")], log,
+                    checks=[("the removed file held steps 1..%d (those flushed before the removal, 1..100, "
+                             "at least)" % max(gone or [0]),
+                             lambda: gone == set(range(1, max(gone or [0]) + 1)) and max(gone) >= 100)])
 
 
 def bucket_outage(workdir, log):
@@ -553,16 +576,25 @@ def bucket_outage(workdir, log):
         bucket = server.new_bucket()
         options = fast_fail_options(proxy.endpoint)
         options["key"] = options["secret"] = "testing"
-        url = "s3://%s/run" % bucket
-        child = Child(url, 0, steps=500, seed=4, step_secs=0.01, storage_options=options)
+        child = Child("torch", "s3://%s/run" % bucket, steps=500, seed=4, step_secs=0.01,
+                      storage_options=options)
+        child.go()
         child.wait_ready()
-        child.wait_for("flushed 49", timeout=120)
+        child.wait_for("flushed 50", timeout=120)
         proxy.mode = "refuse"
-        child.wait_for("failing", timeout=60)
+        child.wait_for("unflushed", timeout=60)
+        down_at = next((line for line in child.lines if line.startswith("unflushed")), None)
+        before = {key: server.get(bucket, key) for key in server.keys(bucket)}  # (not through the proxy)
         time.sleep(1.0)
         proxy.mode = "pass"
-        return _outcome("bucket outage", child, "s3://%s" % bucket, range(500), ("could not write",),
-                        log, storage_options=options)
+        child.finish()
+        after = {key: server.get(bucket, key) for key in server.keys(bucket)}
+        return _outcome("bucket outage", child, "s3://%s" % bucket, range(1, 501), [("could not write",)],
+                        log, storage_options=options,
+                        checks=[("writing resumed (a flush succeeded after the outage at %s)" % down_at,
+                                 lambda: down_at is not None and child.after("flushed", down_at)),
+                                ("what was uploaded before is intact",
+                                 lambda: bool(before) and not changed(before, after))])
     finally:
         proxy.close()
         server.stop()
@@ -824,7 +856,7 @@ def main(argv=None):
     if argv[:1] == ["train"]:
         p = argparse.ArgumentParser()
         p.add_argument("framework", choices=sorted(TRAIN))
-        for name, kind in (("--logdir", str), ("--start", int), ("--steps", int), ("--seed", int),
+        for name, kind in (("--logdir", str), ("--steps", int), ("--seed", int),
                            ("--flush-every", int), ("--step-secs", float), ("--storage-options", str)):
             p.add_argument(name, type=kind)
         args = p.parse_args(argv[1:])

@@ -1,7 +1,8 @@
 """The fault-injection suite (benchmarks/faults.py) with smaller counts: real
-PyTorch and Keras training processes killed with SIGKILL at random moments, a full disk, an
-unwritable or removed logdir, a bucket outage, and fuzzed event files and
-requests through every reader and route. Seeded and bounded."""
+PyTorch and Keras training processes killed with SIGKILL at random moments;
+a real PyTorch training process through a full disk, an unwritable or
+removed logdir and a bucket outage; fuzzed event files and requests through
+every reader and route. Seeded and bounded."""
 
 import os
 import random
@@ -45,7 +46,10 @@ def _mount_or_skip(tmp_path):
 
 
 @pytest.mark.parametrize("case", ["full_disk", "unwritable", "removed", "bucket_outage"])
-def test_training_finishes_with_one_warning_and_nothing_written_is_lost(tmp_path, case):
+def test_pytorch_training_finishes_with_the_warnings_and_nothing_written_is_lost(tmp_path, case):
+    # exit status 0, no traceback, exactly the expected warnings of the
+    # logger, every step not lost by design read back whole by every reader,
+    # writing resumed after the disk or the bucket came back (see each case)
     if case in ("full_disk", "unwritable"):
         _mount_or_skip(tmp_path)
     if case == "bucket_outage":

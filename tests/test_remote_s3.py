@@ -6,6 +6,8 @@ reader on the downloaded objects); an unreachable, stalled or flaky endpoint
 never blocks `write()`, gives one warning, and loses or duplicates nothing.
 """
 
+import gc
+import logging
 import os
 import subprocess
 import time
@@ -197,6 +199,30 @@ def test_upload_that_landed_but_failed_is_not_duplicated(s3, proxy, tmp_path):
     names, values = read_back(server, bucket, "run/", tmp_path / "dl")
     assert [step for _, step, _ in values] == list(range(12)), "no record twice after the retry"
     assert len(names) >= 2
+
+
+def test_upload_cut_off_by_the_server_prints_no_asyncio_traceback(s3, proxy, caplog):
+    # aiohttp sends a request's body in a task of its own; when the server
+    # closes the connection, the upload fails (reported by the writer) and
+    # that task's ConnectionResetError used to reach asyncio's default
+    # handler: "Task exception was never retrieved" with a traceback on the
+    # training process's stderr, once per failed upload.
+    server, bucket = s3
+    sink = remote.make_sink("s3://%s/run" % bucket, "events.out.tfevents.1", fast_fail_options(proxy.endpoint))
+    sink.append(b"x" * 1000)
+    proxy.mode = "refuse"
+    caplog.set_level(logging.DEBUG, logger="asyncio")
+    for _ in range(3):
+        with pytest.raises(OSError):
+            sink.append(b"y" * 50000)
+    gc.collect()  # (asyncio reports a never-retrieved exception when its task is collected)
+    time.sleep(0.2)
+    gc.collect()
+    assert not [r for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.ERROR]
+    assert server.get(bucket, "run/events.out.tfevents.1") == b"x" * 1000
+    # any other unhandled error of the loop is reported as before
+    sink.fs.loop.call_exception_handler({"message": "another failure", "exception": ValueError("x")})
+    assert [r for r in caplog.records if r.name == "asyncio" and "another failure" in r.getMessage()]
 
 
 def test_missing_s3_client_names_the_extra(tmp_path):

@@ -23,6 +23,7 @@ Only the standard library is imported at module level.
 """
 
 import asyncio
+import logging
 import os
 import posixpath
 import sys
@@ -46,6 +47,15 @@ MAX_OBJECT_BYTES = 16 * 1024 * 1024
 UPLOAD_TIMEOUT = 60.0
 
 EVENT_FILE_MARK = "tfevents"
+
+log = logging.getLogger("training_health")
+
+# aiohttp sends a request's body in a task of its own. When the server closes
+# the connection before the body is sent (a bucket going away mid-upload), the
+# request fails, and that failure reaches the caller (the writer reports it
+# once); the task's ConnectionResetError, though, is never retrieved, and
+# asyncio would print it with a traceback on stderr, once per failed upload.
+_BODY_TASK = "ClientRequest.write_bytes"
 
 # Exception classes of remote clients, looked up only in modules that the
 # client in use has already imported (so nothing heavy is imported here).
@@ -169,7 +179,34 @@ def filesystem(url, storage_options=None):
     import fsspec
 
     options = _merge(_default_options(scheme_of(url)), storage_options)
-    return fsspec.core.url_to_fs(str(url), **options)
+    fs, path = fsspec.core.url_to_fs(str(url), **options)
+    _quiet_abandoned_bodies(fs)
+    return fs, path
+
+
+def _quiet_abandoned_bodies(fs):
+    """Has the event loop of async filesystem `fs` log the never-retrieved
+    ConnectionResetError of an aiohttp request's body task (see _BODY_TASK)
+    at debug level; every other error goes to the loop's previous handler."""
+    loop = getattr(fs, "loop", None) if getattr(fs, "async_impl", False) else None
+    if loop is None or getattr(loop.get_exception_handler(), "quiets_abandoned_bodies", False):
+        return
+    previous = loop.get_exception_handler()
+
+    def handler(loop, context):
+        task = context.get("future")
+        coro = task.get_coro() if isinstance(task, asyncio.Task) else None
+        if (isinstance(context.get("exception"), ConnectionResetError)
+                and getattr(coro, "__qualname__", None) == _BODY_TASK):
+            log.debug("training_health: %s: %r (its request failed and was reported)",
+                      context.get("message"), context["exception"])
+        elif previous is not None:
+            previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
+
+    handler.quiets_abandoned_bodies = True
+    loop.set_exception_handler(handler)
 
 
 def client_errors():
