@@ -364,3 +364,60 @@ def test_run_writer_from_several_threads_keeps_steps_whole_and_in_order(tmp_path
     assert all(p == [(fmt.TAG_LAYERS, p[0][1]), (fmt.TAG_GLOBAL, p[0][1])] for p in pairs), written
     in_file = [p[0][1] for p in pairs]
     assert in_file == sorted(accepted) and len(set(in_file)) == len(in_file)
+
+
+# -- a file removed or replaced between the writer's check and its append --------
+from training_health.io.event_writer import LocalSink  # noqa: E402
+
+
+def test_local_sink_does_not_recreate_a_removed_file(tmp_path):
+    sink = LocalSink(str(tmp_path / "run"), "events.out.tfevents.1.training_health")
+    sink.append(b"header+records")
+    shutil.rmtree(tmp_path / "run")
+    with pytest.raises(OSError):
+        sink.append(b"more records")
+    # The old code made a new file holding only the later records: no
+    # header, no metadata, which no reader can decode.
+    assert not os.path.exists(sink.path)
+    assert sink.lost
+
+
+def test_local_sink_does_not_append_to_a_replaced_file(tmp_path):
+    sink = LocalSink(str(tmp_path), "events.out.tfevents.1.training_health")
+    sink.append(b"header+records")
+    with open(sink.path, "wb") as f:  # rewritten by someone else
+        f.write(b"another program's data")
+    with pytest.raises(OSError):
+        sink.append(b"more records")
+    with open(sink.path, "rb") as f:
+        assert f.read() == b"another program's data"
+    assert sink.lost
+
+
+class RemovedJustBeforeAppend(LocalSink):
+    """A real file sink whose run folder is removed after the writer looked
+    at it and before its next append (the race, made to happen every time)."""
+
+    remove_next = False
+
+    def append(self, data):
+        if RemovedJustBeforeAppend.remove_next:
+            RemovedJustBeforeAppend.remove_next = False
+            shutil.rmtree(self.logdir)
+        return super().append(data)
+
+
+def test_writer_goes_on_in_a_new_file_when_the_file_vanishes_mid_append(tmp_path):
+    logdir = tmp_path / "run"
+    writer = EventWriter(str(logdir), flush_secs=None, sink_factory=RemovedJustBeforeAppend)
+    for step in range(3):
+        writer.write(_event(step))
+    assert writer.flush()
+    RemovedJustBeforeAppend.remove_next = True
+    for step in range(3, 6):
+        writer.write(_event(step))
+    with pytest.warns(RuntimeWarning, match="no longer holds what was written"):
+        assert writer.flush()  # the same flush goes on in a new file
+    writer.close()
+    # Steps 0..2 went with the removed folder; 3..5 are in a new, readable file.
+    assert _read_steps(logdir) == [3, 4, 5]

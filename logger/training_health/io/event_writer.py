@@ -17,6 +17,7 @@ to a new event file (a name that sorts after the previous one) every
 
 import atexit
 import collections
+import errno
 import itertools
 import logging
 import os
@@ -86,6 +87,7 @@ class LocalSink:
         self.path = os.path.join(self.logdir, filename)
         self.size = 0
         self._torn = False  # a failed append could not be undone
+        self._identity = None  # (device, inode) of the file the first append made
 
     @property
     def lost(self):
@@ -96,16 +98,37 @@ class LocalSink:
         if self._torn:
             return True
         try:
-            return os.stat(self.path).st_size != self.size
+            st = os.stat(self.path)
         except (FileNotFoundError, NotADirectoryError):  # gone, or its folder is
             return self.size > 0
+        return st.st_size != self.size or not self._same_file(st)
+
+    def _same_file(self, st):
+        return self._identity is None or (st.st_dev, st.st_ino) == self._identity
 
     def append(self, data):
-        """Appends `data`; on failure the file is as it was and OSError is raised."""
+        """Appends `data`; on failure the file is as it was and OSError is raised.
+
+        Only the first append creates the file. A file that is not what the
+        last append left (removed, cut or replaced since `lost` said it was
+        fine) is not appended to: `lost` is True from then on and OSError is
+        raised, so the writer starts a new file (with its header and
+        metadata) instead of writing records no reader could decode."""
         os.makedirs(self.logdir, exist_ok=True)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+        flags = os.O_WRONLY | os.O_APPEND | (os.O_CREAT if self.size == 0 else 0)
         try:
-            start = os.fstat(fd).st_size
+            fd = os.open(self.path, flags, 0o666)
+        except FileNotFoundError:
+            if self.size:
+                self._torn = True
+            raise
+        try:
+            st = os.fstat(fd)
+            start = st.st_size
+            if start != self.size or not self._same_file(st):
+                self._torn = True
+                raise OSError(errno.ESTALE, "the event file changed since the last append "
+                              "(removed, cut or replaced)", self.path)
             view = memoryview(data)
             try:
                 while view:
@@ -117,6 +140,7 @@ class LocalSink:
                     self._torn = True
                 raise
             self.size = start + len(data)
+            self._identity = (st.st_dev, st.st_ino)
         finally:
             os.close(fd)
 
@@ -400,7 +424,7 @@ class EventWriter:
         self._last_timestamp = timestamp
         return _event_filename(timestamp)
 
-    def _write_pending_locked(self):
+    def _write_pending_locked(self, retried=False):
         with self._lock:
             events = list(self._pending)
             first = self._head
@@ -427,6 +451,10 @@ class EventWriter:
             self._sink.append(b"".join(records))
         except OSError as e:  # remote sinks raise OSError subclasses too
             self._sink_clean = False
+            if getattr(self._sink, "lost", False) and not retried:
+                # Removed or replaced since `_roll_due` looked: say so and go
+                # on in a new file now, as `_roll_due` would have.
+                return self._write_pending_locked(retried=True)
             self._report(e)
             return False
         self._sink_clean = True
