@@ -519,7 +519,8 @@ def write_frozen_base_run(path):
     layers = (LayerInfo(FROZEN_LAYER, "Conv2D", "relu", None, 16, False, True, frozen=True),
               LayerInfo("base_relu", "ReLU", "relu", None, 16, False, True),
               LayerInfo("head", "Dense", "softmax", (0.0, 1.0), 3, True, True, is_output=True))
-    writer = RunWriter(path, layers)
+    # Two more frozen layers were left out (the default), named in the metadata.
+    writer = RunWriter(path, layers, frozen_unmonitored=("<i>base_pool</i>", "base_dense"))
     not_measured = [fmt.LAYER_STATS.index(s) for s in fmt.LAYER_STATS
                     if s.startswith("grad_") or s in ("weight_norm", "update_ratio")]
     for step in range(30):
@@ -537,11 +538,14 @@ def test_frozen_layers_are_marked_frozen(browser, tmp_path):
     with support.tensorboard_process(tmp_path / "logs", load_fast=False) as base:
         served = get_json(base, "layers?run=transfer")["layers"]
         assert [layer["frozen"] for layer in served] == [True, False, False]
+        assert get_json(base, "layers?run=transfer")["frozen_unmonitored"] == [
+            "<i>base_pool</i>", "base_dense"]
         page = Page(browser, base + ENTRY)
         page.wait_rendered()
         p = page.page
         section = ".th-run-section[data-run=transfer]"
-        assert p.inner_text(section + " .th-run-head .th-run-meta") == "3 layers, 1 frozen"
+        assert p.inner_text(section + " .th-run-head .th-run-meta") == (
+            "3 layers, 1 frozen (2 frozen layers not measured: name them in layers= to measure them)")
         labels = p.eval_on_selector_all(
             section + " .th-heatmap[data-stat=grad_norm] .th-layer-label",
             "ls => ls.map(l => [l.dataset.layer, l.querySelector('.th-frozen-mark') !== null, "

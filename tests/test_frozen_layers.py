@@ -161,6 +161,8 @@ def check_output(logdir):
 
 @pytest.mark.slow
 def test_keras_transfer_learning_with_a_frozen_base_is_monitored_and_silent(tmp_path):
+    """Named in `layers=`, the frozen base is measured and marked frozen;
+    by default it is left out and named in the metadata."""
     keras = pytest.importorskip("keras")
     pytest.importorskip("tensorflow")
     from training_health.keras import HealthCallback
@@ -180,7 +182,7 @@ def test_keras_transfer_learning_with_a_frozen_base_is_monitored_and_silent(tmp_
                               L.Dense(16, activation="relu", name="head_hidden"),
                               L.Dense(3, activation="softmax", name="head")])
     model.compile(keras.optimizers.Adam(1e-3), "categorical_crossentropy", metrics=["accuracy"])
-    cb = HealthCallback(str(tmp_path), flush_every=20)
+    cb = HealthCallback(str(tmp_path), flush_every=20, layers=["base_.*", "head.*"])
     history = model.fit(x, y, epochs=2, batch_size=32, verbose=0, callbacks=[cb])
     cb.close()
     assert history.history["accuracy"][-1] > 0.8  # the head learns on the frozen features
@@ -202,10 +204,19 @@ def test_keras_transfer_learning_with_a_frozen_base_is_monitored_and_silent(tmp_
     status, text = check_output(tmp_path)
     assert status == 0 and "frozen" not in text, text
 
+    default = HealthCallback(str(tmp_path / "default"), flush_every=5)
+    model.fit(x[:320], y[:320], epochs=1, batch_size=32, verbose=0, callbacks=[default])
+    default.close()
+    run_reader = reader.RunReader(str(tmp_path / "default"))
+    update = run_reader.poll(final=True)
+    assert [i.name for i in update.steps[-1].layers] == ["base_relu", "head_hidden", "head"]
+    assert run_reader.frozen_unmonitored == ("base_dense", "base_bn", "base_features")
+    assert default.alerts == []
+
 
 @pytest.mark.parametrize("feature_extractor", [False, True],
                          ids=["requires_grad_false", "no_grad_eval_backbone"])
-def test_torch_stalled_demo_first_layers_are_monitored_and_silent(tmp_path, feature_extractor):
+def test_torch_frozen_first_layers_are_monitored_and_silent(tmp_path, feature_extractor):
     torch = pytest.importorskip("torch")
     import training_health.torch as tht
 
@@ -231,7 +242,10 @@ def test_torch_stalled_demo_first_layers_are_monitored_and_silent(tmp_path, feat
     if feature_extractor:
         model.backbone.eval()
     optimizer = torch.optim.Adam(model.head.parameters(), 1e-2)
-    monitor = tht.HealthMonitor(str(tmp_path), model, optimizer)
+    explicit, default_dir = tmp_path / "explicit", tmp_path / "default"
+    monitor = tht.HealthMonitor(str(explicit), model, optimizer,
+                                layers=[r"backbone\.\d", "head"])
+    default = tht.HealthMonitor(str(default_dir), model, optimizer)
     x_all, labels = teacher(6400, 16, 3, seed=2)
     x_all, labels = torch.from_numpy(x_all), torch.from_numpy(labels)
     for i in range(200):
@@ -241,8 +255,10 @@ def test_torch_stalled_demo_first_layers_are_monitored_and_silent(tmp_path, feat
         loss.backward()
         optimizer.step()
         monitor.step(loss)
+        default.step(loss)
     monitor.close()
-    run_data, _ = reader.read_run(str(tmp_path))
+    default.close()
+    run_data, _ = reader.read_run(str(explicit))
     infos = run_data.steps[-1].layers
     assert [(i.name, i.frozen, i.has_weights) for i in infos] == [
         ("backbone.0", True, False), ("backbone.1", False, False), ("backbone.2", True, False),
@@ -254,5 +270,11 @@ def test_torch_stalled_demo_first_layers_are_monitored_and_silent(tmp_path, feat
     assert np.isnan(values[:4, fmt.LAYER_STATS.index("grad_norm")]).all()
     assert monitor.alerts == []
     assert DetectorSuite().replay(run_data.steps, run_data.epochs) == []
-    status, text = check_output(tmp_path)
+    status, text = check_output(explicit)
     assert status == 0 and "frozen" not in text, text
+    # By default the frozen modules are left out and named in the metadata.
+    run_reader = reader.RunReader(str(default_dir))
+    update = run_reader.poll(final=True)
+    assert [i.name for i in update.steps[-1].layers] == ["backbone.1", "backbone.3", "head"]
+    assert run_reader.frozen_unmonitored == ("backbone.0", "backbone.2")
+    assert default.alerts == []

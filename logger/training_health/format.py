@@ -110,13 +110,17 @@ def _metadata(kind, data_class, **content):
     )
 
 
-def layers_metadata(layers):
-    """Metadata for TAG_LAYERS. `layers` is a sequence of LayerInfo."""
+def layers_metadata(layers, frozen_unmonitored=()):
+    """Metadata for TAG_LAYERS. `layers` is a sequence of LayerInfo;
+    `frozen_unmonitored` names the model's frozen layers that are not among
+    them (not measured by default: see docs/format.md)."""
+    extra = {"frozen_unmonitored": list(frozen_unmonitored)} if frozen_unmonitored else {}
     return _metadata(
         "layers",
         summary_pb2.DATA_CLASS_TENSOR,
         stats=list(LAYER_STATS),
         layers=[layer.to_json() for layer in layers],
+        **extra,
     )
 
 

@@ -17,7 +17,7 @@ import logging
 from training_health.capture import host
 from training_health.capture import tf_program
 from training_health.capture import tf_recording
-from training_health.capture.keras_layers import select_layers
+from training_health.capture.keras_layers import frozen_unmonitored, select_layers
 
 log = logging.getLogger("training_health")
 
@@ -165,6 +165,7 @@ class HealthCallback(keras.callbacks.Callback):
             layers, model, self.every_n_batches, self.histogram_every, self.dead_window,
             rows, start, activation_examples=self.activation_examples,
         )
+        self._program.frozen_unmonitored = frozen_unmonitored(model, layers)
         previous = self._host
         self._host = None
         if tf_program.writes(model):  # not a non-chief worker of a multi-worker strategy

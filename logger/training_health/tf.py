@@ -33,7 +33,7 @@ import weakref
 from training_health.capture import host
 from training_health.capture import tf_program
 from training_health.capture import tf_recording
-from training_health.capture.keras_layers import select_layers
+from training_health.capture.keras_layers import frozen_unmonitored, select_layers
 
 __all__ = ["HealthMonitor"]
 
@@ -94,11 +94,12 @@ class HealthMonitor:
         self.stop_requested = False  # set when an alert of a `stop_on` kind is raised
         self.detectors = host.default_detectors() if detectors == "default" else detectors
         start = int(optimizer.iterations.numpy()) if optimizer is not None else 0
+        chosen = select_layers(model, None if layers is None else list(layers))
         self._program = tf_program.DeviceProgram(
-            select_layers(model, None if layers is None else list(layers)), None,
-            every_n_batches, histogram_every, dead_window, buffer_rows, start,
+            chosen, None, every_n_batches, histogram_every, dead_window, buffer_rows, start,
             activation_examples=activation_examples, output_model=model,
         )
+        self._program.frozen_unmonitored = frozen_unmonitored(model, chosen)
         self._variables = self._program.monitored_variables()
         # What the weight statistics need of the weights at the previous
         # record(): each variable's sample (see `training_health.statistics.sample`),

@@ -277,6 +277,7 @@ class TrainingHealthPlugin(base_plugin.TBPlugin):
             "format_version": metadata["format_version"],
             "stats": list(metadata["stats"]),
             "layers": [layer.to_json() for layer in metadata["layers"]],
+            "frozen_unmonitored": [str(n) for n in metadata.get("frozen_unmonitored", ())],
             "last_step": last_step,
         }
 

@@ -205,11 +205,14 @@ class RowSource:
         hist_slots: capacity of the histogram ring buffer (0: no histograms).
         global_names: GLOBAL_STATS plus metric names, or None until the
             program knows its row layout (before the first step).
+        frozen_unmonitored: names of the model's frozen layers that are not
+            monitored (listed in the layer metadata, so the tab can say so).
     """
 
     rows = 0
     hist_slots = 0
     global_names = None
+    frozen_unmonitored = ()
 
     def read_rows(self):
         """(count_before, buffer, steps, count_after), numpy, or None before
@@ -443,8 +446,10 @@ class Host:
             from training_health.io.event_writer import EventWriter
 
             events = EventWriter(self.logdir, storage_options=self.storage_options)
-            self.writer = RunWriter(self.logdir, layer_infos, metric_names, writer=events,
-                                    history_after=self.history[0], history_block=self.history[1])
+            self.writer = RunWriter(
+                self.logdir, layer_infos, metric_names, writer=events,
+                history_after=self.history[0], history_block=self.history[1],
+                frozen_unmonitored=tuple(self.source.frozen_unmonitored))
         return self.writer
 
     def _guarded(self, work, *args):

@@ -69,9 +69,9 @@ def is_frozen(module):
 
 def select_modules(model, patterns=None):
     """[(name, module)] to monitor, in `named_modules()` order: modules with
-    trainable parameters of their own, frozen modules (`is_frozen`) and
-    activation modules, or those whose path fully matches one of
-    `patterns`."""
+    trainable parameters of their own and activation modules (frozen
+    modules, `is_frozen`, are left out: see `frozen_unmonitored`), or those
+    whose path fully matches one of `patterns` (frozen ones included)."""
     import re
 
     named = [(n, m) for n, m in model.named_modules() if n]
@@ -80,7 +80,7 @@ def select_modules(model, patterns=None):
     if patterns is None:
         chosen = [(n, m) for n, m in named
                   if any(p.requires_grad for p in m.parameters(recurse=False))
-                  or is_frozen(m) or type(m).__name__ in ACTIVATIONS]
+                  or type(m).__name__ in ACTIVATIONS]
     else:
         compiled = [re.compile(p) for p in patterns]
         chosen = [(n, m) for n, m in named if any(c.fullmatch(n) for c in compiled)]
@@ -177,6 +177,10 @@ class TorchProgram(host.RowSource):
         self.inner = unwrap(model)
         self.optimizer = optimizer
         self.layers = [_Layer(n, m) for n, m in select_modules(self.inner, layers)]
+        chosen = {id(layer.module) for layer in self.layers}
+        # Frozen modules not monitored, named in the layer metadata.
+        self.frozen_unmonitored = tuple(n for n, m in self.inner.named_modules()
+                                        if n and is_frozen(m) and id(m) not in chosen)
         self.every_n_batches = int(every_n_batches)
         self.histogram_every = int(histogram_every)
         self.dead_window = int(dead_window)

@@ -298,6 +298,13 @@ class RunReader:
         return tuple(meta["layers"]) if meta else None
 
     @property
+    def frozen_unmonitored(self):
+        """Names of the model's frozen layers that were not monitored (from
+        the newest layer metadata; empty when none or not said)."""
+        meta = self._metadata.get(fmt.TAG_LAYERS)
+        return tuple(str(n) for n in meta.get("frozen_unmonitored", ())) if meta else ()
+
+    @property
     def metric_names(self):
         meta = self._metadata.get(fmt.TAG_GLOBAL)
         return tuple(meta["stats"][len(fmt.GLOBAL_STATS):]) if meta else ()

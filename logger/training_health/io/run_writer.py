@@ -24,20 +24,22 @@ class RunWriter:
             end keeps it whole (`io.history`). None writes every row.
             Defaults to 10000.
         history_block: steps per history block. Defaults to 100.
+        frozen_unmonitored: names of the model's frozen layers that are not
+            in `layers` (listed in the layer metadata). Defaults to ().
 
     The global series and the alerts are written at every step; only layer
     rows and histograms are downsampled.
     """
 
     def __init__(self, logdir, layers, metric_names=(), writer=None, history_after=HISTORY_AFTER,
-                 history_block=HISTORY_BLOCK):
+                 history_block=HISTORY_BLOCK, frozen_unmonitored=()):
         self.history = LayerHistory(history_after, history_block)
         self.layers = tuple(layers)
         self.global_names = tuple(fmt.GLOBAL_STATS) + tuple(metric_names)
         self.writer = writer if writer is not None else EventWriter(logdir)
         # Each tag's metadata goes with its first value in every event file
         # (EventWriter.describe), so no dropped or lost event takes it along.
-        self.writer.describe(fmt.TAG_LAYERS, fmt.layers_metadata(self.layers))
+        self.writer.describe(fmt.TAG_LAYERS, fmt.layers_metadata(self.layers, frozen_unmonitored))
         self.writer.describe(fmt.TAG_GLOBAL, fmt.global_metadata(self.global_names))
         self.writer.describe(fmt.TAG_HISTOGRAMS, fmt.histograms_metadata(self.layers))
         self.writer.describe(fmt.TAG_ALERTS, fmt.alerts_metadata())

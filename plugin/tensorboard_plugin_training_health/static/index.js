@@ -357,7 +357,10 @@ class RunView {
   build() {
     const b = this.bundle;
     const frozen = new Set(b.layers ? b.layers.layers.filter((l) => l.frozen).map((l) => l.name) : []);
-    const name = b.layers ? `${b.layers.layers.length} layers` + (frozen.size ? `, ${frozen.size} frozen` : '') : '';
+    const unmeasured = b.layers ? (b.layers.frozen_unmonitored || []).length : 0;
+    const name = b.layers ? `${b.layers.layers.length} layers` + (frozen.size ? `, ${frozen.size} frozen` : '') +
+        (unmeasured ? ` (${unmeasured} frozen layer${unmeasured === 1 ? '' : 's'} not measured: ` +
+            `name them in layers= to measure them)` : '') : '';
     const zoom = b.zoom ?
         el('span', {className: 'th-zoom'},
             `Steps ${formatStep(b.zoom[0])}–${formatStep(b.zoom[1])}`,
