@@ -50,7 +50,9 @@ setup(
         "torch": ["torch>=2.3"],
         # training_health.lightning.HealthCallback (PyTorch Lightning).
         "lightning": ["torch>=2.3", "lightning>=2.0"],
-        "s3": ["s3fs", "boto3"],
+        # s3fs before 0.5 is not async (no event loop); pip picks 0.4.2 when the
+        # newest boto3 pins a botocore that aiobotocore does not accept yet.
+        "s3": ["s3fs>=2023.1.0", "boto3"],
         "gcs": ["gcsfs"],
         # training_health.load(path) returns pandas DataFrames.
         "pandas": ["pandas"],
@@ -63,7 +65,7 @@ setup(
             "werkzeug",
             "playwright",
             "moto[server]",
-            "s3fs",
+            "s3fs>=2023.1.0",
             "boto3",
             "fsspec",
             "tbparse",

@@ -47,6 +47,13 @@ def watch_command():
     return [exe] if exe else [sys.executable, "-m", "training_health.cli"]
 
 
+def sigint_as_in_a_terminal():
+    """(preexec_fn) SIGINT back to its default in the child: a test session
+    started in the background of a script inherits SIGINT ignored, and so
+    would `watch`, which a user stops with Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def healthy_step(step, loss=None):
     layer_values = np.array([[HEALTHY_LAYER[s] for s in fmt.LAYER_STATS]] * len(LAYERS), np.float32)
     layer_values[:, fmt.LAYER_STATS.index("dead_frac_window")] = [0.25, 0.0, 0.0]
@@ -104,7 +111,7 @@ def test_pipe_output_follows_the_run_prints_new_alerts_and_exits_on_sigint(tmp_p
     write_steps(writer, range(1, 21))
     proc = subprocess.Popen(
         watch_command() + ["watch", str(logdir), "--interval", "0.3"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, preexec_fn=sigint_as_in_a_terminal,
     )
     try:
         out = Output(lambda: os.read(proc.stdout.fileno(), 65536))
@@ -153,7 +160,7 @@ def test_terminal_output_is_redrawn_in_place(tmp_path):
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         watch_command() + ["watch", str(logdir), "--interval", "0.3"],
-        stdout=slave, stderr=subprocess.PIPE,
+        stdout=slave, stderr=subprocess.PIPE, preexec_fn=sigint_as_in_a_terminal,
     )
     os.close(slave)
 
@@ -220,7 +227,8 @@ def test_watch_follows_a_bucket_and_exits_on_sigint(s3, tmp_path):
     writer = RunWriter(url + "/run1", LAYERS)
     write_steps(writer, range(1, 11))
     proc = subprocess.Popen(watch_command() + ["watch", url, "--interval", "0.3"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ))
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ),
+                            preexec_fn=sigint_as_in_a_terminal)
     try:
         out = Output(lambda: os.read(proc.stdout.fileno(), 65536))
         err = Output(lambda: os.read(proc.stderr.fileno(), 65536))
