@@ -36,6 +36,8 @@ def _read_steps(logdir):
     files = sorted(glob.glob(os.path.join(str(logdir), "events.out.tfevents.*")))
     for path in files:
         events = list(event_file_loader.EventFileLoader(path).Load())
+        if not events:
+            continue  # made by an append that is writing its first bytes right now
         assert events[0].file_version == "brain.Event:2"
         for event in events[1:]:
             (value,) = event.summary.value
