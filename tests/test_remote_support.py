@@ -161,7 +161,13 @@ class Proxy:
             except socket.timeout:
                 continue
             except OSError:
-                return
+                if self._stop.is_set() or self._sock.fileno() < 0:
+                    return  # closed
+                # Out of file descriptors, say (a full test session holds
+                # many, and stalled connections hold theirs for a minute):
+                # the proxy must not stop accepting for good.
+                time.sleep(0.1)
+                continue
             thread = threading.Thread(target=self._serve, args=(client,), daemon=True)
             thread.start()
             self._threads.append(thread)
@@ -169,6 +175,15 @@ class Proxy:
     def _serve(self, client):
         with client:
             if self.mode == "refuse":
+                return
+            if self.mode == "stall":  # read and never answer: no upstream connection to hold
+                deadline = time.monotonic() + 60
+                while not self._stop.is_set() and time.monotonic() < deadline:
+                    if self.mode != "stall":
+                        return  # the client gave up long ago; it reconnects for its retry
+                    readable, _, _ = select.select([client], [], [], 0.2)
+                    if readable and not client.recv(65536):
+                        return
                 return
             with socket.create_connection(("127.0.0.1", self.upstream_port), timeout=5) as upstream:
                 self._pump(client, upstream)
