@@ -120,22 +120,13 @@ class LayerHistory:
     def add_alerts(self, step):
         """An alert record at `step`: its block and the one before are kept."""
         current = self._current
-        if current is None or self._index(step) is None:
-            return []
         index = self._index(step)
+        if current is None or index is None:
+            return []
         if index == current.index:
-            current.kept = True
-            out = []
-            previous = self._previous
-            if previous is not None and previous.index == index - 1 and current.rows_written == 0:
-                out += self._write_rows(previous)
-            out += self._write_rows(current)
-            for hist_step, values, wall_time in current.histograms:
-                out += self._histogram(hist_step, values, wall_time)
-            current.histograms = []
-            return out
-        if index == current.index - 1 and self._previous is not None and current.rows_written == 0:
-            return self._write_rows(self._previous)
+            return self._keep_current_whole()
+        if index == current.index - 1:
+            return self._previous_rows()
         return []
 
     def add_histograms(self, step, values, wall_time):
@@ -154,19 +145,29 @@ class LayerHistory:
 
     def close(self):
         """Everything still held, the last two blocks at full resolution."""
-        out = []
-        if self._current is not None:
-            previous = self._previous
-            if previous is not None and previous.index == self._current.index - 1 \
-                    and self._current.rows_written == 0:
-                out += self._write_rows(previous)
-            self._current.kept = True
-            out += self._write_rows(self._current)
-            for step, values, wall_time in self._current.histograms:
-                out += self._histogram(step, values, wall_time)
-            self._current.histograms = []
+        out = self._keep_current_whole() if self._current is not None else []
         self._previous = self._current
         self._current = None
+        return out
+
+    def _previous_rows(self):
+        """The previous block's rows, when it is the block right before the
+        current one and the current one has written none (rows only
+        increase)."""
+        previous, current = self._previous, self._current
+        if previous is None or previous.index != current.index - 1 or current.rows_written:
+            return []
+        return self._write_rows(previous)
+
+    def _keep_current_whole(self):
+        """Marks the current block kept: writes the previous block's rows,
+        its own so far and the histograms it held back."""
+        current = self._current
+        current.kept = True
+        out = self._previous_rows() + self._write_rows(current)
+        for step, values, wall_time in current.histograms:
+            out += self._histogram(step, values, wall_time)
+        current.histograms = []
         return out
 
     def _finish_current(self):
