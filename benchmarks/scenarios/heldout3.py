@@ -34,14 +34,19 @@ def _cnn(classes):
 
 
 # -- buggy ------------------------------------------------------------------
-def c_class_sorted_cnn():
-    """A small CNN on images sorted by class, fit with shuffle=False: every
-    batch holds one class, the classes come one after another."""
+def _class_sorted_cnn(shuffle):
+    """The CNN and its images sorted by class, fit with `shuffle`."""
     keras, _ = _layers()
     x, y = _sorted(*images(2400, 16, 4, seed=71, priors=[0.25] * 4))
     m = _cnn(4)
     m.compile(keras.optimizers.Adam(3e-3), "categorical_crossentropy", metrics=["accuracy"])
-    return m, x, y, dict(epochs=3, batch_size=32, shuffle=False)
+    return m, x, y, dict(epochs=3, batch_size=32, shuffle=shuffle)
+
+
+def c_class_sorted_cnn():
+    """A small CNN on images sorted by class, fit with shuffle=False: every
+    batch holds one class, the classes come one after another."""
+    return _class_sorted_cnn(shuffle=False)
 
 
 def _sgd_mlp():
@@ -75,11 +80,7 @@ def c_overfit_small_data():
 # -- healthy ----------------------------------------------------------------
 def g_class_sorted_shuffled_cnn():
     """The class-sorted CNN's data and model, fit with shuffle=True."""
-    keras, _ = _layers()
-    x, y = _sorted(*images(2400, 16, 4, seed=71, priors=[0.25] * 4))
-    m = _cnn(4)
-    m.compile(keras.optimizers.Adam(3e-3), "categorical_crossentropy", metrics=["accuracy"])
-    return m, x, y, dict(epochs=3, batch_size=32, shuffle=True)
+    return _class_sorted_cnn(shuffle=True)
 
 
 def g_fixed_random_order():
