@@ -313,3 +313,43 @@ def test_accelerator_gradient_sums_in_groups(monkeypatch, fused_entries):
         want = ref.gradient_stats([t.double().numpy()])
         np.testing.assert_allclose(float(sq[i]) ** 0.5, want["grad_norm"], rtol=1e-6)
         assert float(bad[i]) == want["grad_nonfinite"]
+
+
+@pytest.mark.parametrize("branch_free", [True, False], ids=["cpu_path", "accelerator_path"])
+def test_unit_activity_shortcuts_match_the_reference(branch_free):
+    """The CPU shortcuts of unit activity give the reference's answer: a
+    whole ReLU output judged from its first example when every unit fired
+    there (else the whole batch), and samples through each value's largest
+    example unless a NaN hides a positive one."""
+    from training_health.capture import torch_ops
+    from training_health.capture.torch_ops import Segments
+
+    g = torch.Generator().manual_seed(3)
+    # A ReLU output [batch 6, 5 channels, 4 x 4]: channel 2 fires only in
+    # example 4, channel 3 never (the first example alone would miss one
+    # and rightly not see the other).
+    a = torch.relu(torch.randn(6, 5, 4, 4, generator=g))
+    a[:, 2] = 0.0
+    a[4, 2, 1, 1] = 0.5
+    a[:, 3] = 0.0
+    for out in (a, a[[4, 0, 1, 2, 3, 5]]):  # (the second: every unit fires in its first example but 3)
+        want = ref.units_active(units_last("", out))
+        got = torch_ops.units_active(out, 1, nonnegative=True, first_example=branch_free)
+        assert got.tolist() == want.tolist()
+    alive = torch.relu(torch.randn(6, 5, 4, 4, generator=g)) + 0.1
+    assert torch_ops.units_active(alive, 1, True, first_example=branch_free).all()
+
+    # Samples of two layers: [examples, values], units last (3 units) and
+    # units first (2 units x 4 positions); a NaN beside a positive value,
+    # and a unit whose only positive value is in the last example.
+    s1 = -torch.rand(4, 6, generator=g)  # 2 positions x 3 units
+    s1[3, 4] = 2.0  # position 1, unit 1
+    s1[0, 0], s1[2, 0] = float("nan"), 1.0  # unit 0: NaN in one example, positive in another
+    s2 = -torch.rand(4, 8, generator=g)  # 2 units x 4 positions
+    s2[1, 6] = 0.25  # unit 1
+    x = torch_ops.concatenate([s1, s2])
+    got = torch_ops.sample_units_active(x, [6, 8], [3, 2], [False, True], Segments(x.device),
+                                        branch_free=branch_free)
+    want = np.concatenate([ref.units_active(s1.double().numpy().reshape(4, 2, 3)),
+                           ref.units_active(np.moveaxis(s2.double().numpy().reshape(4, 2, 4), 1, -1))])
+    assert got.tolist() == want.tolist() == [True, True, False, False, True]

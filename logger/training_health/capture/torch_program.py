@@ -292,7 +292,8 @@ class TorchProgram(host.RowSource):
         self._last_output = (first, tuple(a.shape))
         unit_axis = 1 if first else a.dim() - 1
         if layer.whole_batch_units:
-            active = ops.units_active(a, unit_axis, layer.activation in ("relu", "relu6"))
+            active = ops.units_active(a, unit_axis, layer.activation in ("relu", "relu6"),
+                                      first_example=self._branch_free())
             layer.active.append(self.gather.any(active) if self.gather is not None else active)
         sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
         layer.samples.append(self.gather.examples(sample) if self.gather is not None else sample)
@@ -353,9 +354,14 @@ class TorchProgram(host.RowSource):
             len(self.layers), self.segments)
         self._before = None
 
+    def _branch_free(self):
+        """Whether a hook may branch on a value here: on a CPU (reading a
+        value waits for nothing) and not while torch.compile traces (a
+        branch on a value would break the graph)."""
+        return self.host_is_device and not torch.compiler.is_compiling()
+
     def _masked_if_needed(self, columns, *args):
-        """`columns(*args, masked=...)` (ops.weight_columns,
-        ops.activation_columns): on a CPU first without masking non-finite
+        """`columns(*args, masked=...)` (ops.weight_columns): on a CPU first without masking non-finite
         values, again with it only when the probe says some value is not
         finite (rare; reading it waits for nothing there); elsewhere masked."""
         if self.host_is_device:
@@ -375,10 +381,15 @@ class TorchProgram(host.RowSource):
                 layer.captured = True
                 layer.units, layer.units_first = layer.seen[0]
         try:
-            active = self._track_units(step)
+            captured = self._captured()
+            # Every captured layer's sample side by side, once for the unit
+            # activity and the activation columns.
+            x = (ops.concatenate([self.layers[i].samples[0] for i in captured])
+                 if captured else None)
+            active = self._track_units(step, captured, x)
             if step % self.every_n_batches != 0:
                 return False
-            row = self._row(step, loss, learning_rate, active)
+            row = self._row(step, loss, learning_rate, active, x)
             hist = self._histograms() if self.hist_slots and step % self.histogram_every == 0 else None
             with self._lock:
                 slot = self.count % self.rows
@@ -405,10 +416,10 @@ class TorchProgram(host.RowSource):
         """The captured layers' indices that have a sample this step."""
         return [i for i, layer in enumerate(self.layers) if layer.captured and layer.samples]
 
-    def _track_units(self, step):
+    def _track_units(self, step, captured, x):
         """Updates each unit's last step of firing; returns (indices, units,
-        active, last active) over the captured layers, or None."""
-        captured = self._captured()
+        active, last active) over the captured layers (their samples
+        concatenated in x), or None."""
         if not captured:
             return None
         units = [self.layers[i].units for i in captured]
@@ -422,14 +433,15 @@ class TorchProgram(host.RowSource):
                 for more in layer.active[1:]:
                     a = a | more
                 parts[i] = a
-        sampled = [i for i in captured if i not in parts]
-        if sampled:
-            layers = [self.layers[i] for i in sampled]
-            a = ops.sample_units_active([l.samples[0] for l in layers], [l.units for l in layers],
-                                        [l.units_first for l in layers], self.segments)
+        if len(parts) < len(captured):
+            layers = [self.layers[i] for i in captured]
+            a = ops.sample_units_active(x, [l.samples[0].shape[1] for l in layers], units,
+                                        [l.units_first for l in layers], self.segments,
+                                        branch_free=self._branch_free())
             if self.gather is not None:
                 a = self.gather.any(a)
-            parts.update(zip(sampled, a.split([l.units for l in layers])))
+            for i, part in zip(captured, a.split(units)):
+                parts.setdefault(i, part)
         active = torch.cat([parts[i] for i in captured])
         key = tuple(zip(captured, units))
         if self._last_active is None or self._last_active[0] != key:
@@ -439,7 +451,7 @@ class TorchProgram(host.RowSource):
         self._last_active = (key, last)
         return captured, units, active, last
 
-    def _row(self, step, loss, learning_rate, units_state):
+    def _row(self, step, loss, learning_rate, units_state, x):
         device = self.device
         n_layers = len(self.layers)
         nan = torch.full((), float("nan"), device=device)
@@ -457,8 +469,16 @@ class TorchProgram(host.RowSource):
             captured, units, active, last = units_state
             index = self.segments.const(captured, torch.int64)
             samples = [self.layers[i].samples[0] for i in captured]
+            widths = [sample.shape[1] for sample in samples]
             bounds = [self.layers[i].bounds for i in captured]
-            acts = self._masked_if_needed(ops.activation_columns, samples, bounds, self.segments)
+            # On a CPU first without masking non-finite values (x is
+            # consumed), again with it only when the probe says some value
+            # is not finite; elsewhere masked.
+            masked = not self.host_is_device
+            acts, probe = ops.activation_columns(x, widths, bounds, self.segments, masked=masked)
+            if not masked and not bool(torch.isfinite(probe)):
+                acts, _ = ops.activation_columns(ops.concatenate(samples), widths, bounds,
+                                                 self.segments)
             ids = self.segments.ids(units)
             threshold = max(step - self.dead_window + 1, self.start)
             per_unit = self.segments.const([float(u) for u in units])
