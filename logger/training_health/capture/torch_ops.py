@@ -308,19 +308,20 @@ def weight_columns(before, after, scales, lengths, owners, layers, segments, mas
     (right only when every sampled value is finite). Returns (columns,
     probe)."""
     device = before.device
-    t_ids = segments.ids(lengths)
     scale = segments.const(scales)
     owner = segments.const(owners, torch.int64)
     delta = after - before
     if masked:
+        t_ids = segments.ids(lengths)
         both = torch.isfinite(before) & torch.isfinite(after)
         b_sq = torch.where(both, before, 0.0).square()
         d_sq = torch.where(both, delta, 0.0).square()
         count = segments.sum(both.float(), t_ids)
-    else:
-        b_sq, d_sq = before.square(), delta.square()
+        sq_b, sq_u = segments.sum(b_sq, t_ids), segments.sum(d_sq, t_ids)
+    else:  # each tensor's part by fused multi-tensor norms (no temporaries)
+        sq_b = torch.stack(torch._foreach_norm(list(before.split(lengths)))).square()
+        sq_u = torch.stack(torch._foreach_norm(list(delta.split(lengths)))).square()
         count = segments.const([float(n) for n in lengths])
-    sq_b, sq_u = segments.sum(b_sq, t_ids), segments.sum(d_sq, t_ids)
     per_tensor = torch.stack([sq_b * scale, sq_u * scale, count], dim=1)
     sq_b, sq_u, count = torch.zeros(layers, 3, device=device).index_add_(0, owner, per_tensor).unbind(1)
     norm = sq_b.sqrt()
