@@ -92,7 +92,7 @@ def params_of(layer, table):
 BOUNDS = {"6": (0.0, 1.0)}  # the Sigmoid
 
 
-def expected_row(truth, step_index, layers, dead_window):
+def expected_row(truth, step_index, layers, dead_window, bounds=BOUNDS):
     s = truth.steps[step_index]
     rows = {}
     for info in layers:
@@ -103,7 +103,7 @@ def expected_row(truth, step_index, layers, dead_window):
         before, after = params_of(name, s["before"]), params_of(name, s["after"])
         cols.update(ref.weight_stats(before, after) if before else {k: np.nan for k in fmt.WEIGHT_STATS})
         out = s["outputs"][name]
-        cols.update(ref.activation_stats(ref.activation_sample(out, EXAMPLES), BOUNDS.get(name)))
+        cols.update(ref.activation_stats(ref.activation_sample(out, EXAMPLES), bounds.get(name)))
         # Dead units of a ReLU output over the whole batch; of any other
         # output over the activation sample (as the Keras capture does).
         seen = (lambda a: a) if info.is_relu_family else (lambda a: ref.activation_sample(a, EXAMPLES))
@@ -155,6 +155,50 @@ def test_every_column_matches_the_numpy_reference(tmp_path, host_is_device):
         assert glob["grad_nonfinite"] == 0
         np.testing.assert_allclose(glob["loss"], s["loss"], rtol=1e-6)
         np.testing.assert_allclose(glob["learning_rate"], 0.05, rtol=1e-6)
+
+
+@PATHS
+def test_outputs_changed_in_place_afterwards_are_measured_as_produced(tmp_path, host_is_device):
+    """In-place activations (`ReLU(inplace=True)`, `LeakyReLU(inplace=True)`)
+    overwrite the output of the layer before them: that layer's statistics
+    are still those of its own output (its sample is a copy, also where no
+    position is dropped), and the activation's own are those of what it
+    returned (also where its sample comes from its input's: a convolution's
+    sampled positions, a Linear's whole output)."""
+    torch.manual_seed(4)
+    model = nn.Sequential(
+        nn.Conv2d(3, 16, 3),  # 16 x 14 x 14 per example: positions are sampled
+        nn.BatchNorm2d(16),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(2),
+        nn.Flatten(),
+        nn.Linear(64, 20),  # [batch, 20]: every value of the first examples kept
+        nn.ReLU(inplace=True),
+        nn.Linear(20, 12),
+        nn.LeakyReLU(0.1, inplace=True),
+        nn.Linear(12, 10),
+    )
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    truth = Truth(model, optimizer)
+    g = torch.Generator().manual_seed(5)
+    with monitor_on(host_is_device, str(tmp_path), model, optimizer, dead_window=2,
+                    flush_every=2, histogram_every=0, detectors=None) as monitor:
+        for _ in range(3):
+            x = torch.randn(16, 3, 16, 16, generator=g)
+            truth.run_step(x, torch.randint(0, 10, (16,), generator=g), monitor)
+    (run,) = reader.read_logdir(str(tmp_path))
+    layers = run.steps[0].layers
+    assert [l.name for l in layers] == ["0", "1", "2", "5", "6", "7", "8", "9"]
+    for i, stats in enumerate(run.steps):
+        want = expected_row(truth, i, layers, dead_window=2, bounds={})
+        for j, info in enumerate(layers):
+            np.testing.assert_allclose(stats.layer_values[j], np.float32(want[info.name]),
+                                       rtol=2e-5, atol=1e-6, equal_nan=True,
+                                       err_msg="step %d layer %s" % (stats.step, info.name))
+    # The Linear's output has no zeros; the ReLU that overwrote it has many.
+    zero_frac = fmt.LAYER_STATS.index("act_zero_frac")
+    assert run.steps[0].layer_values[3][zero_frac] == 0.0
+    assert run.steps[0].layer_values[4][zero_frac] > 0.2
 
 
 def test_histograms_match_the_numpy_reference(tmp_path):

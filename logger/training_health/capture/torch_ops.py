@@ -107,24 +107,26 @@ class Sampler:
         """The values of `statistics.activation_sample` of `a` (batch first;
         units at `unit_axis`) as [examples, values]: the first `examples`
         examples and, of a large output, a fixed set of positions, in the
-        output's own layout (a view where no position is dropped). The
-        values of one example keep their order: [units, positions] for
-        units at axis 1, [positions, units] otherwise; every statistic but
-        unit activity (`sample_units_active`) is the same in either."""
+        output's own layout. The values of one example keep their order:
+        [units, positions] for units at axis 1, [positions, units]
+        otherwise; every statistic but unit activity (`sample_units_active`)
+        is the same in either.
+
+        Always a copy, never a view of `a`: the statistics are computed at
+        the end of the step, and the model may change its outputs in place
+        before (a `ReLU(inplace=True)` after a `Linear`)."""
         a = a.detach()
         if examples is not None:
             a = a[:examples]
         units = a.shape[unit_axis]
-        if a.dim() < 3:
-            return a.reshape(a.shape[0], -1)
         k = a.shape[0]
-        if examples is not None:
+        if a.dim() >= 3 and examples is not None:
             positions = a.numel() // max(1, k * units)
             idx = position_indices(k, units, positions, examples, unit_axis != a.dim() - 1,
                                    str(self.device))
             if idx is not None:
                 return a.reshape(-1).take(idx).reshape(k, -1)
-        return a.reshape(k, -1)
+        return a.reshape(k, -1).clone()
 
 
 class Layout:

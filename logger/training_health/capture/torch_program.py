@@ -41,6 +41,15 @@ ACTIVATIONS = {
     "Hardtanh": "hard_tanh", "Hardsigmoid": "hard_sigmoid", "Hardswish": "hard_swish",
     "Softplus": "softplus", "Softsign": "softsign", "LogSoftmax": "log_softmax",
 }
+# Elementwise activations whose output sample is, bit for bit, the function
+# applied to their input's sample (`TorchProgram._sample_of_input`): the
+# same kernel on the same values.
+_ELEMENTWISE = {
+    "ReLU": lambda m, s: torch.relu(s),
+    "ReLU6": lambda m, s: torch.nn.functional.hardtanh(s, 0.0, 6.0),
+    "Hardtanh": lambda m, s: torch.nn.functional.hardtanh(s, m.min_val, m.max_val),
+    "LeakyReLU": lambda m, s: torch.nn.functional.leaky_relu(s, m.negative_slope),
+}
 # Modules whose output keeps channels at axis 1 (N, C, ...).
 _CHANNELS_FIRST = ("Conv", "ConvTranspose", "BatchNorm", "InstanceNorm", "GroupNorm",
                    "MaxPool", "AvgPool", "AdaptiveAvgPool", "AdaptiveMaxPool", "LazyConv")
@@ -141,6 +150,8 @@ class _Layer:
         # other output, the activation sample (as in Keras).
         self.whole_batch_units = LayerInfo(name, activation=self.activation).is_relu_family
         cls = type(module).__name__
+        self.elementwise = (_ELEMENTWISE.get(cls) if type(module).__module__.startswith("torch.nn")
+                            else None)
         # A module whose outputs keep units at axis 1 (see
         # `TorchProgram._unit_axis_first`).
         self.channels_first = cls.startswith(_CHANNELS_FIRST)
@@ -222,6 +233,9 @@ class TorchProgram(host.RowSource):
         self._weights = None  # [L, 2] weight columns of the step
         self._output_ids = {}
         self._last_output = None  # (units at axis 1, shape) of the last output hooked
+        # (output tensor, its version, layout, sample) of the last output
+        # sampled, for an elementwise activation applied to it next.
+        self._last_sample = None
         # Inside a training forward of the whole model (see `_recording`).
         self._training_forward = False
         self._handles = []
@@ -243,7 +257,7 @@ class TorchProgram(host.RowSource):
     def _install(self):
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.module.register_forward_hook(
-                lambda m, args, out, __i=i: self._on_output(__i, m, out)))
+                lambda m, args, out, __i=i: self._on_output(__i, m, args, out)))
         self._handles.append(self.inner.register_forward_pre_hook(self._on_input))
         self._handles.append(self.inner.register_forward_hook(self._on_model_output))
         self._handles.append(self.optimizer.register_step_pre_hook(self._before_update))
@@ -276,7 +290,7 @@ class TorchProgram(host.RowSource):
     # torch.compile they are traced into the model's graph, and any Python
     # state they branched on would be a guard (a recompilation when it
     # changes). What they record goes into lists that `end_step` empties.
-    def _on_output(self, index, module, out):
+    def _on_output(self, index, module, args, out):
         if not self._recording_layer(module):
             return
         t = _first_tensor(out)
@@ -295,14 +309,42 @@ class TorchProgram(host.RowSource):
             active = ops.units_active(a, unit_axis, layer.activation in ("relu", "relu6"),
                                       first_example=self._branch_free())
             layer.active.append(self.gather.any(active) if self.gather is not None else active)
-        sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
-        layer.samples.append(self.gather.examples(sample) if self.gather is not None else sample)
-        layer.seen.append((int(a.shape[unit_axis]), first and a.dim() >= 3))
+        layout = (tuple(a.shape), first)
+        sample = None
         if not torch.compiler.is_compiling():
             self._output_ids[id(t)] = index
+            sample = self._sample_of_input(layer, args, t, layout)
+            if sample is None:
+                sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
+            # (an inference tensor keeps no version)
+            self._last_sample = None if t.is_inference() else (t, t._version, layout, sample)
+        else:
+            sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
+        layer.samples.append(self.gather.examples(sample) if self.gather is not None else sample)
+        layer.seen.append((int(a.shape[unit_axis]), first and a.dim() >= 3))
+
+    def _sample_of_input(self, layer, args, out, layout):
+        """An in-place elementwise activation's sample computed from that of
+        its input, where its input is the output sampled just before (a
+        `ReLU(inplace=True)` after a convolution or a normalization), laid
+        out alike and changed since by this activation alone (its version
+        one more; not replaced by another forward hook): the same values as
+        gathering them from the output, without reading the output again (a
+        cold read of a large one). None otherwise (an activation that is
+        not in place: a forward hook may have replaced its output)."""
+        previous = self._last_sample
+        if layer.elementwise is None or previous is None or not args:
+            return None
+        tensor, version, prev_layout, prev_sample = previous
+        if args[0] is not tensor or out is not tensor or prev_layout != layout:
+            return None
+        if tensor._version != version + 1:
+            return None
+        return layer.elementwise(layer.module, prev_sample)
 
     def _on_input(self, module, args):
         self._last_output = None
+        self._last_sample = None
         self._training_forward = self._recording(module)
         if not self._training_forward or self._inputs:
             return
@@ -408,6 +450,7 @@ class TorchProgram(host.RowSource):
                 layer.active.clear()
                 layer.seen.clear()
             self._inputs.clear()  # (the same list: a compiled forward's hooks append to it)
+            self._last_sample = None
             self._grads = None
             self._weights = None
             self._before = None
