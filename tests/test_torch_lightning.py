@@ -72,3 +72,19 @@ def test_stop_on_stops_the_trainer(tmp_path):
 def test_unknown_option_is_a_clear_error(tmp_path):
     with pytest.raises(ValueError, match="unknown option.*flush_secs"):
         HealthCallback(str(tmp_path), flush_secs=2)
+
+
+def test_a_run_resumed_from_a_checkpoint_goes_on_numbering(tmp_path):
+    """Fit one epoch, save a checkpoint, resume from it for a second: the
+    second fit's steps follow the first's (the trainer's global_step)."""
+    torch.manual_seed(0)
+    model = Classifier()
+    first = pl.Trainer(max_epochs=1, callbacks=[HealthCallback(str(tmp_path / "run"))], logger=False,
+                       enable_checkpointing=False, enable_progress_bar=False,
+                       enable_model_summary=False, accelerator="cpu")
+    first.fit(model, loader())
+    first.save_checkpoint(str(tmp_path / "epoch1.ckpt"))
+    trainer(HealthCallback(str(tmp_path / "run"))).fit(Classifier(), loader(),
+                                                       ckpt_path=str(tmp_path / "epoch1.ckpt"))
+    (run,) = reader.read_logdir(str(tmp_path / "run"))
+    assert [s.step for s in run.steps] == list(range(1, 17))  # 8 steps an epoch, 2 epochs

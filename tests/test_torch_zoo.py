@@ -420,6 +420,8 @@ def test_flush_says_whether_the_steps_are_in_the_files(tmp_path):
     (dict(every_n_batches=0), "every_n_batches"),
     (dict(layers=["no_such_layer"]), "matched no module"),
     (dict(stop_on="nan_inf"), "stop_on"),
+    (dict(initial_step=-1), "initial_step"),
+    (dict(initial_step=2.0), "initial_step"),
 ])
 def test_bad_arguments_get_a_clear_error(tmp_path, kwargs, match):
     model = nn.Sequential(nn.Linear(4, 2))
@@ -427,3 +429,46 @@ def test_bad_arguments_get_a_clear_error(tmp_path, kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         tht.HealthMonitor(**args)
+
+
+def _train(monitor, model, optimizer, steps, generator):
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = nn.functional.cross_entropy(model(torch.randn(8, 4, generator=generator)),
+                                           torch.randint(0, 2, (8,), generator=generator))
+        loss.backward()
+        optimizer.step()
+        monitor.step(loss)
+
+
+def test_a_resumed_loop_numbers_its_steps_after_the_first_run(tmp_path):
+    """A loop resumed from a checkpoint goes on numbering its steps: from the
+    step count an Adam optimizer keeps (restored by load_state_dict), or
+    from `initial_step` for SGD, which keeps none."""
+    g = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+    with tht.HealthMonitor(str(tmp_path / "adam"), model, optimizer, flush_every=2) as monitor:
+        _train(monitor, model, optimizer, 3, g)
+    checkpoint = {"model": model.state_dict(), "optimizer": optimizer.state_dict()}
+
+    resumed = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    resumed.load_state_dict(checkpoint["model"])
+    optimizer = torch.optim.Adam(resumed.parameters(), lr=1e-3)
+    assert tht.optimizer_step_count(optimizer) == 0
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    assert tht.optimizer_step_count(optimizer) == 3
+    with tht.HealthMonitor(str(tmp_path / "adam"), resumed, optimizer, flush_every=2) as monitor:
+        _train(monitor, resumed, optimizer, 2, g)
+    (run,) = reader.read_logdir(str(tmp_path / "adam"))
+    assert [s.step for s in run.steps] == [1, 2, 3, 4, 5]
+    dead = fmt.LAYER_STATS.index("dead_frac_window")
+    assert np.isfinite(run.steps[3].layer_values[1][dead])  # (the ReLU, at the first resumed step)
+
+    sgd = torch.optim.SGD(resumed.parameters(), lr=0.1)
+    assert tht.optimizer_step_count(sgd) == 0
+    with tht.HealthMonitor(str(tmp_path / "sgd"), resumed, sgd, initial_step=10) as monitor:
+        _train(monitor, resumed, sgd, 2, g)
+    (run,) = reader.read_logdir(str(tmp_path / "sgd"))
+    assert [s.step for s in run.steps] == [11, 12]

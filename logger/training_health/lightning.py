@@ -36,7 +36,9 @@ class HealthCallback(Callback):
             (`every_n_batches`, `histogram_every`, `layers`, `dead_window`,
             `flush_every`, `activation_examples`, `detectors`, `stop_on`,
             `on_alert`, `storage_options`, `history_after`,
-            `history_block`), with its defaults.
+            `history_block`, `initial_step`), with its defaults, except
+            `initial_step`: the trainer's `global_step` when training
+            starts (a run resumed from a checkpoint goes on numbering).
 
     Raises:
         ValueError: an option is unknown or out of range (at construction).
@@ -61,7 +63,9 @@ class HealthCallback(Callback):
 
     def on_train_start(self, trainer, pl_module):
         if self.monitor is None:
-            self.monitor = HealthMonitor(self.logdir, pl_module, trainer.optimizers[0], **self.options)
+            options = dict(self.options)
+            options.setdefault("initial_step", int(trainer.global_step))
+            self.monitor = HealthMonitor(self.logdir, pl_module, trainer.optimizers[0], **options)
             self._steps_seen = self.monitor.optimizer_steps
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
@@ -81,4 +85,4 @@ class HealthCallback(Callback):
 
 _OPTIONS = {"every_n_batches", "histogram_every", "layers", "dead_window", "flush_every",
             "activation_examples", "detectors", "stop_on", "on_alert", "storage_options",
-            "history_after", "history_block"}
+            "history_after", "history_block", "initial_step"}

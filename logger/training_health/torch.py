@@ -27,7 +27,7 @@ except ImportError as e:  # pragma: no cover - exercised in a subprocess test
 from training_health.capture import host
 from training_health.capture.torch_program import TorchProgram
 
-__all__ = ["HealthMonitor"]
+__all__ = ["HealthMonitor", "optimizer_step_count"]
 
 
 class _DataParallel:
@@ -54,6 +54,17 @@ class _DataParallel:
         x = value.clone()
         self.dist.all_reduce(x)
         return x / self.world_size
+
+
+def optimizer_step_count(optimizer):
+    """The optimizer steps an optimizer has taken, as far as its state
+    tells: the largest per-parameter "step" (Adam, AdamW, RMSprop, Adagrad,
+    ... keep one; it survives `state_dict()` / `load_state_dict()`), or 0
+    where it keeps none (SGD)."""
+    steps = [state["step"] for state in optimizer.state.values()
+             if isinstance(state, dict) and "step" in state]
+    # (read once, when the monitor is created)
+    return max((int(s.item() if isinstance(s, torch.Tensor) else s) for s in steps), default=0)
 
 
 class HealthMonitor:
@@ -105,6 +116,13 @@ class HealthMonitor:
         history_after, history_block: how a long run's layer statistics
             are downsampled on disk, as in `training_health.keras.HealthCallback`
             (the detectors see every step). Default to 10000 and 100.
+        initial_step: the number of optimizer steps already taken, for a
+            resumed run: the first `step()` is recorded as step
+            `initial_step + 1`, after the steps the run already wrote (as
+            the Keras capture numbers steps from the optimizer's
+            `iterations`). None takes the step count the optimizer keeps
+            (Adam, AdamW, RMSprop, Adagrad... after `load_state_dict`), or
+            0 for one that keeps none (SGD: pass it). Defaults to None.
 
     Under DistributedDataParallel every process creates the monitor and
     calls `step()`; the statistics are those of the whole step (the
@@ -117,7 +135,8 @@ class HealthMonitor:
     def __init__(self, logdir, model, optimizer, every_n_batches=1, histogram_every=100,
                  layers=None, dead_window=50, flush_every=50, activation_examples=8,
                  detectors="default", stop_on=(), on_alert=None, storage_options=None,
-                 history_after=host.HISTORY_AFTER, history_block=host.HISTORY_BLOCK):
+                 history_after=host.HISTORY_AFTER, history_block=host.HISTORY_BLOCK,
+                 initial_step=None):
         host.check_logdir(logdir, storage_options)
         host.check_history(history_after, history_block)
         host.check_options(every_n_batches, histogram_every, dead_window, flush_every, layers,
@@ -127,6 +146,10 @@ class HealthMonitor:
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise ValueError("`optimizer` must be a torch.optim.Optimizer; received %r"
                              % (type(optimizer),))
+        if initial_step is None:
+            initial_step = optimizer_step_count(optimizer)
+        else:
+            host.check_int("initial_step", initial_step, 0)
         self.logdir = str(logdir)
         self.model = model
         self.optimizer = optimizer
@@ -140,7 +163,8 @@ class HealthMonitor:
             gather = _DataParallel(dist, dist.get_world_size())
         rows = max(4 * flush_every, 64)
         self._program = TorchProgram(model, optimizer, layers, every_n_batches, histogram_every,
-                                     dead_window, activation_examples, rows, gather=gather)
+                                     dead_window, activation_examples, rows, gather=gather,
+                                     start_step=initial_step)
         self._host = None
         if self.rank == 0:
             if self.detectors is not None:

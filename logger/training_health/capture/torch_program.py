@@ -180,10 +180,12 @@ class TorchProgram(host.RowSource):
         gather: under data parallelism, an object whose `examples(t)`,
             `any(flags)` and `mean(value)` give the whole step's values
             (see `training_health.torch`), or None.
+        start_step: the optimizer steps taken before (the first step
+            recorded is start_step + 1).
     """
 
     def __init__(self, model, optimizer, layers, every_n_batches, histogram_every, dead_window,
-                 activation_examples, rows, gather=None):
+                 activation_examples, rows, gather=None, start_step=0):
         self.model = model
         self.inner = unwrap(model)
         self.optimizer = optimizer
@@ -218,9 +220,9 @@ class TorchProgram(host.RowSource):
                                     fmt.HIST_ROW, device=self.device)
             self.hist_steps = np.zeros(self.hist_slots, np.int64)
         self.hist_count = 0
-        self.step = 0  # steps closed by end_step
+        self.step = int(start_step)  # the last step closed by end_step
         self.optimizer_steps = 0  # optimizer.step() calls that ran
-        self.start = 0
+        self.start = int(start_step)
         self._lock = threading.Lock()  # the buffers vs the host's reads
         # The monitored parameters, layer after layer, and their owners.
         self._params = [p for layer in self.layers for p in layer.params]
@@ -588,7 +590,7 @@ class TorchProgram(host.RowSource):
         return count, hist.cpu().numpy(), steps
 
     def last_step(self):
-        return self.step if self.step > 0 else None
+        return self.step if self.step > self.start else None
 
     def layer_infos(self):
         return [LayerInfo(name=l.name, type=type(l.module).__name__, activation=l.activation,
