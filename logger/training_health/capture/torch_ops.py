@@ -378,34 +378,50 @@ def activation_columns(x, widths, bounds, segments, masked=True):
         counts = segments.sum(at_bound.sum(0).float(), b_ids)
         saturated = nan.index_copy(0, segments.const(bounded, torch.int64),
                                    counts / segments.const([float(k * widths[i]) for i in bounded]))
+    if not masked:
+        columns, probe = _unmasked_activation_columns(x, ids, n, width)
+        return torch.cat([columns[:, :4], saturated[:, None], columns[:, 4:]], dim=1), probe
     # Zeros per value (column): a byte count where it cannot overflow (the
     # fastest reduction of a mask on a CPU).
     count_type = torch.uint8 if k <= 255 else torch.int32
     zeros = segments.sum(x.eq(0).view(torch.uint8).sum(0, dtype=count_type).float(), ids) / n
-    if masked:
-        finite = torch.isfinite(x)
-        z = torch.where(finite, x, 0.0)
-        count = segments.sum(finite.sum(0).float(), ids)
-        col_sum = z.sum(0)
-        mean = segments.sum(col_sum, ids) / count
-        centered = torch.where(finite, x - mean[ids.index], 0.0)
-        var = segments.sum(centered.square().sum(0), ids) / count
-        spread = (z - col_sum / k).square().sum(0)  # per value, across the examples
-        nonfinite = n - count
-    else:
-        # Per value (column) first, then per layer: the variance as the
-        # spread within columns plus the spread of the column means (no
-        # cancellation), and the columns' spread is example_std's too.
-        col_sum = x.sum(0)
-        col_mean = col_sum / k
-        spread = x.sub_(col_mean).square_().sum(0)  # (x is consumed: in place)
-        mean = segments.sum(col_sum, ids) / n
-        between = segments.sum((col_mean - mean[ids.index]).square(), ids)
-        var = (segments.sum(spread, ids) + k * between) / n
-        count, nonfinite = n, torch.zeros_like(n)
+    finite = torch.isfinite(x)
+    z = torch.where(finite, x, 0.0)
+    count = segments.sum(finite.sum(0).float(), ids)
+    col_sum = z.sum(0)
+    mean = segments.sum(col_sum, ids) / count
+    centered = torch.where(finite, x - mean[ids.index], 0.0)
+    var = segments.sum(centered.square().sum(0), ids) / count
+    spread = (z - col_sum / k).square().sum(0)  # per value, across the examples
+    nonfinite = n - count
     example_std = (segments.sum((spread / k).sqrt(), ids) / width) if k >= 2 else nan
     columns = torch.stack([torch.where(count > 0, mean, nan), torch.where(count > 0, var.sqrt(), nan),
                            example_std, zeros, saturated, nonfinite], dim=1)
+    return columns, col_sum.sum()
+
+
+def _unmasked_activation_columns(x, ids, n, width):
+    """`activation_columns` without masking (a CPU; x consumed): [layers, 5]
+    (mean, std, example std, zero fraction, non-finite count: zeros) and the
+    probe. Per value (column) first, then per layer: the variance as the
+    spread within columns plus the spread of the column means (no
+    cancellation), and the columns' spread is example_std's too."""
+    k = x.shape[0]
+    # Non-zero values per column: a byte count where it cannot overflow (a
+    # cast to bool is about 5x faster than a comparison with zero here).
+    count_type = torch.uint8 if k <= 255 else torch.int32
+    nonzero = x.bool().view(torch.uint8).sum(0, dtype=count_type)
+    zeros = 1.0 - torch.segment_reduce(nonzero.float(), "sum", lengths=ids.lengths) / n
+    col_sum = x.sum(0)
+    col_mean = col_sum / k
+    spread = x.sub_(col_mean).square_().sum(0)  # (x is consumed: in place)
+    mean = torch.segment_reduce(col_sum, "sum", lengths=ids.lengths) / n
+    between = torch.segment_reduce((col_mean - mean.index_select(0, ids.index)).square_(), "sum",
+                                   lengths=ids.lengths)
+    var = (torch.segment_reduce(spread, "sum", lengths=ids.lengths) + k * between) / n
+    example_std = (torch.segment_reduce(spread.div_(k).sqrt_(), "sum", lengths=ids.lengths) / width
+                   if k >= 2 else torch.full_like(mean, _NAN))
+    columns = torch.stack([mean, var.sqrt(), example_std, zeros, torch.zeros_like(mean)], dim=1)
     return columns, col_sum.sum()
 
 
