@@ -268,10 +268,9 @@ def gradient_parts(grads, owners, layers, sampler, segments, host_is_device):
     n_t = len(grads)
     scale = segments.const(scales)
     if host_is_device and bool(torch.isfinite(sq).all()) and not bool(bad.any()):
-        # Every entry is finite: per sample, reductions that make no
-        # temporary of its size (small ops, no thread hand-off on a CPU).
-        zeros = torch.stack([s.numel() - torch.count_nonzero(s) for s in samples]).float() * scale
-        peak = torch.stack([torch.stack(torch.aminmax(s)).abs().max() for s in samples]).float()
+        # Every entry is finite: a few reductions over all the samples.
+        zeros, peak = _zeros_and_peaks(samples, segments)
+        zeros = zeros * scale
     else:
         flat = torch.cat([_f32(s) for s in samples])
         t_ids = segments.ids([s.numel() for s in samples])
@@ -283,6 +282,35 @@ def gradient_parts(grads, owners, layers, sampler, segments, host_is_device):
     sums = torch.zeros(layers, 4, device=sq.device).index_add_(0, owner, per_tensor)
     peaks = segments.max(peak.float(), owner, layers, 0.0)
     return torch.cat([sums, peaks[:, None]], dim=1)
+
+
+def _zeros_and_peaks(samples, segments):
+    """(zero entries, max |entry|) of each sample, as float32 [samples]
+    vectors, for finite samples: the full-size samples (every one
+    SAMPLE_ELEMENTS entries) as the rows of one matrix, the smaller ones
+    (whole small tensors) concatenated, each group in a few reductions."""
+    full = [i for i, s in enumerate(samples) if s.numel() == ref.SAMPLE_ELEMENTS]
+    small = [i for i, s in enumerate(samples) if s.numel() != ref.SAMPLE_ELEMENTS]
+    zeros = torch.empty(len(samples), device=segments.device)
+    peak = torch.empty(len(samples), device=segments.device)
+    if full:
+        rows = torch.stack([_f32(samples[i]) for i in full])
+        index = segments.const(full, torch.int64)
+        nonzero = rows.bool().view(torch.uint8).sum(1, dtype=torch.int32)
+        zeros.index_copy_(0, index, (ref.SAMPLE_ELEMENTS - nonzero).float())
+        peak.index_copy_(0, index, rows.abs_().amax(1))
+    if small:
+        lengths = [samples[i].numel() for i in small]
+        flat = torch.cat([_f32(samples[i]).reshape(-1) for i in small])
+        layout = segments.ids(lengths)
+        index = segments.const(small, torch.int64)
+        nonzero = segments.sum(flat.bool().float(), layout)
+        zeros.index_copy_(0, index, segments.const([float(n) for n in lengths]) - nonzero)
+        peak.index_copy_(0, index, torch.segment_reduce(flat.abs(), "max", lengths=layout.lengths,
+                                                        initial=0.0)
+                         if flat.device.type == "cpu" else
+                         segments.max(flat.abs(), layout.index, len(small), 0.0))
+    return zeros, peak
 
 
 def gradient_columns(parts):
