@@ -157,6 +157,21 @@ def test_every_column_matches_the_numpy_reference(tmp_path, host_is_device):
         np.testing.assert_allclose(glob["learning_rate"], 0.05, rtol=1e-6)
 
 
+class AddedInPlace(nn.Module):
+    """A residual block's end: relu(bn(conv(x)) + x), the sum made in place."""
+
+    def __init__(self, channels):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.bn = nn.BatchNorm2d(channels)
+        self.relu = nn.ReLU(inplace=True)
+
+    def forward(self, x):
+        out = self.bn(self.conv(x))
+        out += x
+        return self.relu(out)
+
+
 @PATHS
 def test_outputs_changed_in_place_afterwards_are_measured_as_produced(tmp_path, host_is_device):
     """In-place activations (`ReLU(inplace=True)`, `LeakyReLU(inplace=True)`)
@@ -164,12 +179,14 @@ def test_outputs_changed_in_place_afterwards_are_measured_as_produced(tmp_path, 
     are still those of its own output (its sample is a copy, also where no
     position is dropped), and the activation's own are those of what it
     returned (also where its sample comes from its input's: a convolution's
-    sampled positions, a Linear's whole output)."""
+    sampled positions, a Linear's whole output; not where the input was
+    changed in between: a residual sum added in place)."""
     torch.manual_seed(4)
     model = nn.Sequential(
         nn.Conv2d(3, 16, 3),  # 16 x 14 x 14 per example: positions are sampled
         nn.BatchNorm2d(16),
         nn.ReLU(inplace=True),
+        AddedInPlace(16),
         nn.AdaptiveAvgPool2d(2),
         nn.Flatten(),
         nn.Linear(64, 20),  # [batch, 20]: every value of the first examples kept
@@ -188,7 +205,8 @@ def test_outputs_changed_in_place_afterwards_are_measured_as_produced(tmp_path, 
             truth.run_step(x, torch.randint(0, 10, (16,), generator=g), monitor)
     (run,) = reader.read_logdir(str(tmp_path))
     layers = run.steps[0].layers
-    assert [l.name for l in layers] == ["0", "1", "2", "5", "6", "7", "8", "9"]
+    assert [l.name for l in layers] == ["0", "1", "2", "3.conv", "3.bn", "3.relu", "6", "7", "8",
+                                        "9", "10"]
     for i, stats in enumerate(run.steps):
         want = expected_row(truth, i, layers, dead_window=2, bounds={})
         for j, info in enumerate(layers):
@@ -197,8 +215,8 @@ def test_outputs_changed_in_place_afterwards_are_measured_as_produced(tmp_path, 
                                        err_msg="step %d layer %s" % (stats.step, info.name))
     # The Linear's output has no zeros; the ReLU that overwrote it has many.
     zero_frac = fmt.LAYER_STATS.index("act_zero_frac")
-    assert run.steps[0].layer_values[3][zero_frac] == 0.0
-    assert run.steps[0].layer_values[4][zero_frac] > 0.2
+    assert run.steps[0].layer_values[6][zero_frac] == 0.0
+    assert run.steps[0].layer_values[7][zero_frac] > 0.2
 
 
 def test_histograms_match_the_numpy_reference(tmp_path):
