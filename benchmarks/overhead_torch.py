@@ -1,8 +1,10 @@
 """Overhead of the PyTorch HealthMonitor against a plain loop and hand-written loggers.
 
-Trains each benchmark model four ways in ONE process, interleaving the
-variants round by round (so machine noise hits all of them alike), with
-`--instances` models per variant:
+Trains each benchmark model four ways in ONE process: each of `--instances`
+models is trained by the four variants in turn, a block of steps each,
+round after round (so machine noise hits all of them alike, and all run on
+the same models: identical models in one process differ by several % per
+step for their whole life):
 
   plain         the training loop alone
   health        + training_health.torch.HealthMonitor (statistics every step)
@@ -127,24 +129,51 @@ def make_batches(kind, device, batch, n=8):
     return out
 
 
-class Variant:
-    """One model instance trained with one kind of logging."""
+VARIANTS = ("plain", "health", "summarywriter", "itemlogger")
 
-    def __init__(self, name, kind, device, seed, logdir):
-        self.name = name
+
+class Instance:
+    """One model and optimizer, trained by every variant in turn.
+
+    The variants share the model (its memory, its place in the caches):
+    two identical models in one process can differ by several % per step
+    for their whole life, more than the budget, so a variant on a model of
+    its own would measure the model's luck as much as its logging. Each
+    logger is attached to the model only during its own variant's blocks
+    (the monitor's hooks are installed for a health block and removed
+    after it, outside the timed part)."""
+
+    def __init__(self, kind, device, seed, logdir):
+        from torch.utils.tensorboard import SummaryWriter
+
         self.model, self.optimizer = make(kind, device, seed)
-        self.monitor = self.writer = None
+        self.monitor = tht.HealthMonitor(os.path.join(logdir, "health"), self.model, self.optimizer,
+                                         detectors="default")
+        self._attach_monitor(False)
+        self.writers = {n: SummaryWriter(os.path.join(logdir, n)) for n in ("summarywriter", "itemlogger")}
+        self.named = [(n, p) for n, p in self.model.named_parameters()]
+        self.layers = {}
+        for n, p in self.named:
+            self.layers.setdefault(n.rsplit(".", 1)[0], []).append(p)
+        self.variant = "plain"
         self.step_count = 0
-        if name == "health":
-            self.monitor = tht.HealthMonitor(logdir, self.model, self.optimizer, detectors="default")
-        elif name in ("summarywriter", "itemlogger"):
-            from torch.utils.tensorboard import SummaryWriter
+        self.health_steps = 0
 
-            self.writer = SummaryWriter(logdir)
-            self.named = [(n, p) for n, p in self.model.named_parameters()]
-            self.layers = {}
-            for n, p in self.named:
-                self.layers.setdefault(n.rsplit(".", 1)[0], []).append(p)
+    def _attach_monitor(self, on):
+        # (the monitor's hooks on and off between blocks: a benchmark's need,
+        # through the program that owns them)
+        program = self.monitor._program
+        program.remove()
+        if on:
+            program._install()
+
+    def use(self, variant):
+        """Switches to a variant (between blocks, not timed)."""
+        if variant not in VARIANTS:
+            raise ValueError("unknown variant %r; use one of %s" % (variant, VARIANTS))
+        if (variant == "health") != (self.variant == "health"):
+            self._attach_monitor(variant == "health")
+        self.variant = variant
 
     def train_step(self, x, y):
         self.optimizer.zero_grad(set_to_none=True)
@@ -152,29 +181,30 @@ class Variant:
         loss.backward()
         self.optimizer.step()
         self.step_count += 1
-        if self.monitor is not None:
+        if self.variant == "health":
             self.monitor.step(loss)
-        elif self.name == "summarywriter":
+            self.health_steps += 1
+        elif self.variant == "summarywriter":
             for n, p in self.named:
-                self.writer.add_histogram("grad/" + n, p.grad, self.step_count)
-        elif self.name == "itemlogger":
+                self.writers[self.variant].add_histogram("grad/" + n, p.grad, self.step_count)
+        elif self.variant == "itemlogger":
             for layer, params in self.layers.items():
                 norm = torch.sqrt(sum(p.grad.detach().float().square().sum() for p in params))
-                self.writer.add_scalar("grad_norm/" + layer, norm.item(), self.step_count)
+                self.writers[self.variant].add_scalar("grad_norm/" + layer, norm.item(), self.step_count)
 
     def flush(self):
-        """Waits until everything logged so far is written (the monitor's
-        device rows read, checked and written; the SummaryWriter's queue)."""
-        if self.monitor is not None:
+        """Waits until everything the current variant logged is written (the
+        monitor's device rows read, checked and written; a SummaryWriter's
+        queue)."""
+        if self.variant == "health":
             self.monitor.flush()
-        if self.writer is not None:
-            self.writer.flush()
+        elif self.variant in self.writers:
+            self.writers[self.variant].flush()
 
     def close(self):
-        if self.monitor is not None:
-            self.monitor.close()
-        if self.writer is not None:
-            self.writer.close()
+        self.monitor.close()
+        for w in self.writers.values():
+            w.close()
 
 
 def sync(device):
@@ -183,41 +213,45 @@ def sync(device):
 
 
 def bench_model(kind, args, device, tmp):
-    names = ["plain", "health", "summarywriter", "itemlogger"]
-    variants = {n: [Variant(n, kind, device, seed=i, logdir=os.path.join(tmp, kind, n, str(i)))
-                    for i in range(args.instances)] for n in names}
+    names = list(VARIANTS)
+    instances = [Instance(kind, device, seed=i, logdir=os.path.join(tmp, kind, str(i)))
+                 for i in range(args.instances)]
     batches = make_batches(kind, device, args.batch)
-    for vs in variants.values():  # warm-up: allocator, cudnn autotune, the monitor's first step
-        for v in vs:
+    for inst in instances:  # warm-up: allocator, cudnn autotune, the monitor's first step
+        for n in names:
+            inst.use(n)
             for x, y in batches[:3]:
-                v.train_step(x, y)
+                inst.train_step(x, y)
+            inst.flush()
     sync(device)
     times = {n: [] for n in names}
     per_instance = {n: [[] for _ in range(args.instances)] for n in names}
-    for _ in range(args.rounds):
-        for i in range(args.instances):
-            for n in names:
-                v = variants[n][i]
+    for r in range(args.rounds):
+        # (the order of the variants turns from round to round: none always
+        # follows the same one)
+        order = names[r % len(names):] + names[:r % len(names)]
+        for i, inst in enumerate(instances):
+            for n in order:
+                inst.use(n)
                 sync(device)
                 t0 = time.perf_counter()
                 for s in range(args.steps):
                     x, y = batches[s % len(batches)]
-                    v.train_step(x, y)
-                v.flush()  # its logs written: no background work left for the next variant
+                    inst.train_step(x, y)
+                inst.flush()  # its logs written: no background work left for the next variant
                 sync(device)
                 per_step = (time.perf_counter() - t0) / args.steps * 1000.0
                 times[n].append(per_step)
                 per_instance[n][i].append(per_step)
-    health = variants["health"]
-    for v in health:
-        v.monitor.flush()
-    layers = len(health[0].monitor._program.layers)
-    steps = sum(v.step_count for v in health)
-    size = sum(os.path.getsize(os.path.join(d, f)) for v in health
-               for d, _, files in os.walk(v.monitor.logdir) for f in files)
-    for vs in variants.values():
-        for v in vs:
-            v.close()
+    for inst in instances:
+        inst.use("plain")
+        inst.monitor.flush()
+    layers = len(instances[0].monitor._program.layers)
+    steps = sum(inst.health_steps for inst in instances)
+    size = sum(os.path.getsize(os.path.join(d, f)) for inst in instances
+               for d, _, files in os.walk(inst.monitor.logdir) for f in files)
+    for inst in instances:
+        inst.close()
     medians = {n: statistics.median(t) for n, t in times.items()}
     print("%s on %s, batch %d, %d rounds x %d instances x %d steps per variant" % (
         kind, device, args.batch, args.rounds, args.instances, args.steps))
