@@ -4,7 +4,9 @@ Trains each benchmark model four ways in ONE process: each of `--instances`
 models is trained by the four variants in turn, a block of steps each,
 round after round (so machine noise hits all of them alike, and all run on
 the same models: identical models in one process differ by several % per
-step for their whole life):
+step for their whole life). A variant's ratio is the median over its
+blocks of the block's time over the plain block of the same model and
+round:
 
   plain         the training loop alone
   health        + training_health.torch.HealthMonitor (statistics every step)
@@ -253,15 +255,16 @@ def bench_model(kind, args, device, tmp):
     for inst in instances:
         inst.close()
     medians = {n: statistics.median(t) for n, t in times.items()}
+    # Each block against the plain block of the same instance and round (the
+    # closest in time on the same model), the median of those ratios.
+    ratios = {n: statistics.median(t / p for t, p in zip(times[n], times["plain"])) for n in names}
     print("%s on %s, batch %d, %d rounds x %d instances x %d steps per variant" % (
         kind, device, args.batch, args.rounds, args.instances, args.steps))
     for n in names:
         inst = " ".join("%.1f" % statistics.median(t) for t in per_instance[n])
-        print("  %-14s %8.2f ms/step  (x%.3f)  per instance: %s" % (
-            n, medians[n], medians[n] / medians["plain"], inst))
+        print("  %-14s %8.2f ms/step  (x%.3f)  per instance: %s" % (n, medians[n], ratios[n], inst))
     print("  monitored layers: %d, bytes per layer per step: %.0f" % (layers, size / (layers * steps)))
-    return (medians["health"] / medians["plain"], medians["summarywriter"] / medians["plain"],
-            size / (layers * steps))
+    return ratios["health"], ratios["summarywriter"], size / (layers * steps)
 
 
 def main(argv=None):
