@@ -286,7 +286,7 @@ def gradient_parts(grads, owners, layers, sampler, segments, host_is_device):
 
 def _zeros_and_peaks(samples, segments):
     """(zero entries, max |entry|) of each sample, as float32 [samples]
-    vectors, for finite samples: the full-size samples (every one
+    vectors, for finite samples (a CPU's fast path): the full-size samples (every one
     SAMPLE_ELEMENTS entries) as the rows of one matrix, the smaller ones
     (whole small tensors) concatenated, each group in a few reductions."""
     full = [i for i, s in enumerate(samples) if s.numel() == ref.SAMPLE_ELEMENTS]
@@ -307,9 +307,7 @@ def _zeros_and_peaks(samples, segments):
         nonzero = segments.sum(flat.bool().float(), layout)
         zeros.index_copy_(0, index, segments.const([float(n) for n in lengths]) - nonzero)
         peak.index_copy_(0, index, torch.segment_reduce(flat.abs(), "max", lengths=layout.lengths,
-                                                        initial=0.0)
-                         if flat.device.type == "cpu" else
-                         segments.max(flat.abs(), layout.index, len(small), 0.0))
+                                                        initial=0.0))
     return zeros, peak
 
 
