@@ -246,7 +246,6 @@ def bench_model(kind, args, device, tmp):
                 times[n].append(per_step)
                 per_instance[n][i].append(per_step)
     for inst in instances:
-        inst.use("plain")
         inst.monitor.flush()
     layers = len(instances[0].monitor._program.layers)
     steps = sum(inst.health_steps for inst in instances)
@@ -261,8 +260,8 @@ def bench_model(kind, args, device, tmp):
     print("%s on %s, batch %d, %d rounds x %d instances x %d steps per variant" % (
         kind, device, args.batch, args.rounds, args.instances, args.steps))
     for n in names:
-        inst = " ".join("%.1f" % statistics.median(t) for t in per_instance[n])
-        print("  %-14s %8.2f ms/step  (x%.3f)  per instance: %s" % (n, medians[n], ratios[n], inst))
+        each = " ".join("%.1f" % statistics.median(t) for t in per_instance[n])
+        print("  %-14s %8.2f ms/step  (x%.3f)  per instance: %s" % (n, medians[n], ratios[n], each))
     print("  monitored layers: %d, bytes per layer per step: %.0f" % (layers, size / (layers * steps)))
     return ratios["health"], ratios["summarywriter"], size / (layers * steps)
 

@@ -405,8 +405,10 @@ def activation_columns(x, widths, bounds, segments, masked=True):
         saturated = nan.index_copy(0, segments.const(bounded, torch.int64),
                                    counts / segments.const([float(k * widths[i]) for i in bounded]))
     if not masked:
-        columns, probe = _unmasked_activation_columns(x, ids, n, width)
-        return torch.cat([columns[:, :4], saturated[:, None], columns[:, 4:]], dim=1), probe
+        (mean, std, example_std, zeros), probe = _unmasked_activation_columns(x, ids, n, width,
+                                                                              segments)
+        return torch.stack([mean, std, example_std, zeros, saturated, torch.zeros_like(mean)],
+                           dim=1), probe
     # Zeros per value (column): a byte count where it cannot overflow (the
     # fastest reduction of a mask on a CPU).
     count_type = torch.uint8 if k <= 255 else torch.int32
@@ -426,29 +428,27 @@ def activation_columns(x, widths, bounds, segments, masked=True):
     return columns, col_sum.sum()
 
 
-def _unmasked_activation_columns(x, ids, n, width):
-    """`activation_columns` without masking (a CPU; x consumed): [layers, 5]
-    (mean, std, example std, zero fraction, non-finite count: zeros) and the
-    probe. Per value (column) first, then per layer: the variance as the
-    spread within columns plus the spread of the column means (no
-    cancellation), and the columns' spread is example_std's too."""
+def _unmasked_activation_columns(x, ids, n, width, segments):
+    """`activation_columns` without masking (a CPU; x consumed): ((mean,
+    std, example std, zero fraction) of each layer, probe). Per value
+    (column) first, then per layer: the variance as the spread within
+    columns plus the spread of the column means (no cancellation), and the
+    columns' spread is example_std's too."""
     k = x.shape[0]
     # Non-zero values per column: a byte count where it cannot overflow (a
     # cast to bool is about 5x faster than a comparison with zero here).
     count_type = torch.uint8 if k <= 255 else torch.int32
     nonzero = x.bool().view(torch.uint8).sum(0, dtype=count_type)
-    zeros = 1.0 - torch.segment_reduce(nonzero.float(), "sum", lengths=ids.lengths) / n
+    zeros = 1.0 - segments.sum(nonzero.float(), ids) / n
     col_sum = x.sum(0)
     col_mean = col_sum / k
     spread = x.sub_(col_mean).square_().sum(0)  # (x is consumed: in place)
-    mean = torch.segment_reduce(col_sum, "sum", lengths=ids.lengths) / n
-    between = torch.segment_reduce((col_mean - mean.index_select(0, ids.index)).square_(), "sum",
-                                   lengths=ids.lengths)
-    var = (torch.segment_reduce(spread, "sum", lengths=ids.lengths) + k * between) / n
-    example_std = (torch.segment_reduce(spread.div_(k).sqrt_(), "sum", lengths=ids.lengths) / width
-                   if k >= 2 else torch.full_like(mean, _NAN))
-    columns = torch.stack([mean, var.sqrt(), example_std, zeros, torch.zeros_like(mean)], dim=1)
-    return columns, col_sum.sum()
+    mean = segments.sum(col_sum, ids) / n
+    between = segments.sum((col_mean - mean.index_select(0, ids.index)).square_(), ids)
+    var = (segments.sum(spread, ids) + k * between) / n
+    example_std = (segments.sum(spread.div_(k).sqrt_(), ids) / width if k >= 2
+                   else torch.full_like(mean, _NAN))
+    return (mean, var.sqrt(), example_std, zeros), col_sum.sum()
 
 
 def sample_units_active(x, widths, units, units_first, segments, branch_free=False):

@@ -312,16 +312,14 @@ class TorchProgram(host.RowSource):
                                       first_example=self._branch_free())
             layer.active.append(self.gather.any(active) if self.gather is not None else active)
         layout = (tuple(a.shape), first)
-        sample = None
-        if not torch.compiler.is_compiling():
+        compiling = torch.compiler.is_compiling()
+        sample = None if compiling else self._sample_of_input(layer, args, t, layout)
+        if sample is None:
+            sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
+        if not compiling:
             self._output_ids[id(t)] = index
-            sample = self._sample_of_input(layer, args, t, layout)
-            if sample is None:
-                sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
             # (an inference tensor keeps no version)
             self._last_sample = None if t.is_inference() else (t, t._version, layout, sample)
-        else:
-            sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
         layer.samples.append(self.gather.examples(sample) if self.gather is not None else sample)
         layer.seen.append((int(a.shape[unit_axis]), first and a.dim() >= 3))
 
