@@ -157,6 +157,63 @@ def test_every_column_matches_the_numpy_reference(tmp_path, host_is_device):
         np.testing.assert_allclose(glob["learning_rate"], 0.05, rtol=1e-6)
 
 
+def train_and_compare(tmp_path, host_is_device, model, batches, between_steps=None):
+    """Trains `model` (SGD with momentum) on `batches` [(x, y)] through the
+    monitor, checks every logged layer column against the reference, and
+    returns the run read back. between_steps(i) runs before step i."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    truth = Truth(model, optimizer)
+    with monitor_on(host_is_device, str(tmp_path), model, optimizer, dead_window=2,
+                    flush_every=2, histogram_every=0, detectors=None) as monitor:
+        for i, (x, y) in enumerate(batches):
+            if between_steps is not None:
+                between_steps(i)
+            truth.run_step(x, y, monitor)
+    (run,) = reader.read_logdir(str(tmp_path))
+    layers = run.steps[0].layers
+    for i, stats in enumerate(run.steps):
+        want = expected_row(truth, i, layers, dead_window=2, bounds={})
+        for j, info in enumerate(layers):
+            np.testing.assert_allclose(stats.layer_values[j], np.float32(want[info.name]),
+                                       rtol=2e-5, atol=1e-6, equal_nan=True,
+                                       err_msg="step %d layer %s" % (stats.step, info.name))
+    return run
+
+
+class MeanOverTime(nn.Module):
+    def forward(self, x):
+        return x.mean(dim=1)
+
+
+@PATHS
+def test_sequence_outputs_and_replaced_weights_match_the_reference(tmp_path, host_is_device):
+    """Sequence outputs [batch, time, features] (units last) too large to
+    keep whole have their positions sampled as the reference does; a
+    weight whose storage the loop replaces between steps (`p.data = ...`)
+    is sampled from its new storage, not from the old one."""
+    torch.manual_seed(6)
+    model = nn.Sequential(
+        nn.Linear(256, 80),  # 20480 weights (sampled); 8 x 40 x 80 output values (sampled)
+        nn.ReLU(),
+        MeanOverTime(),
+        nn.Linear(80, 10),
+    )
+    g = torch.Generator().manual_seed(7)
+    batches = [(torch.randn(12, 40, 256, generator=g), torch.randint(0, 10, (12,), generator=g))
+               for _ in range(3)]
+
+    def replace_weights(i):
+        if i == 2:
+            with torch.no_grad():
+                model[0].weight.data = model[0].weight.detach() * 3.0 + 0.5
+
+    run = train_and_compare(tmp_path, host_is_device, model, batches, replace_weights)
+    assert [l.name for l in run.steps[0].layers] == ["0", "1", "3"]
+    # (the replaced weights: about 3x the norm of the step before)
+    norm = fmt.LAYER_STATS.index("weight_norm")
+    assert run.steps[2].layer_values[0][norm] > 2.5 * run.steps[1].layer_values[0][norm]
+
+
 class AddedInPlace(nn.Module):
     """A residual block's end: relu(bn(conv(x)) + x), the sum made in place."""
 
@@ -195,24 +252,12 @@ def test_outputs_changed_in_place_afterwards_are_measured_as_produced(tmp_path, 
         nn.LeakyReLU(0.1, inplace=True),
         nn.Linear(12, 10),
     )
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    truth = Truth(model, optimizer)
     g = torch.Generator().manual_seed(5)
-    with monitor_on(host_is_device, str(tmp_path), model, optimizer, dead_window=2,
-                    flush_every=2, histogram_every=0, detectors=None) as monitor:
-        for _ in range(3):
-            x = torch.randn(16, 3, 16, 16, generator=g)
-            truth.run_step(x, torch.randint(0, 10, (16,), generator=g), monitor)
-    (run,) = reader.read_logdir(str(tmp_path))
-    layers = run.steps[0].layers
-    assert [l.name for l in layers] == ["0", "1", "2", "3.conv", "3.bn", "3.relu", "6", "7", "8",
-                                        "9", "10"]
-    for i, stats in enumerate(run.steps):
-        want = expected_row(truth, i, layers, dead_window=2, bounds={})
-        for j, info in enumerate(layers):
-            np.testing.assert_allclose(stats.layer_values[j], np.float32(want[info.name]),
-                                       rtol=2e-5, atol=1e-6, equal_nan=True,
-                                       err_msg="step %d layer %s" % (stats.step, info.name))
+    batches = [(torch.randn(16, 3, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g))
+               for _ in range(3)]
+    run = train_and_compare(tmp_path, host_is_device, model, batches)
+    assert [l.name for l in run.steps[0].layers] == ["0", "1", "2", "3.conv", "3.bn", "3.relu",
+                                                     "6", "7", "8", "9", "10"]
     # The Linear's output has no zeros; the ReLU that overwrote it has many.
     zero_frac = fmt.LAYER_STATS.index("act_zero_frac")
     assert run.steps[0].layer_values[6][zero_frac] == 0.0

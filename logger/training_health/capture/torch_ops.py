@@ -75,6 +75,19 @@ def position_indices(k, units, positions, examples, units_first, device):
     return _POSITIONS[key]
 
 
+@_constant_when_compiling
+def kept_positions(positions, units, examples, device):
+    """The positions `statistics.sample_position_indices` keeps, as an
+    int64 tensor on `device` (a string), or None where every position is
+    kept."""
+    key = ("kept", positions, units, examples, device)
+    if key not in _POSITIONS:
+        kept = ref.sample_position_indices(positions, units, examples)
+        _POSITIONS[key] = (None if kept is None
+                           else torch.as_tensor(kept, dtype=torch.int64).to(device))
+    return _POSITIONS[key]
+
+
 class Sampler:
     """Fixed sample indices per tensor size (`statistics.sampling`), kept on one device."""
 
@@ -95,7 +108,10 @@ class Sampler:
         """(flat sample of t, scale), as `statistics.sample`: a view of a
         small tensor, a gathered copy of a large one (whole blocks of
         SAMPLE_BLOCK entries at a time)."""
-        flat = t.detach().reshape(-1)
+        return self.sample_flat(t.detach().reshape(-1))
+
+    def sample_flat(self, flat):
+        """`sample` of a flat (1-D) tensor."""
         n = flat.numel()
         blocks = self.blocks(n)
         if blocks is None:
@@ -114,18 +130,23 @@ class Sampler:
 
         Always a copy, never a view of `a`: the statistics are computed at
         the end of the step, and the model may change its outputs in place
-        before (a `ReLU(inplace=True)` after a `Linear`)."""
-        a = a.detach()
-        if examples is not None:
+        before (a `ReLU(inplace=True)` after a `Linear`). `a` is detached
+        from the autograd graph (the forward hook's `t.detach()`)."""
+        if examples is not None and a.shape[0] > examples:
             a = a[:examples]
         units = a.shape[unit_axis]
         k = a.shape[0]
         if a.dim() >= 3 and examples is not None:
             positions = a.numel() // max(1, k * units)
-            idx = position_indices(k, units, positions, examples, unit_axis != a.dim() - 1,
-                                   str(self.device))
-            if idx is not None:
-                return a.reshape(-1).take(idx).reshape(k, -1)
+            units_first = unit_axis != a.dim() - 1
+            if units_first:
+                idx = position_indices(k, units, positions, examples, True, str(self.device))
+                if idx is not None:
+                    return a.reshape(-1).take(idx).reshape(k, -1)
+            else:  # each kept position's units are contiguous: whole rows at a time
+                kept = kept_positions(positions, units, examples, str(self.device))
+                if kept is not None:
+                    return a.reshape(k, positions, units).index_select(1, kept).reshape(k, -1)
         return a.reshape(k, -1).clone()
 
 
@@ -209,7 +230,8 @@ def finite_norms(grads, host_is_device):
     if host_is_device:
         # (a dot product of each tensor with itself: one read of it, about
         # twice as fast as a norm on a CPU)
-        sq = torch.stack([_self_dot(g) for g in grads]).float()
+        sq = torch.stack([_self_dot(g if g.dim() == 1 else g.detach().reshape(-1))
+                          for g in grads]).float()
         bad = torch.zeros_like(sq)
         for i, ok in enumerate(torch.isfinite(sq).tolist()):
             if not ok:
@@ -221,10 +243,9 @@ def finite_norms(grads, host_is_device):
     return _masked_sums(grads)
 
 
-def _self_dot(g):
-    """The sum of squares of a tensor's entries, as one dot product (float32
-    and float64 tensors; others through a float32 copy)."""
-    flat = g.detach().reshape(-1)
+def _self_dot(flat):
+    """The sum of squares of a flat tensor's entries, as one dot product
+    (float32 and float64 tensors; others through a float32 copy)."""
     if flat.dtype not in (torch.float32, torch.float64):
         flat = flat.float()
     return torch.dot(flat, flat)
@@ -263,8 +284,9 @@ def gradient_parts(grads, owners, layers, sampler, segments, host_is_device):
     grads: the gradient tensors; owners: each one's layer index (0 ..
     layers - 1). Norms and non-finite counts cover every entry
     (`finite_norms`); zeros and max |g| each tensor's sample."""
+    grads = [g.detach().reshape(-1) for g in grads]  # (once, for the norms and the samples)
     sq, bad = finite_norms(grads, host_is_device)
-    samples, scales = zip(*(sampler.sample(g) for g in grads))
+    samples, scales = zip(*(sampler.sample_flat(g) for g in grads))
     n_t = len(grads)
     scale = segments.const(scales)
     if host_is_device and bool(torch.isfinite(sq).all()) and not bool(bad.any()):
@@ -323,16 +345,52 @@ def gradient_columns(parts):
 
 
 # -- weights ----------------------------------------------------------------------------
-def weight_samples(params, sampler):
-    """One flat copy of every parameter's sample (and their scales)."""
-    samples, scales = zip(*(sampler.sample(p) for p in params))
-    return torch.cat([_f32(s) for s in samples]), scales, [s.numel() for s in samples]
+class WeightSamples:
+    """One flat float32 copy of the samples (`statistics.sample`) of a fixed
+    list of parameters, at each call: `take()` -> (values, scales, lengths).
+
+    The flat views of the parameters and the sampled blocks are made once
+    (a step then costs one gather per large parameter and one
+    concatenation); they are made again when a parameter's storage changes
+    (`p.data = ...`, as when a model is moved or loaded that way)."""
+
+    def __init__(self, params, sampler):
+        self.params = list(params)
+        self.sampler = sampler
+        self._storages = None
+        self._views = None  # [(flat view, or rows view, and blocks or None)]
+        self.scales = self.lengths = None
+
+    def _make_views(self):
+        views, scales, lengths = [], [], []
+        for p in self.params:
+            flat = p.detach().reshape(-1)
+            n = flat.numel()
+            blocks = self.sampler.blocks(n)
+            if blocks is None:
+                views.append((flat, None))
+                scales.append(1.0)
+                lengths.append(n)
+            else:
+                rows = flat[: (n // ref.SAMPLE_BLOCK) * ref.SAMPLE_BLOCK].view(-1, ref.SAMPLE_BLOCK)
+                views.append((rows, blocks))
+                scales.append(n / float(ref.SAMPLE_ELEMENTS))
+                lengths.append(ref.SAMPLE_ELEMENTS)
+        self._views, self.scales, self.lengths = views, tuple(scales), lengths
+
+    def take(self):
+        storages = [(p.data_ptr(), p.dtype, p.shape) for p in self.params]
+        if storages != self._storages:
+            self._make_views()
+            self._storages = storages
+        parts = [v if b is None else v.index_select(0, b).view(-1) for v, b in self._views]
+        return _f32(torch.cat(parts)), self.scales, self.lengths
 
 
 def weight_columns(before, after, scales, lengths, owners, layers, segments, masked=True):
     """[layers, 2]: weight_norm (W_before) and update_ratio of every layer
     (`statistics.weight_stats`) from the flat samples before and after the
-    update (`weight_samples`). masked=False: as in `activation_columns`
+    update (`WeightSamples.take`). masked=False: as in `activation_columns`
     (right only when every sampled value is finite). Returns (columns,
     probe)."""
     device = before.device
@@ -486,8 +544,7 @@ def units_active(a, unit_axis, nonnegative=False, first_example=False):
     under torch.compile): the first example alone first; where every unit
     fired in it (the common case in a healthy network) that is the answer,
     else the whole batch is reduced (the same result, a fraction of the
-    reads in the common case)."""
-    a = a.detach()
+    reads in the common case). `a` is detached from the autograd graph."""
     if a.dim() < 2:
         a = a.reshape(-1, 1)
         unit_axis = 1

@@ -228,6 +228,7 @@ class TorchProgram(host.RowSource):
         self._params = [p for layer in self.layers for p in layer.params]
         self._param_owner = [i for i, layer in enumerate(self.layers) for _ in layer.params]
         self._owner = {id(p): i for p, i in zip(self._params, self._param_owner)}
+        self._weight_samples = ops.WeightSamples(self._params, self.sampler)
         self._last_active = None  # int64 [all units], the step each unit last fired
         self._inputs = []
         self._grads = None  # (gradient parts [L + 1, 5], per-layer gradients for histograms)
@@ -383,14 +384,14 @@ class TorchProgram(host.RowSource):
                                     self.host_is_device) if grads else None)
         self._grads = (parts, per_layer)
         if self._params:
-            self._before = ops.weight_samples(self._params, self.sampler)
+            self._before = self._weight_samples.take()
 
     def _after_update(self, optimizer, args, kwargs):
         self.optimizer_steps += 1
         if self._before is None:
             return
         before, scales, lengths = self._before
-        after, _, _ = ops.weight_samples(self._params, self.sampler)
+        after, _, _ = self._weight_samples.take()
         self._weights = self._masked_if_needed(
             ops.weight_columns, before, after, scales, lengths, self._param_owner,
             len(self.layers), self.segments)
