@@ -116,8 +116,7 @@ class Sampler:
         blocks = self.blocks(n)
         if blocks is None:
             return flat, 1.0
-        rows = flat[: (n // ref.SAMPLE_BLOCK) * ref.SAMPLE_BLOCK].view(-1, ref.SAMPLE_BLOCK)
-        return rows.index_select(0, blocks).reshape(-1), n / float(ref.SAMPLE_ELEMENTS)
+        return _rows(flat).index_select(0, blocks).view(-1), n / float(ref.SAMPLE_ELEMENTS)
 
     def activation_sample(self, a, examples, unit_axis):
         """The values of `statistics.activation_sample` of `a` (batch first;
@@ -132,22 +131,20 @@ class Sampler:
         the end of the step, and the model may change its outputs in place
         before (a `ReLU(inplace=True)` after a `Linear`). `a` is detached
         from the autograd graph (the forward hook's `t.detach()`)."""
-        if examples is not None and a.shape[0] > examples:
-            a = a[:examples]
-        units = a.shape[unit_axis]
-        k = a.shape[0]
+        batch = a.shape[0]
+        k = batch if examples is None else min(batch, examples)
         if a.dim() >= 3 and examples is not None:
-            positions = a.numel() // max(1, k * units)
-            units_first = unit_axis != a.dim() - 1
-            if units_first:
+            units = a.shape[unit_axis]
+            positions = a.numel() // max(1, batch * units)
+            if unit_axis != a.dim() - 1:
                 idx = position_indices(k, units, positions, examples, True, str(self.device))
-                if idx is not None:
-                    return a.reshape(-1).take(idx).reshape(k, -1)
+                if idx is not None:  # (flat indices into the first k examples: the same in a)
+                    return a.take(idx).view(k, -1)
             else:  # each kept position's units are contiguous: whole rows at a time
                 kept = kept_positions(positions, units, examples, str(self.device))
                 if kept is not None:
-                    return a.reshape(k, positions, units).index_select(1, kept).reshape(k, -1)
-        return a.reshape(k, -1).clone()
+                    return a[:k].reshape(k, positions, units).index_select(1, kept).view(k, -1)
+        return (a[:k] if k < batch else a).reshape(k, -1).clone()
 
 
 class Layout:
@@ -212,6 +209,14 @@ class Segments:
     def max(self, values, ids, count, empty=float("-inf")):
         out = torch.full((count,), empty, dtype=values.dtype, device=values.device)
         return out.scatter_reduce_(0, ids, values, "amax")
+
+
+def _rows(flat):
+    """A flat tensor's whole blocks of SAMPLE_BLOCK entries, as rows (a view)."""
+    n = flat.numel()
+    if n % ref.SAMPLE_BLOCK:
+        flat = flat[: (n // ref.SAMPLE_BLOCK) * ref.SAMPLE_BLOCK]
+    return flat.view(-1, ref.SAMPLE_BLOCK)
 
 
 def _f32(t):
@@ -284,7 +289,8 @@ def gradient_parts(grads, owners, layers, sampler, segments, host_is_device):
     grads: the gradient tensors; owners: each one's layer index (0 ..
     layers - 1). Norms and non-finite counts cover every entry
     (`finite_norms`); zeros and max |g| each tensor's sample."""
-    grads = [g.detach().reshape(-1) for g in grads]  # (once, for the norms and the samples)
+    with torch.no_grad():  # (flat once, for the norms and the samples)
+        grads = [g.reshape(-1) for g in grads]
     sq, bad = finite_norms(grads, host_is_device)
     samples, scales = zip(*(sampler.sample_flat(g) for g in grads))
     n_t = len(grads)
@@ -372,8 +378,7 @@ class WeightSamples:
                 scales.append(1.0)
                 lengths.append(n)
             else:
-                rows = flat[: (n // ref.SAMPLE_BLOCK) * ref.SAMPLE_BLOCK].view(-1, ref.SAMPLE_BLOCK)
-                views.append((rows, blocks))
+                views.append((_rows(flat), blocks))
                 scales.append(n / float(ref.SAMPLE_ELEMENTS))
                 lengths.append(ref.SAMPLE_ELEMENTS)
         self._views, self.scales, self.lengths = views, tuple(scales), lengths
