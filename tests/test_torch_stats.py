@@ -422,29 +422,45 @@ def test_accelerator_gradient_sums_in_groups(monkeypatch, fused_entries):
         assert float(bad[i]) == want["grad_nonfinite"]
 
 
-@pytest.mark.parametrize("branch_free", [True, False], ids=["cpu_path", "accelerator_path"])
-def test_unit_activity_shortcuts_match_the_reference(branch_free):
+@pytest.mark.parametrize("with_probe", [True, False], ids=["cpu_path", "accelerator_path"])
+def test_unit_activity_shortcuts_match_the_reference(with_probe):
     """The CPU shortcuts of unit activity give the reference's answer: a
-    whole ReLU output judged from its first example when every unit fired
-    there (else the whole batch), and samples through each value's largest
-    example unless a NaN hides a positive one."""
+    whole ReLU output judged from a probe of its values (its activation
+    sample) when every unit fired there (else the whole batch), and
+    samples through each value's largest example unless a NaN hides a
+    positive one."""
     from training_health.capture import torch_ops
     from training_health.capture.torch_ops import Segments
 
     g = torch.Generator().manual_seed(3)
     # A ReLU output [batch 6, 5 channels, 4 x 4]: channel 2 fires only in
-    # example 4, channel 3 never (the first example alone would miss one
-    # and rightly not see the other).
+    # example 4, channel 3 never (a probe of the first examples would miss
+    # one and rightly not see the other).
     a = torch.relu(torch.randn(6, 5, 4, 4, generator=g))
     a[:, 2] = 0.0
     a[4, 2, 1, 1] = 0.5
     a[:, 3] = 0.0
     for out in (a, a[[4, 0, 1, 2, 3, 5]]):  # (the second: every unit fires in its first example but 3)
         want = ref.units_active(units_last("", out))
-        got = torch_ops.units_active(out, 1, nonnegative=True, first_example=branch_free)
+        probe = out[:2].reshape(2, 5, -1)[:, :, ::3] if with_probe else None
+        got = torch_ops.units_active(out, 1, nonnegative=True, probe=probe)
         assert got.tolist() == want.tolist()
+        # (the same for an output with negative values: a leaky ReLU's)
+        leaky = torch.where(out > 0, out, -0.01)
+        probe = leaky[:2].reshape(2, 5, -1) if with_probe else None
+        assert torch_ops.units_active(leaky, 1, False, probe).tolist() == want.tolist()
     alive = torch.relu(torch.randn(6, 5, 4, 4, generator=g)) + 0.1
-    assert torch_ops.units_active(alive, 1, True, first_example=branch_free).all()
+    probe = alive[:1].reshape(1, 5, -1)[:, :, :2] if with_probe else None
+    assert torch_ops.units_active(alive, 1, True, probe).tolist() == [True] * 5
+    # Units last ([batch, positions, units]): the probe is [examples, units, values].
+    seq = torch.relu(torch.randn(6, 7, 5, generator=g))
+    seq[:, :, 1] = 0.0
+    seq[5, 6, 1] = 2.0  # unit 1 fires in the last example only
+    probe = seq[:3].transpose(1, 2) if with_probe else None
+    assert ref.units_active(seq.numpy()).tolist() == [True] * 5
+    assert torch_ops.units_active(seq, 2, True, probe).tolist() == [True] * 5
+    seq[5, 6, 1] = float("nan")  # (a NaN is not a unit firing)
+    assert torch_ops.units_active(seq, 2, True, probe).tolist() == [True, False, True, True, True]
 
     # Samples of two layers: [examples, values], units last (3 units) and
     # units first (2 units x 4 positions); a NaN beside a positive value,
@@ -456,7 +472,7 @@ def test_unit_activity_shortcuts_match_the_reference(branch_free):
     s2[1, 6] = 0.25  # unit 1
     x = torch_ops.concatenate([s1, s2])
     got = torch_ops.sample_units_active(x, [6, 8], [3, 2], [False, True], Segments(x.device),
-                                        branch_free=branch_free)
+                                        branch_free=with_probe)
     want = np.concatenate([ref.units_active(s1.double().numpy().reshape(4, 2, 3)),
                            ref.units_active(np.moveaxis(s2.double().numpy().reshape(4, 2, 4), 1, -1))])
     assert got.tolist() == want.tolist() == [True, True, False, False, True]

@@ -536,27 +536,42 @@ def sample_units_active(x, widths, units, units_first, segments, branch_free=Fal
     return out.scatter_reduce_(0, ids, positive, "amax").bool()
 
 
-def units_active(a, unit_axis, nonnegative=False, first_example=False):
+_ALL_UNITS = {}
+
+
+def _all_units(units, device):
+    """A bool [units] of True (shared: never written)."""
+    key = (units, device)
+    if key not in _ALL_UNITS:
+        _ALL_UNITS[key] = torch.ones(units, dtype=torch.bool, device=device)
+    return _ALL_UNITS[key]
+
+
+def units_active(a, unit_axis, nonnegative=False, probe=None):
     """Bool [units]: the units of a whole output (batch first, units at
     `unit_axis`) that are > 0 somewhere (`statistics.units_active`),
-    reduced in the output's own layout (no copy of it).
+    reduced in the output's own layout (no copy of it). `a` is detached
+    from the autograd graph.
 
     nonnegative=True: the output has no negative values (ReLU, ReLU6); a
     unit is then active where the sum of its values, NaN left out, is > 0
     (one reduction, no temporary of the output's size).
 
-    first_example=True (where reading a value waits for nothing: a CPU, not
-    under torch.compile): the first example alone first; where every unit
-    fired in it (the common case in a healthy network) that is the answer,
-    else the whole batch is reduced (the same result, a fraction of the
-    reads in the common case). `a` is detached from the autograd graph."""
+    probe (where reading a value waits for nothing: a CPU, not under
+    torch.compile): some of the output's values as [examples, units,
+    values] (its activation sample, just taken: no cold read of the
+    output). Where every unit fired in it (the common case in a healthy
+    network) that is the answer, the probe being part of the output; else
+    the whole output is reduced (the same result, a fraction of the reads
+    in the common case)."""
     if a.dim() < 2:
         a = a.reshape(-1, 1)
         unit_axis = 1
-    if first_example and a.shape[0] > 1:
-        first = units_active(a[:1], unit_axis, nonnegative)
-        if bool(first.all()):
-            return first
+    if probe is not None:
+        # (a sum of values >= 0, NaN left out, is not 0 exactly where one is > 0)
+        fired = torch.nansum(probe, (0, 2)) if nonnegative else probe.gt(0).any(2).any(0)
+        if bool(fired.all()):
+            return _all_units(a.shape[unit_axis], a.device)
     if unit_axis == a.dim() - 1:
         per_unit, dims = a.reshape(-1, a.shape[-1]), (0,)
     else:  # [batch, units, positions]

@@ -308,15 +308,19 @@ class TorchProgram(host.RowSource):
         first = self._unit_axis_first(layer, a)
         self._last_output = (first, tuple(a.shape))
         unit_axis = 1 if first else a.dim() - 1
-        if layer.whole_batch_units:
-            active = ops.units_active(a, unit_axis, layer.activation in ("relu", "relu6"),
-                                      first_example=self._branch_free())
-            layer.active.append(self.gather.any(active) if self.gather is not None else active)
         layout = (tuple(a.shape), first)
         compiling = torch.compiler.is_compiling()
         sample = None if compiling else self._sample_of_input(layer, args, t, layout)
         if sample is None:
             sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
+        if layer.whole_batch_units:
+            probe = None
+            if self.host_is_device and not compiling:  # (`_branch_free`)
+                units = a.shape[unit_axis]
+                probe = (sample.view(sample.shape[0], units, -1) if first or a.dim() < 3
+                         else sample.view(sample.shape[0], -1, units).transpose(1, 2))
+            active = ops.units_active(a, unit_axis, layer.activation in ("relu", "relu6"), probe)
+            layer.active.append(self.gather.any(active) if self.gather is not None else active)
         if not compiling:
             self._output_ids[id(t)] = index
             # (an inference tensor keeps no version)
