@@ -214,6 +214,28 @@ def test_sequence_outputs_and_replaced_weights_match_the_reference(tmp_path, hos
     assert run.steps[2].layer_values[0][norm] > 2.5 * run.steps[1].layer_values[0][norm]
 
 
+@PATHS
+def test_channels_last_weights_match_the_reference(tmp_path, host_is_device):
+    """A model in channels_last memory format (non-contiguous weights,
+    sampled afresh each step, not through a stale flat copy)."""
+    torch.manual_seed(8)
+    model = nn.Sequential(
+        nn.Conv2d(8, 64, 3),  # 4608 weights
+        nn.ReLU(),
+        nn.Conv2d(64, 32, 3),  # 18432 weights: sampled
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(32, 10),
+    ).to(memory_format=torch.channels_last)
+    assert not model[2].weight.is_contiguous()
+    g = torch.Generator().manual_seed(9)
+    batches = [(torch.randn(10, 8, 9, 9, generator=g).to(memory_format=torch.channels_last),
+                torch.randint(0, 10, (10,), generator=g)) for _ in range(3)]
+    run = train_and_compare(tmp_path, host_is_device, model, batches)
+    ratio = fmt.LAYER_STATS.index("update_ratio")
+    assert all(s.layer_values[2][ratio] > 0 for s in run.steps)
+
+
 class AddedInPlace(nn.Module):
     """A residual block's end: relu(bn(conv(x)) + x), the sum made in place."""
 

@@ -358,19 +358,27 @@ class WeightSamples:
     The flat views of the parameters and the sampled blocks are made once
     (a step then costs one gather per large parameter and one
     concatenation); they are made again when a parameter's storage changes
-    (`p.data = ...`, as when a model is moved or loaded that way)."""
+    (`p.data = ...`, as when a model is moved or loaded that way). A
+    parameter that is not contiguous (channels_last weights) has no flat
+    view: it is sampled afresh at every call."""
 
     def __init__(self, params, sampler):
         self.params = list(params)
         self.sampler = sampler
         self._storages = None
-        self._views = None  # [(flat view, or rows view, and blocks or None)]
+        self._views = None  # [(flat view, None) | (rows view, blocks) | (parameter, False)]
         self.scales = self.lengths = None
 
     def _make_views(self):
         views, scales, lengths = [], [], []
         for p in self.params:
-            flat = p.detach().reshape(-1)
+            if not p.is_contiguous():
+                views.append((p, False))
+                n = p.numel()
+                scales.append(1.0 if n <= ref.SAMPLE_ELEMENTS else n / float(ref.SAMPLE_ELEMENTS))
+                lengths.append(min(n, ref.SAMPLE_ELEMENTS))
+                continue
+            flat = p.detach().view(-1)
             n = flat.numel()
             blocks = self.sampler.blocks(n)
             if blocks is None:
@@ -384,11 +392,12 @@ class WeightSamples:
         self._views, self.scales, self.lengths = views, tuple(scales), lengths
 
     def take(self):
-        storages = [(p.data_ptr(), p.dtype, p.shape) for p in self.params]
+        storages = [(p.data_ptr(), p.dtype, p.shape, p.stride()) for p in self.params]
         if storages != self._storages:
             self._make_views()
             self._storages = storages
-        parts = [v if b is None else v.index_select(0, b).view(-1) for v, b in self._views]
+        parts = [v if b is None else self.sampler.sample(v)[0] if b is False
+                 else v.index_select(0, b).view(-1) for v, b in self._views]
         return _f32(torch.cat(parts)), self.scales, self.lengths
 
 
