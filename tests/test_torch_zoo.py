@@ -315,6 +315,74 @@ def test_torch_compile_adds_no_graph_break_or_recompilation(tmp_path):
     assert np.isfinite(run.steps[-1].layer_values[:, act]).all()
 
 
+class SeveralSampledShapes(nn.Module):
+    """Two convolutions and two sequence layers whose outputs are too large
+    to keep whole (their positions sampled), each of a different shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3)
+        self.act1 = nn.ReLU()
+        self.conv2 = nn.Conv2d(16, 32, 3, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(4)
+        self.seq1 = nn.Linear(32, 96)
+        self.seq2 = nn.Linear(96, 200)
+        self.head = nn.Linear(200, 10)
+
+    def forward(self, x):
+        x = self.pool(self.conv2(self.act1(self.conv1(x))))  # [batch, 32, 4, 4]
+        x = x.flatten(2).transpose(1, 2).repeat(1, 4, 1)  # [batch, 64 positions, 32]
+        return self.head(self.seq2(self.seq1(x)).mean(dim=1))
+
+
+def test_torch_compile_with_several_sampled_shapes_and_a_changing_batch(tmp_path):
+    """Outputs of several shapes sampled under torch.compile (each index
+    its own graph input; two of them once crashed the compilation), and
+    batches of 12, then 10 (a dynamic batch size), then 5 (fewer than
+    `activation_examples`): no graph break, no compilation once each size
+    was seen, the same rows as without torch.compile."""
+    from torch._dynamo.utils import counters
+
+    sizes = [12, 12, 10, 10, 5, 12, 10, 5, 10]
+
+    def train(compiled, logdir):
+        torch._dynamo.reset()
+        counters.clear()
+        torch.manual_seed(3)
+        model = SeveralSampledShapes()
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+        run_model = torch.compile(model, backend="aot_eager") if compiled else model
+        monitor = tht.HealthMonitor(str(logdir), run_model, optimizer, histogram_every=0,
+                                    detectors=None)
+        g = torch.Generator().manual_seed(4)
+        graphs = []
+        for n in sizes:
+            x = torch.randn(n, 3, 21, 21, generator=g)
+            y = torch.randint(0, 10, (n,), generator=g)
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(run_model(x), y).backward()
+            optimizer.step()
+            monitor.step()
+            graphs.append(counters["stats"]["unique_graphs"])
+        monitor.close()
+        return graphs, sum(counters["graph_break"].values())
+
+    graphs, breaks = train(True, tmp_path / "compiled")
+    assert breaks == 0
+    assert graphs[4:] == [graphs[4]] * (len(sizes) - 4)  # every size seen by the 5th step
+    train(False, tmp_path / "eager")
+    (compiled,) = reader.read_logdir(str(tmp_path / "compiled"))
+    (eager,) = reader.read_logdir(str(tmp_path / "eager"))
+    assert [s.step for s in compiled.steps] == list(range(1, len(sizes) + 1))
+    assert [l.name for l in compiled.steps[0].layers] == [
+        "conv1", "act1", "conv2", "seq1", "seq2", "head"]
+    for c, e in zip(compiled.steps, eager.steps):
+        np.testing.assert_allclose(c.layer_values, e.layer_values, rtol=1e-4, atol=1e-6,
+                                   equal_nan=True, err_msg="step %d" % c.step)
+    act = fmt.LAYER_STATS.index("act_std")
+    assert np.isfinite(compiled.steps[-1].layer_values[:, act]).all()
+
+
 def test_outputs_and_weights_are_the_same_with_and_without_the_monitor(tmp_path):
     def train(monitored):
         model, kind = zoo()["cnn_bn"]

@@ -27,7 +27,6 @@ from training_health import statistics as ref
 _NAN = float("nan")
 
 
-_POSITIONS = {}  # (positions, units, examples, device) -> index tensor or None
 
 
 def dynamo_import_would_abort():
@@ -50,42 +49,48 @@ def _constant_when_compiling(fn):
     return mark(fn)
 
 
-@_constant_when_compiling
-def position_indices(k, units, positions, examples, units_first, device):
-    """Flat indices into an output's first k examples ([k, units, positions]
-    when units_first, else [k, positions, units], contiguous) of the values
-    at the positions `statistics.sample_position_indices` keeps, in that
-    layout, as an int64 tensor on `device` (a string), or None where every
-    position is kept; made once per shape (one gather, `take`, then picks
-    the sample: faster than an index_select along an inner axis)."""
-    key = (k, units, positions, examples, units_first, device)
-    if key not in _POSITIONS:
-        kept = ref.sample_position_indices(positions, units, examples)
-        if kept is None:
-            _POSITIONS[key] = None
-        else:
-            kept = torch.as_tensor(kept, dtype=torch.int64)
-            example = torch.arange(k)[:, None, None] * (units * positions)
-            unit = torch.arange(units)
-            if units_first:  # value (u, p) at u * positions + p
-                flat = example + unit[None, :, None] * positions + kept[None, None, :]
-            else:  # value (p, u) at p * units + u
-                flat = example + kept[None, :, None] * units + unit[None, None, :]
-            _POSITIONS[key] = flat.reshape(-1).to(device)
-    return _POSITIONS[key]
+def position_indices(k, units, positions, examples, device):
+    """Flat indices into an output's first k examples ([k, units, positions],
+    contiguous) of the values at the positions
+    `statistics.sample_position_indices` keeps, in that layout, as an int64
+    tensor on `device`, or None where every position is kept (one gather,
+    `take`, then picks the sample: faster than an index_select along an
+    inner axis)."""
+    kept = ref.sample_position_indices(positions, units, examples)
+    if kept is None:
+        return None
+    kept = torch.as_tensor(kept, dtype=torch.int64)
+    example = torch.arange(k)[:, None, None] * (units * positions)
+    unit = torch.arange(units)
+    flat = example + unit[None, :, None] * positions + kept[None, None, :]  # value (u, p)
+    return flat.reshape(-1).to(device)
 
 
-@_constant_when_compiling
 def kept_positions(positions, units, examples, device):
     """The positions `statistics.sample_position_indices` keeps, as an
-    int64 tensor on `device` (a string), or None where every position is
-    kept."""
-    key = ("kept", positions, units, examples, device)
-    if key not in _POSITIONS:
-        kept = ref.sample_position_indices(positions, units, examples)
-        _POSITIONS[key] = (None if kept is None
-                           else torch.as_tensor(kept, dtype=torch.int64).to(device))
-    return _POSITIONS[key]
+    int64 tensor on `device`, or None where every position is kept."""
+    kept = ref.sample_position_indices(positions, units, examples)
+    return None if kept is None else torch.as_tensor(kept, dtype=torch.int64).to(device)
+
+
+_INDEX_MAKERS = {"flat": position_indices, "kept": kept_positions}
+
+
+@_constant_when_compiling
+def _index_name(sampler, kind, *key):
+    """The name of the `sampler` attribute that holds the `kind` index
+    tensor (`_INDEX_MAKERS`) for `key`, made on first use.
+
+    Under torch.compile this runs while tracing, its result (a string) is a
+    constant of the graph and the tensor, read from the sampler by that
+    name, an input of the graph: each index its own. (A function whose
+    result is itself a tensor would give the constants of all its calls one
+    name, which torch.compile rejects as soon as two outputs differ in
+    shape.)"""
+    name = "_index_%s_%s" % (kind, "_".join(str(int(x)) for x in key))
+    if name not in sampler.__dict__:
+        setattr(sampler, name, _INDEX_MAKERS[kind](*key, device=sampler.device))
+    return name
 
 
 class Sampler:
@@ -132,19 +137,26 @@ class Sampler:
         before (a `ReLU(inplace=True)` after a `Linear`). `a` is detached
         from the autograd graph (the forward hook's `t.detach()`)."""
         batch = a.shape[0]
-        k = batch if examples is None else min(batch, examples)
+        # (a number where torch.compile treats the batch size as dynamic:
+        # the comparison is one of its guards)
+        whole = examples is None or batch <= examples
+        k = batch if whole else examples
         if a.dim() >= 3 and examples is not None:
             units = a.shape[unit_axis]
-            positions = a.numel() // max(1, batch * units)
-            if unit_axis != a.dim() - 1:
-                idx = position_indices(k, units, positions, examples, True, str(self.device))
-                if idx is not None:  # (flat indices into the first k examples: the same in a)
-                    return a.take(idx).view(k, -1)
-            else:  # each kept position's units are contiguous: whole rows at a time
-                kept = kept_positions(positions, units, examples, str(self.device))
-                if kept is not None:
+            positions = 1  # (from the other sizes: a number there too)
+            for i in range(1, a.dim()):
+                if i != unit_axis:
+                    positions *= a.shape[i]
+            kept = getattr(self, _index_name(self, "kept", positions, units, examples))
+            if kept is not None:
+                if unit_axis == a.dim() - 1:  # a kept position's units are contiguous: whole rows
                     return a[:k].reshape(k, positions, units).index_select(1, kept).view(k, -1)
-        return (a[:k] if k < batch else a).reshape(k, -1).clone()
+                if whole:
+                    return a.reshape(k, units, positions).index_select(2, kept).view(k, -1)
+                # (flat indices into the first k examples: the same in a)
+                idx = getattr(self, _index_name(self, "flat", k, units, positions, examples))
+                return a.take(idx).view(k, -1)
+        return (a if whole else a[:k]).reshape(k, -1).clone()
 
 
 class Layout:
