@@ -403,6 +403,10 @@ class WeightSamples:
                 lengths.append(ref.SAMPLE_ELEMENTS)
         self._views, self.scales, self.lengths = views, tuple(scales), lengths
 
+    def forget(self):
+        """Drops the views (made again at the next `take`)."""
+        self._storages = self._views = None
+
     def take(self):
         storages = [(p.data_ptr(), p.dtype, p.shape, p.stride()) for p in self.params]
         if storages != self._storages:

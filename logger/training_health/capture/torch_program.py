@@ -271,6 +271,7 @@ class TorchProgram(host.RowSource):
         for h in self._handles:
             h.remove()
         self._handles = []
+        self._weight_samples.forget()  # (its views would keep replaced weights alive)
 
     def _unit_axis_first(self, layer, a):
         """Whether a layer's output (batch first) keeps its units at axis 1.
