@@ -236,6 +236,55 @@ def test_channels_last_weights_match_the_reference(tmp_path, host_is_device):
     assert all(s.layer_values[2][ratio] > 0 for s in run.steps)
 
 
+class TiedWeights(nn.Module):
+    """A language-model head that reuses the embedding's weight."""
+
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(50, 16)
+        self.mix = nn.Linear(16, 16)
+        self.out = nn.Linear(16, 50)
+        self.out.weight = self.emb.weight
+
+    def forward(self, tokens):
+        return self.out(torch.tanh(self.mix(self.emb(tokens)))).mean(dim=1)
+
+
+@PATHS
+def test_a_weight_tied_between_two_modules_counts_in_both(tmp_path, host_is_device):
+    """The gradient of a weight two modules share is each module's (it
+    was the last one's alone: the embedding's gradient columns were NaN),
+    and counts once in the global gradient norm."""
+    torch.manual_seed(10)
+    model = TiedWeights()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    g = torch.Generator().manual_seed(11)
+    seen = []
+    with monitor_on(host_is_device, str(tmp_path), model, optimizer, flush_every=2,
+                    histogram_every=0, detectors=None) as monitor:
+        for _ in range(3):
+            tokens = torch.randint(0, 50, (6, 5), generator=g)
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(tokens), torch.randint(0, 50, (6,), generator=g))
+            loss.backward()
+            seen.append({n: p.grad.double().numpy().copy() for n, p in model.named_parameters()})
+            optimizer.step()
+            monitor.step(loss)
+    (run,) = reader.read_logdir(str(tmp_path))
+    assert [l.name for l in run.steps[0].layers] == ["emb", "mix", "out"]
+    cols = [fmt.LAYER_STATS.index(k) for k in fmt.GRADIENT_STATS]
+    for stats, grads in zip(run.steps, seen):
+        want = {"emb": [grads["emb.weight"]], "mix": [grads["mix.weight"], grads["mix.bias"]],
+                "out": [grads["emb.weight"], grads["out.bias"]]}
+        for j, name in enumerate(["emb", "mix", "out"]):
+            expected = ref.gradient_stats(want[name])
+            np.testing.assert_allclose(stats.layer_values[j][cols],
+                                       [expected[k] for k in fmt.GRADIENT_STATS],
+                                       rtol=2e-5, atol=1e-7, err_msg=name)
+        np.testing.assert_allclose(stats.global_values["grad_norm"],
+                                   ref.gradient_stats(list(grads.values()))["grad_norm"], rtol=1e-5)
+
+
 class AddedInPlace(nn.Module):
     """A residual block's end: relu(bn(conv(x)) + x), the sum made in place."""
 

@@ -293,14 +293,18 @@ def _masked_sums(grads):
     return torch.cat(sq).square(), torch.cat(bad)
 
 
-def gradient_parts(grads, owners, layers, sampler, segments, host_is_device):
-    """Per-layer sums of every layer's gradients at once: [layers, 5] =
+def gradient_parts(grads, owners, layers, sampler, segments, host_is_device, shared=()):
+    """Per-layer sums of every layer's gradients at once: ([layers, 5] =
     (sum of finite squares, non-finite count, zeros (scaled), entries,
-    max |g|), as `statistics.gradient_stats` adds them up.
+    max |g|), as `statistics.gradient_stats` adds them up; [2] = the sum of
+    finite squares and the non-finite count over all the gradients).
 
     grads: the gradient tensors; owners: each one's layer index (0 ..
-    layers - 1). Norms and non-finite counts cover every entry
-    (`finite_norms`); zeros and max |g| each tensor's sample."""
+    layers - 1); shared: (gradient index, layer) pairs of the other layers
+    a gradient also belongs to (a weight tied between two modules: counted
+    in each layer, once in the totals). Norms and non-finite counts cover
+    every entry (`finite_norms`); zeros and max |g| each tensor's
+    sample."""
     with torch.no_grad():  # (flat once, for the norms and the samples)
         grads = [g.reshape(-1) for g in grads]
     sq, bad = finite_norms(grads, host_is_device)
@@ -317,11 +321,19 @@ def gradient_parts(grads, owners, layers, sampler, segments, host_is_device):
         zeros = segments.sum((flat == 0).float(), t_ids) * scale
         peak = segments.max(torch.where(torch.isfinite(flat), flat.abs(), 0.0), t_ids.index, n_t, 0.0)
     entries = segments.const([float(g.numel()) for g in grads])
-    owner = segments.const(owners, torch.int64)
     per_tensor = torch.stack([sq, bad, zeros, entries], dim=1)
-    sums = torch.zeros(layers, 4, device=sq.device).index_add_(0, owner, per_tensor)
-    peaks = segments.max(peak.float(), owner, layers, 0.0)
-    return torch.cat([sums, peaks[:, None]], dim=1)
+    peak = peak.float()
+    if shared:
+        index = segments.const([i for i, _ in shared], torch.int64)
+        per_tensor_all = torch.cat([per_tensor, per_tensor.index_select(0, index)])
+        peak_all = torch.cat([peak, peak.index_select(0, index)])
+        owners = list(owners) + [layer for _, layer in shared]
+    else:
+        per_tensor_all, peak_all = per_tensor, peak
+    owner = segments.const(owners, torch.int64)
+    sums = torch.zeros(layers, 4, device=sq.device).index_add_(0, owner, per_tensor_all)
+    peaks = segments.max(peak_all, owner, layers, 0.0)
+    return torch.cat([sums, peaks[:, None]], dim=1), per_tensor[:, :2].sum(0)
 
 
 def _zeros_and_peaks(samples, segments):

@@ -227,11 +227,15 @@ class TorchProgram(host.RowSource):
         # The monitored parameters, layer after layer, and their owners.
         self._params = [p for layer in self.layers for p in layer.params]
         self._param_owner = [i for i, layer in enumerate(self.layers) for _ in layer.params]
-        self._owner = {id(p): i for p, i in zip(self._params, self._param_owner)}
+        # Each monitored parameter's layers (more than one for a weight tied
+        # between modules: its gradient counts in each).
+        self._owners = {}
+        for p, i in zip(self._params, self._param_owner):
+            self._owners.setdefault(id(p), []).append(i)
         self._weight_samples = ops.WeightSamples(self._params, self.sampler)
         self._last_active = None  # int64 [all units], the step each unit last fired
         self._inputs = []
-        self._grads = None  # (gradient parts [L + 1, 5], per-layer gradients for histograms)
+        self._grads = None  # ((gradient parts [L + 1, 5], totals [2]), per-layer gradients for histograms)
         self._before = None  # flat sample of the weights before the update
         self._weights = None  # [L, 2] weight columns of the step
         self._output_ids = {}
@@ -374,19 +378,21 @@ class TorchProgram(host.RowSource):
         self._output_ids = {}
 
     def _before_update(self, optimizer, args, kwargs):
-        grads, owners, per_layer = [], [], [[] for _ in self.layers]
+        grads, owners, shared, per_layer = [], [], [], [[] for _ in self.layers]
         unowned = len(self.layers)  # one more row: gradients of unmonitored parameters
         for group in optimizer.param_groups:
             for p in group["params"]:
                 if p.grad is None or p.grad.is_sparse:
                     continue
-                owner = self._owner.get(id(p), unowned)
+                layers = self._owners.get(id(p), (unowned,))
                 grads.append(p.grad)
-                owners.append(owner)
-                if owner != unowned:
-                    per_layer[owner].append(p.grad)
+                owners.append(layers[0])
+                shared.extend((len(grads) - 1, i) for i in layers[1:])
+                for i in layers:
+                    if i != unowned:
+                        per_layer[i].append(p.grad)
         parts = (ops.gradient_parts(grads, owners, unowned + 1, self.sampler, self.segments,
-                                    self.host_is_device) if grads else None)
+                                    self.host_is_device, shared) if grads else None)
         self._grads = (parts, per_layer)
         if self._params:
             self._before = self._weight_samples.take()
@@ -507,9 +513,10 @@ class TorchProgram(host.RowSource):
         parts = self._grads[0] if self._grads is not None else None
         blocks = {}
         if parts is not None:
+            parts, totals = parts
             blocks[fmt.GRADIENT_STATS] = ops.gradient_columns(parts[:n_layers])
-            grad_norm = parts[:, 0].sum().sqrt()
-            grad_bad = parts[:, 1].sum()
+            grad_norm = totals[0].sqrt()
+            grad_bad = totals[1]
         else:
             grad_norm = grad_bad = nan
         if self._weights is not None:
