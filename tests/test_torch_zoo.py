@@ -383,6 +383,27 @@ def test_torch_compile_with_several_sampled_shapes_and_a_changing_batch(tmp_path
     assert np.isfinite(compiled.steps[-1].layer_values[:, act]).all()
 
 
+def test_the_learning_rate_is_the_one_the_update_used(tmp_path):
+    """A scheduler stepped before `monitor.step()` (a common order) does not
+    shift the logged rate to the next step's."""
+    model, kind = zoo()["mlp"]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
+    g = torch.Generator().manual_seed(12)
+    with tht.HealthMonitor(str(tmp_path), model, optimizer, detectors=None) as monitor:
+        for _ in range(3):
+            x, y = batch(kind, g)
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(x), y)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            monitor.step(loss)
+    (run,) = reader.read_logdir(str(tmp_path))
+    np.testing.assert_allclose([s.global_values["learning_rate"] for s in run.steps],
+                               [0.1, 0.05, 0.025], rtol=1e-6)
+
+
 def test_outputs_and_weights_are_the_same_with_and_without_the_monitor(tmp_path):
     def train(monitored):
         model, kind = zoo()["cnn_bn"]

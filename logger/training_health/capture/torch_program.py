@@ -238,6 +238,7 @@ class TorchProgram(host.RowSource):
         self._grads = None  # ((gradient parts [L + 1, 5], totals [2]), per-layer gradients for histograms)
         self._before = None  # flat sample of the weights before the update
         self._weights = None  # [L, 2] weight columns of the step
+        self._step_lr = None  # the learning rate of the step's update
         self._output_ids = {}
         self._last_output = None  # (units at axis 1, shape) of the last output hooked
         # (output tensor, its version, layout, sample) of the last output
@@ -378,6 +379,9 @@ class TorchProgram(host.RowSource):
         self._output_ids = {}
 
     def _before_update(self, optimizer, args, kwargs):
+        # (the rate this update uses, whether a scheduler steps before or
+        # after `HealthMonitor.step()`)
+        self._step_lr = optimizer.param_groups[0].get("lr")
         grads, owners, shared, per_layer = [], [], [], [[] for _ in self.layers]
         unowned = len(self.layers)  # one more row: gradients of unmonitored parameters
         for group in optimizer.param_groups:
@@ -427,7 +431,12 @@ class TorchProgram(host.RowSource):
     # -- the row ---------------------------------------------------------------------
     def end_step(self, loss, learning_rate):
         """Closes one optimizer step: writes its row (every `every_n_batches`
-        steps) into the buffer. Returns True when a row was written."""
+        steps) into the buffer. Returns True when a row was written.
+        learning_rate: the first param group's rate now, logged where no
+        update ran (one a GradScaler skipped); else the rate the update
+        used."""
+        if self._step_lr is not None:
+            learning_rate = self._step_lr
         self.step += 1
         step = self.step
         for layer in self.layers:
@@ -466,6 +475,7 @@ class TorchProgram(host.RowSource):
             self._grads = None
             self._weights = None
             self._before = None
+            self._step_lr = None
 
     def _captured(self):
         """The captured layers' indices that have a sample this step."""
