@@ -80,6 +80,15 @@ def batch(kind, g, n=10):
     return x, torch.randint(0, 3, (n,), generator=g)
 
 
+def train_step(model, optimizer, x, y):
+    """One optimizer step on (x, y); returns the loss."""
+    optimizer.zero_grad()
+    loss = nn.functional.cross_entropy(model(x), y)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def two_groups(model):
     """AdamW with biases (and norms) in a second group without weight decay."""
     decay = [p for n, p in model.named_parameters() if p.dim() > 1]
@@ -291,11 +300,7 @@ def test_torch_compile_adds_no_graph_break_or_recompilation(tmp_path):
         g = torch.Generator().manual_seed(6)
         graphs = []
         for _ in range(4):
-            x, y = batch(kind, g)
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(compiled(x), y)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(compiled, optimizer, *batch(kind, g))
             if monitor is not None:
                 monitor.step(loss)
             graphs.append(counters["stats"]["unique_graphs"])
@@ -392,11 +397,7 @@ def test_the_learning_rate_is_the_one_the_update_used(tmp_path):
     g = torch.Generator().manual_seed(12)
     with tht.HealthMonitor(str(tmp_path), model, optimizer, detectors=None) as monitor:
         for _ in range(3):
-            x, y = batch(kind, g)
-            optimizer.zero_grad()
-            loss = nn.functional.cross_entropy(model(x), y)
-            loss.backward()
-            optimizer.step()
+            loss = train_step(model, optimizer, *batch(kind, g))
             scheduler.step()
             monitor.step(loss)
     (run,) = reader.read_logdir(str(tmp_path))
