@@ -8,6 +8,8 @@ Gradient and weight columns are checked against `training_health.statistics`
 from what the test itself saw of each step.
 """
 
+import contextlib
+
 import numpy as np
 import pytest
 
@@ -403,6 +405,45 @@ def test_the_learning_rate_is_the_one_the_update_used(tmp_path):
     (run,) = reader.read_logdir(str(tmp_path))
     np.testing.assert_allclose([s.global_values["learning_rate"] for s in run.steps],
                                [0.1, 0.05, 0.025], rtol=1e-6)
+
+
+@pytest.mark.parametrize("paused", [True, False], ids=["paused", "not_paused"])
+def test_a_gan_discriminator_judging_fakes_for_the_generator(tmp_path, paused):
+    """A GAN loop: the discriminator's forward in the generator's step is
+    not its own step's. Paused (`monitor.paused()`), the discriminator's
+    input statistics are those of its own first forward, on real data;
+    not paused, that forward on fakes is taken for its next step's."""
+    torch.manual_seed(13)
+    disc = nn.Sequential(nn.Linear(6, 16), nn.ReLU(), nn.Linear(16, 1))
+    gen = nn.Sequential(nn.Linear(3, 6), nn.Tanh())
+    opt_d = torch.optim.SGD(disc.parameters(), lr=0.05)
+    opt_g = torch.optim.SGD(gen.parameters(), lr=0.05)
+    bce = nn.functional.binary_cross_entropy_with_logits
+    g = torch.Generator().manual_seed(14)
+    reals = []
+    with tht.HealthMonitor(str(tmp_path / "d"), disc, opt_d, detectors=None) as d_monitor:
+        for _ in range(4):
+            real = torch.randn(10, 6, generator=g) * 3.0 + 5.0  # far from the generator's tanh
+            fake = gen(torch.randn(10, 3, generator=g))
+            reals.append(real)
+            opt_d.zero_grad()
+            d_loss = bce(disc(real), torch.ones(10, 1)) + bce(disc(fake.detach()), torch.zeros(10, 1))
+            d_loss.backward()
+            opt_d.step()
+            d_monitor.step(d_loss)
+            opt_g.zero_grad()
+            with d_monitor.paused() if paused else contextlib.nullcontext():
+                g_loss = bce(disc(fake), torch.ones(10, 1))
+            g_loss.backward()
+            opt_g.step()
+    (run,) = reader.read_logdir(str(tmp_path / "d"))
+    means = [s.global_values["input_mean"] for s in run.steps]
+    want = [ref.input_stats([r[:8].double().numpy()])["input_mean"] for r in reals]
+    if paused:
+        np.testing.assert_allclose(means, want, rtol=1e-5)
+    else:  # from the second step on, the fakes' (|tanh| < 1) instead of the reals' (~5)
+        np.testing.assert_allclose(means[0], want[0], rtol=1e-5)
+        assert all(abs(m) < 1.0 for m in means[1:])
 
 
 def test_outputs_and_weights_are_the_same_with_and_without_the_monitor(tmp_path):

@@ -16,6 +16,8 @@ the detectors and writes TensorBoard event files. Nothing in the step waits
 for the device.
 """
 
+import contextlib
+
 try:
     import torch
 except ImportError as e:  # pragma: no cover - exercised in a subprocess test
@@ -253,6 +255,27 @@ class HealthMonitor:
                 self._host.close()
         finally:
             self._program.remove()
+
+    @contextlib.contextmanager
+    def paused(self):
+        """A context in which the model's forwards are not recorded.
+
+        A step's activation and input statistics come from the first
+        training forward after the previous `step()`. Where the model also
+        runs, with gradients, for another optimizer (a GAN's discriminator
+        judging fakes in the generator's step), run that forward paused so
+        that it is not taken for the first forward of the model's own next
+        step:
+
+            with d_monitor.paused():
+                g_loss = criterion(discriminator(fake), real_labels)
+        """
+        previous = self._program.paused
+        self._program.paused = True
+        try:
+            yield self
+        finally:
+            self._program.paused = previous
 
     def __enter__(self):
         return self

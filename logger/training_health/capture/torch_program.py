@@ -246,12 +246,14 @@ class TorchProgram(host.RowSource):
         self._last_sample = None
         # Inside a training forward of the whole model (see `_recording`).
         self._training_forward = False
+        # Set by `HealthMonitor.paused()`: forwards that are not the step's.
+        self.paused = False
         self._handles = []
         self._install()
 
     # -- hooks -----------------------------------------------------------------------
     def _recording(self, module):
-        return torch.is_grad_enabled() and module.training
+        return not self.paused and torch.is_grad_enabled() and module.training
 
     def _recording_layer(self, module):
         """Whether a monitored module's output belongs to the training step:
@@ -259,8 +261,9 @@ class TorchProgram(host.RowSource):
         train() mode), also where the module runs in eval() mode or under
         torch.no_grad() (a frozen base kept in eval() mode, a feature
         extractor run without gradients); or, called outside the model's
-        forward, when the module itself is training with grad enabled."""
-        return self._training_forward or self._recording(module)
+        forward, when the module itself is training with grad enabled.
+        Nothing while `paused`."""
+        return not self.paused and (self._training_forward or self._recording(module))
 
     def _install(self):
         for i, layer in enumerate(self.layers):
