@@ -27,8 +27,6 @@ from training_health import statistics as ref
 _NAN = float("nan")
 
 
-
-
 def dynamo_import_would_abort():
     """Whether importing torch._dynamo would abort this process: it loads
     triton (CUDA builds of PyTorch ship it), whose LLVM clashes with the one
