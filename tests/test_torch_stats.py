@@ -115,6 +115,17 @@ def expected_row(truth, step_index, layers, dead_window, bounds=BOUNDS):
     return rows
 
 
+def assert_rows_match(run, truth, dead_window, bounds):
+    """Every logged layer column of every step equals the reference's."""
+    layers = run.steps[0].layers
+    for i, stats in enumerate(run.steps):
+        want = expected_row(truth, i, layers, dead_window, bounds)
+        for j, info in enumerate(layers):
+            np.testing.assert_allclose(stats.layer_values[j], np.float32(want[info.name]),
+                                       rtol=2e-5, atol=1e-6, equal_nan=True,
+                                       err_msg="step %d layer %s" % (stats.step, info.name))
+
+
 @PATHS
 def test_every_column_matches_the_numpy_reference(tmp_path, host_is_device):
     model = make_model()
@@ -138,12 +149,8 @@ def test_every_column_matches_the_numpy_reference(tmp_path, host_is_device):
     assert [l.units for l in layers] == [16, 16, 16, 80, 80, 10]
     assert [l.is_output for l in layers] == [False] * 5 + [True]
     assert layers[4].bounds == (0.0, 1.0) and layers[2].activation == "relu"
+    assert_rows_match(run, truth, dead_window, BOUNDS)
     for i, stats in enumerate(run.steps):
-        want = expected_row(truth, i, layers, dead_window)
-        for j, info in enumerate(layers):
-            np.testing.assert_allclose(stats.layer_values[j], np.float32(want[info.name]),
-                                       rtol=2e-5, atol=1e-6, equal_nan=True,
-                                       err_msg="step %d layer %s" % (stats.step, info.name))
         s = truth.steps[i]
         glob = stats.global_values
         inp = ref.input_stats([s["x"][:EXAMPLES]])
@@ -170,13 +177,7 @@ def train_and_compare(tmp_path, host_is_device, model, batches, between_steps=No
                 between_steps(i)
             truth.run_step(x, y, monitor)
     (run,) = reader.read_logdir(str(tmp_path))
-    layers = run.steps[0].layers
-    for i, stats in enumerate(run.steps):
-        want = expected_row(truth, i, layers, dead_window=2, bounds={})
-        for j, info in enumerate(layers):
-            np.testing.assert_allclose(stats.layer_values[j], np.float32(want[info.name]),
-                                       rtol=2e-5, atol=1e-6, equal_nan=True,
-                                       err_msg="step %d layer %s" % (stats.step, info.name))
+    assert_rows_match(run, truth, dead_window=2, bounds={})
     return run
 
 

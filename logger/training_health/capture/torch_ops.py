@@ -394,23 +394,16 @@ class WeightSamples:
     def _make_views(self):
         views, scales, lengths = [], [], []
         for p in self.params:
-            if not p.is_contiguous():
-                views.append((p, False))
-                n = p.numel()
-                scales.append(1.0 if n <= ref.SAMPLE_ELEMENTS else n / float(ref.SAMPLE_ELEMENTS))
-                lengths.append(min(n, ref.SAMPLE_ELEMENTS))
-                continue
-            flat = p.detach().view(-1)
-            n = flat.numel()
+            n = p.numel()
             blocks = self.sampler.blocks(n)
-            if blocks is None:
-                views.append((flat, None))
-                scales.append(1.0)
-                lengths.append(n)
+            scales.append(1.0 if blocks is None else n / float(ref.SAMPLE_ELEMENTS))
+            lengths.append(n if blocks is None else ref.SAMPLE_ELEMENTS)
+            if not p.is_contiguous():  # (no flat view: `Sampler.sample` at every call)
+                views.append((p, False))
+            elif blocks is None:
+                views.append((p.detach().view(-1), None))
             else:
-                views.append((_rows(flat), blocks))
-                scales.append(n / float(ref.SAMPLE_ELEMENTS))
-                lengths.append(ref.SAMPLE_ELEMENTS)
+                views.append((_rows(p.detach().view(-1)), blocks))
         self._views, self.scales, self.lengths = views, tuple(scales), lengths
 
     def forget(self):

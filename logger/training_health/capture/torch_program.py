@@ -262,8 +262,9 @@ class TorchProgram(host.RowSource):
         torch.no_grad() (a frozen base kept in eval() mode, a feature
         extractor run without gradients); or, called outside the model's
         forward, when the module itself is training with grad enabled.
-        Nothing while `paused`."""
-        return not self.paused and (self._training_forward or self._recording(module))
+        Nothing while `paused` (a model forward begun paused is not a
+        training forward)."""
+        return self._training_forward or self._recording(module)
 
     def _install(self):
         for i, layer in enumerate(self.layers):
@@ -324,7 +325,7 @@ class TorchProgram(host.RowSource):
             sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
         if layer.whole_batch_units:
             probe = None
-            if self.host_is_device and not compiling:  # (`_branch_free`)
+            if self._branch_free():
                 units = a.shape[unit_axis]
                 probe = (sample.view(sample.shape[0], units, -1) if first or a.dim() < 3
                          else sample.view(sample.shape[0], -1, units).transpose(1, 2))
