@@ -237,6 +237,27 @@ def test_channels_last_weights_match_the_reference(tmp_path, host_is_device):
     assert all(s.layer_values[2][ratio] > 0 for s in run.steps)
 
 
+@PATHS
+def test_bfloat16_parameters_match_the_reference(tmp_path, host_is_device):
+    """A model trained in bfloat16 (parameters, gradients and outputs: as
+    large language models are fine-tuned): the float32 statistics of the
+    bfloat16 values, a large weight sampled among small ones."""
+    torch.manual_seed(10)
+    model = nn.Sequential(
+        nn.Linear(12, 8),
+        nn.ReLU(),
+        nn.Linear(8, 2304),  # 18432 weights: sampled
+        nn.ReLU(),
+        nn.Linear(2304, 10),  # 23040 weights: sampled
+    ).to(torch.bfloat16)
+    g = torch.Generator().manual_seed(11)
+    batches = [(torch.randn(16, 12, generator=g).to(torch.bfloat16),
+                torch.randint(0, 10, (16,), generator=g)) for _ in range(3)]
+    run = train_and_compare(tmp_path, host_is_device, model, batches)
+    ratio = fmt.LAYER_STATS.index("update_ratio")
+    assert all(s.layer_values[2][ratio] > 0 for s in run.steps)
+
+
 class TiedWeights(nn.Module):
     """A language-model head that reuses the embedding's weight."""
 

@@ -374,62 +374,99 @@ def gradient_columns(parts):
 
 # -- weights ----------------------------------------------------------------------------
 class WeightSamples:
-    """One flat float32 copy of the samples (`statistics.sample`) of a fixed
-    list of parameters, at each call: `take()` -> (values, scales, lengths).
+    """The samples (`statistics.sample`) of a fixed list of parameters, as
+    one float32 vector written at each `take(slot)` into a buffer of its own
+    per slot (a step takes two: before and after the update).
+
+    Layout: the parameters sampled to SAMPLE_ELEMENTS entries (`full`, the
+    large ones) first, so that their samples are the rows of a [full,
+    SAMPLE_ELEMENTS] matrix, then the others whole; `order` is each part's
+    parameter index, `scales` and `lengths` follow it.
 
     The flat views of the parameters and the sampled blocks are made once
-    (a step then costs one gather per large parameter and one
-    concatenation); they are made again when a parameter's storage changes
-    (`p.data = ...`, as when a model is moved or loaded that way). A
-    parameter that is not contiguous (channels_last weights) has no flat
-    view: it is sampled afresh at every call."""
+    (a step then costs one gather per large parameter, written in place);
+    they are made again when a parameter's storage changes (`p.data = ...`,
+    as when a model is moved or loaded that way). A parameter that is not
+    contiguous (channels_last weights) has no flat view: it is sampled
+    afresh at every call."""
 
     def __init__(self, params, sampler):
         self.params = list(params)
         self.sampler = sampler
         self._storages = None
-        self._views = None  # [(flat view, None) | (rows view, blocks) | (parameter, False)]
-        self.scales = self.lengths = None
+        self._sources = None  # [(flat view, None) | (rows view, blocks) | (parameter, False)]
+        self._buffers = {}  # slot -> (buffer, [each part's slice of it])
+        self.order = self.scales = self.lengths = None
+        self.full = 0
 
     def _make_views(self):
-        views, scales, lengths = [], [], []
-        for p in self.params:
+        entries = []
+        for i, p in enumerate(self.params):
             n = p.numel()
             blocks = self.sampler.blocks(n)
-            scales.append(1.0 if blocks is None else n / float(ref.SAMPLE_ELEMENTS))
-            lengths.append(n if blocks is None else ref.SAMPLE_ELEMENTS)
+            entries.append((blocks is None, i, n, blocks))
+        entries.sort(key=lambda e: (e[0], e[1]))  # (the sampled ones first, each group in order)
+        sources, order, scales, lengths = [], [], [], []
+        for whole, i, n, blocks in entries:
+            p = self.params[i]
+            order.append(i)
+            scales.append(1.0 if whole else n / float(ref.SAMPLE_ELEMENTS))
+            lengths.append(n if whole else ref.SAMPLE_ELEMENTS)
             if not p.is_contiguous():  # (no flat view: `Sampler.sample` at every call)
-                views.append((p, False))
-            elif blocks is None:
-                views.append((p.detach().view(-1), None))
+                sources.append((p, False))
+            elif whole:
+                sources.append((p.detach().view(-1), None))
             else:
-                views.append((_rows(p.detach().view(-1)), blocks))
-        self._views, self.scales, self.lengths = views, tuple(scales), lengths
+                sources.append((_rows(p.detach().view(-1)), blocks))
+        self._sources, self._buffers = sources, {}
+        self.order, self.scales, self.lengths = tuple(order), tuple(scales), tuple(lengths)
+        self.full = sum(1 for e in entries if not e[0])
 
     def forget(self):
-        """Drops the views (made again at the next `take`)."""
-        self._storages = self._views = None
+        """Drops the views and buffers (made again at the next `take`)."""
+        self._storages = self._sources = None
+        self._buffers = {}
 
-    def take(self):
+    def take(self, slot):
+        """The flat float32 samples in this layout, in `slot`'s buffer (the
+        same tensor at every call with that slot: used before the next)."""
         storages = [(p.data_ptr(), p.dtype, p.shape, p.stride()) for p in self.params]
         if storages != self._storages:
             self._make_views()
             self._storages = storages
-        parts = [v if b is None else self.sampler.sample(v)[0] if b is False
-                 else v.index_select(0, b).view(-1) for v, b in self._views]
-        return _f32(torch.cat(parts)), self.scales, self.lengths
+        if slot not in self._buffers:
+            buffer = torch.empty(sum(self.lengths), dtype=torch.float32, device=self.sampler.device)
+            slices, offset = [], 0
+            for n in self.lengths:
+                slices.append(buffer[offset:offset + n])
+                offset += n
+            self._buffers[slot] = (buffer, slices)
+        buffer, slices = self._buffers[slot]
+        with torch.no_grad():
+            for (source, blocks), out in zip(self._sources, slices):
+                if blocks is None:
+                    out.copy_(source)
+                elif blocks is False:
+                    out.copy_(self.sampler.sample(source)[0])
+                elif source.dtype == torch.float32:  # (gathered straight into the buffer)
+                    torch.index_select(source, 0, blocks, out=out.view(-1, ref.SAMPLE_BLOCK))
+                else:
+                    out.copy_(source.index_select(0, blocks).view(-1))
+        return buffer
 
 
-def weight_columns(before, after, scales, lengths, owners, layers, segments, masked=True):
+def weight_columns(before, after, samples, owners, layers, segments, masked=True):
     """[layers, 2]: weight_norm (W_before) and update_ratio of every layer
     (`statistics.weight_stats`) from the flat samples before and after the
-    update (`WeightSamples.take`). masked=False: as in `activation_columns`
-    (right only when every sampled value is finite). Returns (columns,
-    probe)."""
+    update (`WeightSamples.take`; `samples` the WeightSamples, for their
+    layout). owners: each parameter's layer. masked=False: as in
+    `activation_columns` (right only when every sampled value is finite).
+    Returns (columns, probe)."""
     device = before.device
-    scale = segments.const(scales)
-    owner = segments.const(owners, torch.int64)
+    scale = segments.const(samples.scales)
+    owner = segments.const([owners[i] for i in samples.order], torch.int64)
     delta = after - before
+    lengths = samples.lengths
     if masked:
         t_ids = segments.ids(lengths)
         both = torch.isfinite(before) & torch.isfinite(after)
@@ -437,9 +474,17 @@ def weight_columns(before, after, scales, lengths, owners, layers, segments, mas
         d_sq = torch.where(both, delta, 0.0).square()
         count = segments.sum(both.float(), t_ids)
         sq_b, sq_u = segments.sum(b_sq, t_ids), segments.sum(d_sq, t_ids)
-    else:  # each tensor's part by fused multi-tensor norms (no temporaries)
-        sq_b = torch.stack(torch._foreach_norm(list(before.split(lengths)))).square()
-        sq_u = torch.stack(torch._foreach_norm(list(delta.split(lengths)))).square()
+    else:  # no masking: the large parameters' rows by one norm, the others by segment sums
+        rows = samples.full * ref.SAMPLE_ELEMENTS
+        sq_b, sq_u = [], []
+        if samples.full:
+            for values, out in ((before, sq_b), (delta, sq_u)):
+                out.append(torch.linalg.vector_norm(values[:rows].view(samples.full, -1), dim=1).square())
+        if rows < before.numel():
+            t_ids = segments.ids(lengths[samples.full:])
+            sq_b.append(segments.sum(before[rows:].square(), t_ids))
+            sq_u.append(segments.sum(delta[rows:].square(), t_ids))
+        sq_b, sq_u = torch.cat(sq_b), torch.cat(sq_u)
         count = segments.const([float(n) for n in lengths])
     per_tensor = torch.stack([sq_b * scale, sq_u * scale, count], dim=1)
     sq_b, sq_u, count = torch.zeros(layers, 3, device=device).index_add_(0, owner, per_tensor).unbind(1)

@@ -403,16 +403,15 @@ class TorchProgram(host.RowSource):
                                     self.host_is_device, shared) if grads else None)
         self._grads = (parts, per_layer)
         if self._params:
-            self._before = self._weight_samples.take()
+            self._before = self._weight_samples.take("before")
 
     def _after_update(self, optimizer, args, kwargs):
         self.optimizer_steps += 1
         if self._before is None:
             return
-        before, scales, lengths = self._before
-        after, _, _ = self._weight_samples.take()
+        after = self._weight_samples.take("after")
         self._weights = self._masked_if_needed(
-            ops.weight_columns, before, after, scales, lengths, self._param_owner,
+            ops.weight_columns, self._before, after, self._weight_samples, self._param_owner,
             len(self.layers), self.segments)
         self._before = None
 
