@@ -429,29 +429,30 @@ class WeightSamples:
 
     def take(self, slot):
         """The flat float32 samples in this layout, in `slot`'s buffer (the
-        same tensor at every call with that slot: used before the next)."""
+        same tensor at every call with that slot: used before the next).
+        One op per large parameter (its sampled blocks gathered into its
+        row) and one for all the others (concatenated into the rest)."""
         storages = [(p.data_ptr(), p.dtype, p.shape, p.stride()) for p in self.params]
         if storages != self._storages:
             self._make_views()
             self._storages = storages
         if slot not in self._buffers:
             buffer = torch.empty(sum(self.lengths), dtype=torch.float32, device=self.sampler.device)
-            slices, offset = [], 0
-            for n in self.lengths:
-                slices.append(buffer[offset:offset + n])
-                offset += n
-            self._buffers[slot] = (buffer, slices)
-        buffer, slices = self._buffers[slot]
+            rows = self.full * ref.SAMPLE_ELEMENTS
+            blocks = buffer[:rows].view(-1, ref.SAMPLE_ELEMENTS // ref.SAMPLE_BLOCK, ref.SAMPLE_BLOCK)
+            self._buffers[slot] = (buffer, list(blocks.unbind(0)), buffer[rows:])
+        buffer, rows, rest = self._buffers[slot]
         with torch.no_grad():
-            for (source, blocks), out in zip(self._sources, slices):
-                if blocks is None:
-                    out.copy_(source)
-                elif blocks is False:
-                    out.copy_(self.sampler.sample(source)[0])
+            for (source, blocks), out in zip(self._sources, rows):  # (the sampled ones)
+                if blocks is False:
+                    out.copy_(self.sampler.sample(source)[0].view(-1, ref.SAMPLE_BLOCK))
                 elif source.dtype == torch.float32:  # (gathered straight into the buffer)
-                    torch.index_select(source, 0, blocks, out=out.view(-1, ref.SAMPLE_BLOCK))
+                    torch.index_select(source, 0, blocks, out=out)
                 else:
-                    out.copy_(source.index_select(0, blocks).view(-1))
+                    out.copy_(source.index_select(0, blocks))
+            if rest.numel():
+                torch.cat([source if blocks is None else source.detach().reshape(-1)
+                           for source, blocks in self._sources[self.full:]], out=rest)
         return buffer
 
 
