@@ -258,6 +258,38 @@ def test_bfloat16_parameters_match_the_reference(tmp_path, host_is_device):
     assert all(s.layer_values[2][ratio] > 0 for s in run.steps)
 
 
+class SharedReLU(nn.Module):
+    """One ReLU module applied twice in a forward pass (as torchvision's ResNet blocks do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)  # 8 x 48 x 48 per example: positions sampled
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.relu = nn.ReLU(inplace=True)
+        self.head = nn.Linear(8, 10)
+
+    def forward(self, x):
+        x = self.relu(self.conv1(x))
+        x = self.relu(self.conv2(x))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+@PATHS
+def test_samples_kept_across_steps_follow_the_batch_size(tmp_path, host_is_device):
+    """Each layer's first sample of a step is written into a buffer kept
+    from step to step: batches of 12, 5 (fewer than activation_examples),
+    12 and 12 examples, and a module applied twice a forward pass (its first
+    output is the one measured), each step against the reference."""
+    torch.manual_seed(12)
+    model = SharedReLU()
+    g = torch.Generator().manual_seed(13)
+    batches = [(torch.randn(n, 3, 48, 48, generator=g), torch.randint(0, 10, (n,), generator=g))
+               for n in (12, 5, 12, 12)]
+    run = train_and_compare(tmp_path, host_is_device, model, batches)
+    assert [l.name for l in run.steps[0].layers] == ["conv1", "conv2", "relu", "head"]
+    assert [s.step for s in run.steps] == [1, 2, 3, 4]
+
+
 class TiedWeights(nn.Module):
     """A language-model head that reuses the embedding's weight."""
 

@@ -121,7 +121,7 @@ class Sampler:
             return flat, 1.0
         return _rows(flat).index_select(0, blocks).view(-1), n / float(ref.SAMPLE_ELEMENTS)
 
-    def activation_sample(self, a, examples, unit_axis):
+    def activation_sample(self, a, examples, unit_axis, out=None):
         """The values of `statistics.activation_sample` of `a` (batch first;
         units at `unit_axis`) as [examples, values]: the first `examples`
         examples and, of a large output, a fixed set of positions, in the
@@ -133,7 +133,9 @@ class Sampler:
         Always a copy, never a view of `a`: the statistics are computed at
         the end of the step, and the model may change its outputs in place
         before (a `ReLU(inplace=True)` after a `Linear`). `a` is detached
-        from the autograd graph (the forward hook's `t.detach()`)."""
+        from the autograd graph (the forward hook's `t.detach()`). out: a
+        tensor to write the sample into (an earlier sample of an output of
+        the same shape and dtype, taken the same way), or None (a new one)."""
         batch = a.shape[0]
         # (a number where torch.compile treats the batch size as dynamic:
         # the comparison is one of its guards)
@@ -148,13 +150,26 @@ class Sampler:
             kept = getattr(self, _index_name(self, "kept", positions, units, examples))
             if kept is not None:
                 if unit_axis == a.dim() - 1:  # a kept position's units are contiguous: whole rows
-                    return a[:k].reshape(k, positions, units).index_select(1, kept).view(k, -1)
+                    return _select(a[:k].reshape(k, positions, units), 1, kept, out)
                 if whole:
-                    return a.reshape(k, units, positions).index_select(2, kept).view(k, -1)
+                    return _select(a.reshape(k, units, positions), 2, kept, out)
                 # (flat indices into the first k examples: the same in a)
                 idx = getattr(self, _index_name(self, "flat", k, units, positions, examples))
-                return a.take(idx).view(k, -1)
-        return (a if whole else a[:k]).reshape(k, -1).clone()
+                if out is None:
+                    return a.take(idx).view(k, -1)
+                return torch.take(a, idx, out=out.view(-1)).view(k, -1)
+        values = (a if whole else a[:k]).reshape(k, -1)
+        return values.clone() if out is None else out.copy_(values)
+
+
+def _select(values, dim, index, out):
+    """values.index_select(dim, index) as [values.shape[0], -1], into out (its shape) or new."""
+    if out is None:
+        return values.index_select(dim, index).view(values.shape[0], -1)
+    shape = list(values.shape)
+    shape[dim] = index.numel()
+    torch.index_select(values, dim, index, out=out.view(shape))
+    return out
 
 
 class Layout:

@@ -159,6 +159,14 @@ class _Layer:
         self.batch_axis = 1 if cls in ("RNN", "LSTM", "GRU") and not module.batch_first else 0
         self.units = 0
         self.units_first = False  # its samples hold [units, positions] per example
+        # ((layout, dtype), tensor): the step's first activation sample is
+        # written into the same tensor at every step while the output's
+        # layout stays (eager mode): a sample lives from the forward pass to
+        # `end_step`, and one allocated anew at every step, among the
+        # training's own large tensors allocated and freed meanwhile, would
+        # split the free memory between them (more memory mapped afresh,
+        # page faults, in the training's own allocations on a CPU).
+        self.sample_buffer = None
         self.captured = False
         self.is_output = False
         # Appended by the forward hook at every training forward of the step
@@ -166,6 +174,12 @@ class _Layer:
         self.samples = []  # activation samples [examples, values], units last
         self.active = []  # whole-batch unit activity (ReLU family)
         self.seen = []  # (units, units at axis 1) of each output
+
+
+    def buffer_for(self, layout, dtype):
+        """The sample buffer for an output of this layout and dtype, or None."""
+        kept = self.sample_buffer
+        return kept[1] if kept is not None and kept[0] == (layout, dtype) else None
 
 
 class TorchProgram(host.RowSource):
@@ -320,9 +334,16 @@ class TorchProgram(host.RowSource):
         unit_axis = 1 if first else a.dim() - 1
         layout = (tuple(a.shape), first)
         compiling = torch.compiler.is_compiling()
+        # The step's first sample of this layer goes into the layer's buffer
+        # (eager mode; see `_Layer.sample_buffer`).
+        out = None if compiling or layer.samples else layer.buffer_for(layout, a.dtype)
         sample = None if compiling else self._sample_of_input(layer, args, t, layout)
         if sample is None:
-            sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis)
+            sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis, out)
+        elif out is not None:
+            sample = out.copy_(sample)
+        if not compiling and not layer.samples:
+            layer.sample_buffer = ((layout, a.dtype), sample)
         if layer.whole_batch_units:
             probe = None
             if self._branch_free():
