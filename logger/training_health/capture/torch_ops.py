@@ -410,7 +410,7 @@ class WeightSamples:
         self.sampler = sampler
         self._storages = None
         self._sources = None  # [(flat view, None) | (rows view, blocks) | (parameter, False)]
-        self._buffers = {}  # slot -> (buffer, [each part's slice of it])
+        self._buffers = {}  # slot -> (buffer, [each large parameter's row of it], the rest of it)
         self.order = self.scales = self.lengths = None
         self.full = 0
 

@@ -175,7 +175,6 @@ class _Layer:
         self.active = []  # whole-batch unit activity (ReLU family)
         self.seen = []  # (units, units at axis 1) of each output
 
-
     def buffer_for(self, layout, dtype):
         """The sample buffer for an output of this layout and dtype, or None."""
         kept = self.sample_buffer
