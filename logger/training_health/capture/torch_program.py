@@ -335,13 +335,14 @@ class TorchProgram(host.RowSource):
         compiling = torch.compiler.is_compiling()
         # The step's first sample of this layer goes into the layer's buffer
         # (eager mode; see `_Layer.sample_buffer`).
-        out = None if compiling or layer.samples else layer.buffer_for(layout, a.dtype)
+        kept = not compiling and not layer.samples
+        out = layer.buffer_for(layout, a.dtype) if kept else None
         sample = None if compiling else self._sample_of_input(layer, args, t, layout)
         if sample is None:
             sample = self.sampler.activation_sample(a, self.activation_examples, unit_axis, out)
         elif out is not None:
             sample = out.copy_(sample)
-        if not compiling and not layer.samples:
+        if kept and out is None:  # (a new layout: this sample is the buffer from now on)
             layer.sample_buffer = ((layout, a.dtype), sample)
         if layer.whole_batch_units:
             probe = None
