@@ -28,8 +28,12 @@ is charged to it, not to the variant that runs next), with the device
 synchronised at both ends of the block (not inside it). Prints, per model, the median time per step of each
 variant and the ratios to plain, and the bytes the HealthMonitor wrote per
 monitored layer per step (its event files go to a temporary folder, removed
-at the end). The last line holds the largest ratio over the models (the
-budget must hold on each):
+at the end). Each ratio comes with a distribution-free interval for its
+median (order statistics of the block ratios, `median_interval`) and what
+that says of the budget (1.05x on a CPU, 1.03x on a GPU): met (the whole
+interval below it), exceeded (the whole interval above it) or not resolved
+by this run (more rounds or instances narrow it). The last line holds the
+largest ratio over the models (the budget must hold on each):
 
   health_monitor_vs_plain=R1 summarywriter_vs_plain=R2 bytes_per_layer_step=B
 
@@ -38,6 +42,7 @@ Usage: python benchmarks/overhead_torch.py [--rounds 5] [--steps 20] [--instance
 """
 
 import argparse
+import math
 import os
 import shutil
 import statistics
@@ -132,6 +137,41 @@ def make_batches(kind, device, batch, n=8):
 
 
 VARIANTS = ("plain", "health", "summarywriter", "itemlogger")
+# The monitor's overhead budget: on a CPU, and the goal on a GPU.
+BUDGET = {"cpu": 1.05, "cuda": 1.03}
+
+
+def median_interval(values, confidence=0.9):
+    """(lo, hi, coverage): a distribution-free interval for the median of
+    the distribution `values` were drawn from, by order statistics: the
+    j-th smallest and j-th largest value, j the largest with
+    P(j <= Binomial(n, 1/2) <= n - j) >= confidence. `coverage` is that
+    probability (below `confidence` only when even the smallest and
+    largest values do not reach it: few values)."""
+    x = sorted(values)
+    n = len(x)
+    if n == 0:
+        raise ValueError("median_interval needs at least one value; received none")
+
+    def coverage(j):  # P(j <= B <= n - j), B ~ Binomial(n, 1/2)
+        return sum(math.comb(n, i) for i in range(j, n - j + 1)) / 2.0 ** n
+
+    j = 1
+    while j + 1 <= n - j and coverage(j + 1) >= confidence:
+        j += 1
+    return x[j - 1], x[n - j], coverage(j)
+
+
+def budget_verdict(lo, hi, budget, coverage, confidence=0.9):
+    """What an interval for a ratio's median (`median_interval`) says of a budget."""
+    if coverage < confidence:
+        return "budget %.2fx not resolved: too few blocks for a %.0f%% interval" % (
+            budget, 100 * confidence)
+    if hi <= budget:
+        return "budget %.2fx met" % budget
+    if lo > budget:
+        return "budget %.2fx exceeded" % budget
+    return "budget %.2fx not resolved by this run" % budget
 
 
 class Instance:
@@ -256,12 +296,18 @@ def bench_model(kind, args, device, tmp):
     medians = {n: statistics.median(t) for n, t in times.items()}
     # Each block against the plain block of the same instance and round (the
     # closest in time on the same model), the median of those ratios.
-    ratios = {n: statistics.median(t / p for t, p in zip(times[n], times["plain"])) for n in names}
+    block_ratios = {n: [t / p for t, p in zip(times[n], times["plain"])] for n in names}
+    ratios = {n: statistics.median(r) for n, r in block_ratios.items()}
     print("%s on %s, batch %d, %d rounds x %d instances x %d steps per variant" % (
         kind, device, args.batch, args.rounds, args.instances, args.steps))
     for n in names:
         each = " ".join("%.1f" % statistics.median(t) for t in per_instance[n])
         print("  %-14s %8.2f ms/step  (x%.3f)  per instance: %s" % (n, medians[n], ratios[n], each))
+    lo, hi, cover = median_interval(block_ratios["health"])
+    budget = BUDGET["cuda" if device.type == "cuda" else "cpu"]
+    print("  health: x%.3f, %.0f%% interval of the median x%.3f-x%.3f over %d blocks: %s" % (
+        ratios["health"], 100 * cover, lo, hi, len(block_ratios["health"]),
+        budget_verdict(lo, hi, budget, cover)))
     print("  monitored layers: %d, bytes per layer per step: %.0f" % (layers, size / (layers * steps)))
     return ratios["health"], ratios["summarywriter"], size / (layers * steps)
 

@@ -32,4 +32,42 @@ def test_benchmark_prints_ratios_and_bytes(capsys, tmp_path, monkeypatch):
     for name in ("plain", "health", "summarywriter", "itemlogger"):
         assert any(line.strip().startswith(name) and "ms/step" in line for line in lines), name
     assert any("monitored layers: 26" in line for line in lines)
+    # (one block: the interval is that block's ratio, its coverage 0)
+    assert any(re.search(r"health: x\d+\.\d{3}, 0% interval of the median .* over 1 blocks: "
+                         r"budget 1\.05x not resolved: too few blocks for a 90% interval", line)
+               for line in lines), lines
     assert list(tmp_path.iterdir()) == []  # its event files were removed
+
+
+def test_median_interval_covers_the_median_as_often_as_it_says():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    median = np.log(2.0)  # of an exponential distribution of mean 1
+    for n in (5, 10, 20):
+        lo, hi, coverage = overhead_torch.median_interval(range(n))
+        j = lo + 1  # (the values 0..n-1: the j-th smallest is j - 1)
+        assert hi == n - j and coverage >= 0.9  # (symmetric, and at least 90%)
+        trials = 20000
+        drawn = rng.exponential(size=(trials, n))
+        hits = 0
+        for row in drawn:
+            a, b, _ = overhead_torch.median_interval(row)
+            hits += a <= median <= b
+        # (20000 trials: the binomial standard error is <= 0.0035)
+        assert abs(hits / trials - coverage) < 0.015, (n, hits / trials, coverage)
+    # n = 10: the 2nd smallest and 2nd largest, 1 - 2 * 11/1024
+    assert overhead_torch.median_interval(range(10)) == (1, 8, 1 - 22 / 1024)
+    # too few values for 90%: the extremes, with what they cover
+    assert overhead_torch.median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0, 0.75)
+    with pytest.raises(ValueError, match="at least one value"):
+        overhead_torch.median_interval([])
+
+
+def test_budget_verdict_says_whether_the_interval_resolves_the_budget():
+    verdict = overhead_torch.budget_verdict
+    assert verdict(1.02, 1.04, 1.05, 0.98) == "budget 1.05x met"
+    assert verdict(1.06, 1.08, 1.05, 0.98) == "budget 1.05x exceeded"
+    assert verdict(1.04, 1.06, 1.05, 0.98) == "budget 1.05x not resolved by this run"
+    assert verdict(1.02, 1.04, 1.05, 0.75) == (
+        "budget 1.05x not resolved: too few blocks for a 90% interval")
