@@ -28,11 +28,12 @@ is charged to it, not to the variant that runs next), with the device
 synchronised at both ends of the block (not inside it). Prints, per model, the median time per step of each
 variant and the ratios to plain, and the bytes the HealthMonitor wrote per
 monitored layer per step (its event files go to a temporary folder, removed
-at the end). Each ratio comes with a distribution-free interval for its
-median (order statistics of the block ratios, `median_interval`) and what
-that says of the budget (1.05x on a CPU, 1.03x on a GPU): met (the whole
-interval below it), exceeded (the whole interval above it) or not resolved
-by this run (more rounds or instances narrow it). The last line holds the
+at the end). The health ratio comes with a distribution-free interval for
+its median (order statistics of the block ratios, `median_interval`) and
+what that says of the budget (1.05x on a CPU, 1.03x on a GPU): met (the
+whole interval below it), exceeded (the whole interval above it) or not
+resolved by this run (more rounds or instances narrow it; with fewer than
+5 blocks no interval reaches 90%). The last line holds the
 largest ratio over the models (the budget must hold on each):
 
   health_monitor_vs_plain=R1 summarywriter_vs_plain=R2 bytes_per_layer_step=B
@@ -139,9 +140,11 @@ def make_batches(kind, device, batch, n=8):
 VARIANTS = ("plain", "health", "summarywriter", "itemlogger")
 # The monitor's overhead budget: on a CPU, and the goal on a GPU.
 BUDGET = {"cpu": 1.05, "cuda": 1.03}
+# The probability the interval of a ratio's median is asked to have.
+CONFIDENCE = 0.9
 
 
-def median_interval(values, confidence=0.9):
+def median_interval(values, confidence=CONFIDENCE):
     """(lo, hi, coverage): a distribution-free interval for the median of
     the distribution `values` were drawn from, by order statistics: the
     j-th smallest and j-th largest value, j the largest with
@@ -162,7 +165,7 @@ def median_interval(values, confidence=0.9):
     return x[j - 1], x[n - j], coverage(j)
 
 
-def budget_verdict(lo, hi, budget, coverage, confidence=0.9):
+def budget_verdict(lo, hi, budget, coverage, confidence=CONFIDENCE):
     """What an interval for a ratio's median (`median_interval`) says of a budget."""
     if coverage < confidence:
         return "budget %.2fx not resolved: too few blocks for a %.0f%% interval" % (
