@@ -14,6 +14,9 @@ round:
                   parameter's gradient, every step
   itemlogger    + each layer's gradient norm as a scalar, every step
                   (`.item()` per layer, then SummaryWriter.add_scalar)
+  control       (with --control) the plain loop again, measured as a
+                  variant: its ratio, which should be 1, shows what this
+                  machine's noise and the block order read as overhead
 
 Models: `resnet18` (a ResNet-18: 4 stages of 2 basic blocks, BatchNorm, 11.2M
 parameters, on 32x32 images) and `transformer` (a small nn.TransformerEncoder
@@ -33,13 +36,19 @@ its median (order statistics of the block ratios, `median_interval`) and
 what that says of the budget (1.05x on a CPU, 1.03x on a GPU): met (the
 whole interval below it), exceeded (the whole interval above it) or not
 resolved by this run (more rounds or instances narrow it; with fewer than
-5 blocks no interval reaches 90%). The last line holds the
+5 blocks no interval reaches 90%). It also prints the monitor's own time on
+the training thread (its hooks, `step()` and the block's closing `flush()`,
+timed call by call in the health blocks) as a share of the plain step: a
+figure that the machine's noise barely moves, and a lower bound of the
+overhead (it leaves out what the hooks cost the training's own kernels,
+e.g. in the caches; on a GPU it is host time, the kernels it launches run
+asynchronously). The last line holds the
 largest ratio over the models (the budget must hold on each):
 
   health_monitor_vs_plain=R1 summarywriter_vs_plain=R2 bytes_per_layer_step=B
 
 Usage: python benchmarks/overhead_torch.py [--rounds 5] [--steps 20] [--instances 2]
-       [--models resnet18,transformer] [--batch 32] [--device cpu|cuda]
+       [--models resnet18,transformer] [--batch 32] [--device cpu|cuda] [--control]
 """
 
 import argparse
@@ -138,6 +147,11 @@ def make_batches(kind, device, batch, n=8):
 
 
 VARIANTS = ("plain", "health", "summarywriter", "itemlogger")
+# The A/A variant (--control): the plain loop, timed as a variant.
+CONTROL = "control"
+# The monitor's entry points on the training thread: the hooks it installs
+# (the TorchProgram methods they call) and its own methods the loop calls.
+PROGRAM_HOOKS = ("_on_output", "_on_input", "_on_model_output", "_before_update", "_after_update")
 # The monitor's overhead budget: on a CPU, and the goal on a GPU.
 BUDGET = {"cpu": 1.05, "cuda": 1.03}
 # The probability the interval of a ratio's median is asked to have.
@@ -194,6 +208,8 @@ class Instance:
         self.model, self.optimizer = make(kind, device, seed)
         self.monitor = tht.HealthMonitor(os.path.join(logdir, "health"), self.model, self.optimizer,
                                          detectors="default")
+        self.own_seconds = 0.0  # the monitor's time on this thread (see `_time_monitor`)
+        self._time_monitor()
         self._attach_monitor(False)
         self.writers = {n: SummaryWriter(os.path.join(logdir, n)) for n in ("summarywriter", "itemlogger")}
         self.named = [(n, p) for n, p in self.model.named_parameters()]
@@ -203,6 +219,24 @@ class Instance:
         self.variant = "plain"
         self.step_count = 0
         self.health_steps = 0
+
+    def _timed(self, fn):
+        def timed(*args, **kwargs):
+            t0 = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.own_seconds += time.perf_counter() - t0
+        return timed
+
+    def _time_monitor(self):
+        # Each hook's target is looked up when the hooks are installed
+        # (`_attach_monitor`), so the timed ones are installed from then on;
+        # `step()` and `flush()` are timed where this class calls them.
+        # (A timer costs well under a microsecond a call, ~60 calls a step.)
+        program = self.monitor._program
+        for name in PROGRAM_HOOKS:
+            setattr(program, name, self._timed(getattr(program, name)))
 
     def _attach_monitor(self, on):
         # (the monitor's hooks on and off between blocks: a benchmark's need,
@@ -214,8 +248,8 @@ class Instance:
 
     def use(self, variant):
         """Switches to a variant (between blocks, not timed)."""
-        if variant not in VARIANTS:
-            raise ValueError("unknown variant %r; use one of %s" % (variant, VARIANTS))
+        if variant not in VARIANTS + (CONTROL,):
+            raise ValueError("unknown variant %r; use one of %s" % (variant, VARIANTS + (CONTROL,)))
         if (variant == "health") != (self.variant == "health"):
             self._attach_monitor(variant == "health")
         self.variant = variant
@@ -227,7 +261,9 @@ class Instance:
         self.optimizer.step()
         self.step_count += 1
         if self.variant == "health":
+            t0 = time.perf_counter()
             self.monitor.step(loss)
+            self.own_seconds += time.perf_counter() - t0
             self.health_steps += 1
         elif self.variant == "summarywriter":
             for n, p in self.named:
@@ -242,7 +278,9 @@ class Instance:
         monitor's device rows read, checked and written; a SummaryWriter's
         queue)."""
         if self.variant == "health":
+            t0 = time.perf_counter()
             self.monitor.flush()
+            self.own_seconds += time.perf_counter() - t0
         elif self.variant in self.writers:
             self.writers[self.variant].flush()
 
@@ -258,7 +296,7 @@ def sync(device):
 
 
 def bench_model(kind, args, device, tmp):
-    names = list(VARIANTS)
+    names = list(VARIANTS) + ([CONTROL] if args.control else [])
     instances = [Instance(kind, device, seed=i, logdir=os.path.join(tmp, kind, str(i)))
                  for i in range(args.instances)]
     batches = make_batches(kind, device, args.batch)
@@ -269,6 +307,8 @@ def bench_model(kind, args, device, tmp):
                 inst.train_step(x, y)
             inst.flush()
     sync(device)
+    for inst in instances:
+        inst.own_seconds = 0.0  # (the timed blocks' only)
     times = {n: [] for n in names}
     per_instance = {n: [[] for _ in range(args.instances)] for n in names}
     for r in range(args.rounds):
@@ -288,10 +328,11 @@ def bench_model(kind, args, device, tmp):
                 per_step = (time.perf_counter() - t0) / args.steps * 1000.0
                 times[n].append(per_step)
                 per_instance[n][i].append(per_step)
-    for inst in instances:
-        inst.monitor.flush()
-    layers = len(instances[0].monitor._program.layers)
+    own_ms = sum(inst.own_seconds for inst in instances) / (len(times["health"]) * args.steps) * 1000.0
     steps = sum(inst.health_steps for inst in instances)
+    layers = len(instances[0].monitor._program.layers)
+    for inst in instances:  # (every row written before the size is read)
+        inst.monitor.flush()
     size = sum(os.path.getsize(os.path.join(d, f)) for inst in instances
                for d, _, files in os.walk(inst.monitor.logdir) for f in files)
     for inst in instances:
@@ -311,6 +352,8 @@ def bench_model(kind, args, device, tmp):
     print("  health: x%.3f, %.0f%% interval of the median x%.3f-x%.3f over %d blocks: %s" % (
         ratios["health"], 100 * cover, lo, hi, len(block_ratios["health"]),
         budget_verdict(lo, hi, budget, cover)))
+    print("  health: the monitor's own time on the training thread %.1f ms/step, %.1f%% of the "
+          "plain step" % (own_ms, 100.0 * own_ms / medians["plain"]))
     print("  monitored layers: %d, bytes per layer per step: %.0f" % (layers, size / (layers * steps)))
     return ratios["health"], ratios["summarywriter"], size / (layers * steps)
 
@@ -323,6 +366,8 @@ def main(argv=None):
     parser.add_argument("--models", default="resnet18,transformer")
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    parser.add_argument("--control", action="store_true",
+                        help="also time the plain loop as a variant (an A/A check of the noise)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda":

@@ -24,13 +24,20 @@ LAST_LINE = re.compile(r"health_monitor_vs_plain=(\d+\.\d\d) summarywriter_vs_pl
 def test_benchmark_prints_ratios_and_bytes(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))  # where the script's logs go
     overhead_torch.main(["--rounds", "1", "--steps", "2", "--instances", "1", "--batch", "4",
-                         "--models", "transformer", "--device", "cpu"])
+                         "--models", "transformer", "--device", "cpu", "--control"])
     lines = capsys.readouterr().out.strip().splitlines()
     match = LAST_LINE.fullmatch(lines[-1])
     assert match, lines[-1]
     assert float(match[1]) > 0 and float(match[2]) > 0 and int(match[3]) > 0
-    for name in ("plain", "health", "summarywriter", "itemlogger"):
+    for name in ("plain", "health", "summarywriter", "itemlogger", "control"):
         assert any(line.strip().startswith(name) and "ms/step" in line for line in lines), name
+    own = [re.search(r"health: the monitor's own time on the training thread (\d+\.\d) ms/step, "
+                     r"(\d+\.\d)% of the plain step", line) for line in lines]
+    own = [m for m in own if m]
+    assert len(own) == 1, lines
+    # (the hooks ran and were timed: a monitored step takes some of the
+    # thread's time, less than the whole step)
+    assert 0.0 < float(own[0][1]) and 0.0 < float(own[0][2]) < 100.0, own[0][0]
     assert any("monitored layers: 26" in line for line in lines)
     # (one block: the interval is that block's ratio, its coverage 0)
     assert any(re.search(r"health: x\d+\.\d{3}, 0% interval of the median .* over 1 blocks: "
@@ -71,3 +78,19 @@ def test_budget_verdict_says_whether_the_interval_resolves_the_budget():
     assert verdict(1.04, 1.06, 1.05, 0.98) == "budget 1.05x not resolved by this run"
     assert verdict(1.02, 1.04, 1.05, 0.75) == (
         "budget 1.05x not resolved: too few blocks for a 90% interval")
+
+
+def test_the_monitor_s_own_time_counts_its_hooks(tmp_path):
+    import torch
+
+    inst = overhead_torch.Instance("transformer", torch.device("cpu"), 0, str(tmp_path))
+    try:
+        x, _ = overhead_torch.make_batches("transformer", torch.device("cpu"), 2, n=1)[0]
+        inst.use("plain")
+        inst.model(x)
+        assert inst.own_seconds == 0.0  # (no hooks installed for the plain loop)
+        inst.use("health")
+        inst.model(x)  # a forward pass alone: only the forward hooks ran
+        assert inst.own_seconds > 0.0
+    finally:
+        inst.close()

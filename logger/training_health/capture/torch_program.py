@@ -280,6 +280,7 @@ class TorchProgram(host.RowSource):
         return self._training_forward or self._recording(module)
 
     def _install(self):
+        # (benchmarks/overhead_torch.py times each hook target below: PROGRAM_HOOKS)
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.module.register_forward_hook(
                 lambda m, args, out, __i=i: self._on_output(__i, m, args, out)))
