@@ -38,7 +38,9 @@ whole interval below it), exceeded (the whole interval above it) or not
 resolved by this run (more rounds or instances narrow it; with fewer than
 5 blocks no interval reaches 90%). It also prints the monitor's own time on
 the training thread (its hooks, `step()` and the block's closing `flush()`,
-timed call by call in the health blocks) as a share of the plain step: a
+timed call by call in the health blocks; not the reads its background
+thread makes every `flush_every` steps, about 0.5 ms a step for the
+ResNet-18 on a CPU) as a share of the plain step: a
 figure that the machine's noise barely moves, and a lower bound of the
 overhead (it leaves out what the hooks cost the training's own kernels,
 e.g. in the caches; on a GPU it is host time, the kernels it launches run
@@ -149,8 +151,8 @@ def make_batches(kind, device, batch, n=8):
 VARIANTS = ("plain", "health", "summarywriter", "itemlogger")
 # The A/A variant (--control): the plain loop, timed as a variant.
 CONTROL = "control"
-# The monitor's entry points on the training thread: the hooks it installs
-# (the TorchProgram methods they call) and its own methods the loop calls.
+# The TorchProgram methods the monitor's hooks call on the training thread
+# (`step()` and `flush()` are timed where `Instance` calls them).
 PROGRAM_HOOKS = ("_on_output", "_on_input", "_on_model_output", "_before_update", "_after_update")
 # The monitor's overhead budget: on a CPU, and the goal on a GPU.
 BUDGET = {"cpu": 1.05, "cuda": 1.03}
