@@ -94,3 +94,23 @@ def test_the_monitor_s_own_time_counts_its_hooks(tmp_path):
         assert inst.own_seconds > 0.0
     finally:
         inst.close()
+
+
+def test_variants_leave_the_hand_written_loggers_out(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    overhead_torch.main(["--rounds", "2", "--steps", "1", "--instances", "1", "--batch", "4",
+                         "--models", "transformer", "--device", "cpu", "--control",
+                         "--variants", "health,plain"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    timed = [line.split()[0] for line in lines if "ms/step" in line and "(x" in line]
+    assert timed == ["plain", "health", "control"], lines
+    assert any("over 2 blocks" in line for line in lines), lines
+    assert lines[-1] == "(no last line: summarywriter not among --variants)"
+
+
+@pytest.mark.parametrize("variants, says", [("plain,histogram", "unknown variant(s) histogram"),
+                                            ("plain,summarywriter", "must include plain and health")])
+def test_variants_are_checked(capsys, variants, says):
+    with pytest.raises(SystemExit):
+        overhead_torch.main(["--variants", variants])
+    assert says in capsys.readouterr().err
