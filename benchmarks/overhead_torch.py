@@ -157,9 +157,6 @@ def make_batches(kind, device, batch, n=8):
 VARIANTS = ("plain", "health", "summarywriter", "itemlogger")
 # The A/A variant (--control): the plain loop, timed as a variant.
 CONTROL = "control"
-# The TorchProgram methods the monitor's hooks call on the training thread
-# (`Instance` calls `step()` and `flush()` through timed wrappers).
-PROGRAM_HOOKS = ("_on_output", "_on_input", "_on_model_output", "_before_update", "_after_update")
 # The monitor's overhead budget: on a CPU, and the goal on a GPU.
 BUDGET = {"cpu": 1.05, "cuda": 1.03}
 # The probability the interval of a ratio's median is asked to have.
@@ -245,7 +242,7 @@ class Instance:
         # `step()` and `flush()` are called through timed wrappers of their own.
         # (A timer costs well under a microsecond a call, ~60 calls a step.)
         program = self.monitor._program
-        for name in PROGRAM_HOOKS:
+        for name in program.HOOK_METHODS:  # (the methods its hooks call)
             setattr(program, name, self._timed(getattr(program, name)))
 
     def _attach_monitor(self, on):

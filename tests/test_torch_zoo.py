@@ -603,3 +603,26 @@ def test_a_resumed_loop_numbers_its_steps_after_the_first_run(tmp_path):
         _train(monitor, resumed, sgd, 2, g)
     (run,) = reader.read_logdir(str(tmp_path / "sgd"))
     assert [s.step for s in run.steps] == [11, 12]
+
+
+def _hook_method_names(model, optimizer):
+    """The name of the method behind every hook on the modules and the optimizer."""
+    hooks = [h for m in model.modules() for h in (*m._forward_hooks.values(),
+                                                  *m._forward_pre_hooks.values())]
+    hooks += [*optimizer._optimizer_step_pre_hooks.values(),
+              *optimizer._optimizer_step_post_hooks.values()]
+    return [(h.func if hasattr(h, "func") else h).__name__ for h in hooks]
+
+
+def test_the_program_names_every_method_its_hooks_call(tmp_path):
+    """`TorchProgram.HOOK_METHODS` lists the methods behind all its hooks (the
+    overhead benchmark times those): none unlisted, none listed unused, and
+    removing the hooks leaves none behind."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = tht.HealthMonitor(str(tmp_path / "run"), model, optimizer)
+    names = _hook_method_names(model, optimizer)
+    assert set(names) == set(monitor._program.HOOK_METHODS), names
+    assert names.count("_on_output") == 3  # (one per monitored module)
+    monitor.close()
+    assert _hook_method_names(model, optimizer) == []

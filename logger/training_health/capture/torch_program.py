@@ -22,6 +22,7 @@ count by counting steps, so no call here waits for the device. As a
 `host.RowSource` the buffer goes to the host in one copy per read.
 """
 
+import functools
 import threading
 
 import numpy as np
@@ -279,11 +280,15 @@ class TorchProgram(host.RowSource):
         training forward)."""
         return self._training_forward or self._recording(module)
 
+    # The methods the hooks call, every one of them (`_install`; a test
+    # checks the two agree): benchmarks/overhead_torch.py times these.
+    HOOK_METHODS = ("_on_output", "_on_input", "_on_model_output", "_before_update",
+                    "_after_update")
+
     def _install(self):
-        # (benchmarks/overhead_torch.py times each hook target below: PROGRAM_HOOKS)
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.module.register_forward_hook(
-                lambda m, args, out, __i=i: self._on_output(__i, m, args, out)))
+                functools.partial(self._on_output, i)))
         self._handles.append(self.inner.register_forward_pre_hook(self._on_input))
         self._handles.append(self.inner.register_forward_hook(self._on_model_output))
         self._handles.append(self.optimizer.register_step_pre_hook(self._before_update))
