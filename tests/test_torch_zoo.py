@@ -390,11 +390,13 @@ def test_torch_compile_with_several_sampled_shapes_and_a_changing_batch(tmp_path
     assert np.isfinite(compiled.steps[-1].layer_values[:, act]).all()
 
 
-def test_the_learning_rate_is_the_one_the_update_used(tmp_path):
+@pytest.mark.parametrize("tensor_lr", [False, True], ids=["float_lr", "tensor_lr"])
+def test_the_learning_rate_is_the_one_the_update_used(tmp_path, tensor_lr):
     """A scheduler stepped before `monitor.step()` (a common order) does not
-    shift the logged rate to the next step's."""
+    shift the logged rate to the next step's; also with the rate a tensor,
+    which the scheduler changes in place."""
     model, kind = zoo()["mlp"]
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    optimizer = torch.optim.SGD(model.parameters(), lr=torch.tensor(0.1) if tensor_lr else 0.1)
     scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=1, gamma=0.5)
     g = torch.Generator().manual_seed(12)
     with tht.HealthMonitor(str(tmp_path), model, optimizer, detectors=None) as monitor:

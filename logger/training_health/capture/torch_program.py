@@ -411,8 +411,10 @@ class TorchProgram(host.RowSource):
 
     def _before_update(self, optimizer, args, kwargs):
         # (the rate this update uses, whether a scheduler steps before or
-        # after `HealthMonitor.step()`)
-        self._step_lr = optimizer.param_groups[0].get("lr")
+        # after `HealthMonitor.step()`; a tensor rate copied: a scheduler
+        # changes it in place)
+        lr = optimizer.param_groups[0].get("lr")
+        self._step_lr = lr.detach().clone() if isinstance(lr, torch.Tensor) else lr
         grads, owners, shared, per_layer = [], [], [], [[] for _ in self.layers]
         unowned = len(self.layers)  # one more row: gradients of unmonitored parameters
         for group in optimizer.param_groups:
