@@ -3,6 +3,7 @@ writes, and what it writes is the statistics of the whole step, equal to a
 single process training on the whole batch (tests/thtest_torch_ddp.py)."""
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -25,15 +26,30 @@ def free_port():
         return s.getsockname()[1]
 
 
-def test_two_processes_write_the_statistics_of_the_whole_step(tmp_path):
+def run_two_processes(logdirs, *mode):
+    """Both ranks of tests/thtest_torch_ddp.py: (return codes, outputs);
+    a process still running after 240 s is killed (a hang)."""
     port = free_port()
-    logdirs = [str(tmp_path / "ddp"), str(tmp_path / "rank1_must_stay_empty")]
     script = os.path.join(REPO_ROOT, "tests", "thtest_torch_ddp.py")
-    procs = [subprocess.Popen([sys.executable, script, str(rank), "2", str(port), logdirs[rank]],
+    procs = [subprocess.Popen([sys.executable, script, str(rank), "2", str(port), logdirs[rank],
+                               *mode],
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
              for rank in (0, 1)]
-    outs = [p.communicate(timeout=240)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], outs
+    outs = []
+    try:
+        for p in procs:
+            outs.append(p.communicate(timeout=240)[0])
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        outs = [p.communicate()[0] for p in procs]
+    return [p.returncode for p in procs], outs
+
+
+def test_two_processes_write_the_statistics_of_the_whole_step(tmp_path):
+    logdirs = [str(tmp_path / "ddp"), str(tmp_path / "rank1_must_stay_empty")]
+    codes, outs = run_two_processes(logdirs)
+    assert codes == [0, 0], outs
     assert "rank 0 done, writes: True" in outs[0] and "rank 1 done, writes: False" in outs[1]
     assert not os.path.exists(logdirs[1])  # only rank 0 writes
 
@@ -51,3 +67,22 @@ def test_two_processes_write_the_statistics_of_the_whole_step(tmp_path):
     # The check compares something: activations of the whole batch, not of one share.
     act = fmt.LAYER_STATS.index("act_mean")
     assert np.isfinite(run.steps[-1].layer_values[:, act]).all()
+
+
+def test_a_stop_on_alert_stops_every_process_at_the_same_step(tmp_path):
+    """Rank 0 alone raises the alert (only it sees the NaN inputs... and
+    only it runs the detectors); every process leaves the loop at the same
+    step, the next agreement (every flush_every = 2 steps), and none waits
+    for the others in a collective."""
+    logdirs = [str(tmp_path / "ddp"), str(tmp_path / "rank1")]
+    codes, outs = run_two_processes(logdirs, "stop")
+    assert codes == [0, 0], outs
+    steps = [re.search(r"rank %d left the loop after step (\d+)" % r, out) for r, out in
+             enumerate(outs)]
+    assert all(steps), outs
+    left = {int(m[1]) for m in steps}
+    assert len(left) == 1, outs
+    (step,) = left
+    assert ddp.NAN_STEP < step < ddp.STOP_STEPS and step % 2 == 0, outs
+    (run,) = reader.read_logdir(logdirs[0])
+    assert [s.step for s in run.steps] == list(range(1, step + 1))

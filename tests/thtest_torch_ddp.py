@@ -1,7 +1,7 @@
 """One process of a DistributedDataParallel run on the CPU (gloo), for
 tests/test_torch_ddp.py; also the single-process reference it is compared to.
 
-    python tests/thtest_torch_ddp.py RANK WORLD PORT LOGDIR
+    python tests/thtest_torch_ddp.py RANK WORLD PORT LOGDIR [stop]
 
 Every process trains the same model (seeded) on its share of each global
 batch (rank r takes examples r::WORLD... in blocks: rank r the r-th block)
@@ -49,17 +49,44 @@ def train(model, logdir, rank=0, world=1):
     return monitor
 
 
-def main(rank, world, port, logdir):
+STOP_STEPS = 12
+NAN_STEP = 3  # with `stop`: rank 0's share of this step's batch is NaN
+
+
+def train_until_stop(model, logdir, rank, world):
+    """A loop that leaves on `stop_requested` (stop_on=["nan_inf"]); only
+    rank 0 sees the NaN inputs, and only it raises alerts."""
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    monitor = tht.HealthMonitor(logdir, model, optimizer, histogram_every=0, flush_every=2,
+                                stop_on=["nan_inf"])
+    g = torch.Generator().manual_seed(2)
+    for step in range(1, STOP_STEPS + 1):
+        x = torch.randn(4, 3, 8, 8, generator=g)
+        y = torch.randint(0, 4, (4,), generator=g)
+        if step == NAN_STEP and rank == 0:
+            x[0] = float("nan")
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(x), y).backward()
+        optimizer.step()
+        monitor.step()
+        if monitor.stop_requested:
+            break
+    monitor.close()
+    print("rank %d left the loop after step %d" % (rank, step))
+    return monitor
+
+
+def main(rank, world, port, logdir, mode="statistics"):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method="tcp://127.0.0.1:%d" % port, rank=rank,
                             world_size=world)
     model = nn.parallel.DistributedDataParallel(make_model())
-    monitor = train(model, logdir, rank, world)
+    monitor = (train_until_stop if mode == "stop" else train)(model, logdir, rank, world)
     dist.barrier()
     dist.destroy_process_group()
     print("rank %d done, writes: %s" % (rank, monitor._host is not None))
 
 
 if __name__ == "__main__":
-    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])
+    main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), *sys.argv[4:6])

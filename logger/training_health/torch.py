@@ -57,6 +57,14 @@ class _DataParallel:
         self.dist.all_reduce(x)
         return x / self.world_size
 
+    def agree(self, flag, device):
+        """Whether `flag` (a bool) is True in any process: every process
+        calls it at the same step and gets the same answer (waits for the
+        device and the other processes)."""
+        x = torch.tensor([int(flag)], dtype=torch.int32, device=device)
+        self.dist.all_reduce(x, op=self.dist.ReduceOp.MAX)
+        return bool(x.item())
+
 
 def optimizer_step_count(optimizer):
     """The optimizer steps an optimizer has taken, as far as its state
@@ -129,6 +137,10 @@ class HealthMonitor:
     Under DistributedDataParallel every process creates the monitor and
     calls `step()`; the statistics are those of the whole step (the
     examples of every process), and only rank 0 writes and raises alerts.
+    With `stop_on`, the processes agree on `stop_requested` every
+    `flush_every` steps (one all-reduce of a flag), so that all of them
+    leave the loop at the same step (rank 0 alone would leave the others
+    waiting for it in the next collective).
 
     Raises:
         ValueError: an argument is out of range or of the wrong type.
@@ -157,12 +169,15 @@ class HealthMonitor:
         self.optimizer = optimizer
         self.flush_every = flush_every
         self.stop_requested = False  # set when an alert of a `stop_on` kind is raised
+        self._stop_wanted = False  # rank 0's own `stop_on` alert, before the processes agree
         self.detectors = host.default_detectors() if detectors == "default" else detectors
         gather, self.rank = None, 0
         dist = torch.distributed
         if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
             self.rank = dist.get_rank()
             gather = _DataParallel(dist, dist.get_world_size())
+        # (the processes must leave the loop together: see the class docstring)
+        self._agree = gather if gather is not None and stop_on else None
         rows = max(4 * flush_every, 64)
         self._program = TorchProgram(model, optimizer, layers, every_n_batches, histogram_every,
                                      dead_window, activation_examples, rows, gather=gather,
@@ -208,6 +223,8 @@ class HealthMonitor:
             if self._steps % self.flush_every == 0:
                 self._host.collect_in_background()
             self._host.dispatch()
+        if self._agree is not None and self._steps % self.flush_every == 0:
+            self.stop_requested = self._agree.agree(self._stop_wanted, self._program.device)
 
     def end_epoch(self, val_loss=None, loss=None, **metrics):
         """Records the end of an epoch: its validation loss and metrics, for
@@ -285,4 +302,6 @@ class HealthMonitor:
         return False
 
     def _request_stop(self):
-        self.stop_requested = True
+        self._stop_wanted = True
+        if self._agree is None:  # (else at the next agreement, in every process)
+            self.stop_requested = True
