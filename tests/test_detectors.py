@@ -206,6 +206,26 @@ def test_nan_inf_names_the_first_layer_with_nonfinite_activations():
     assert "loss nan" in alerts[0].message
 
 
+def test_nan_inf_a_nan_loss_alone_before_any_finite_one_is_no_loss_given():
+    """A run that logs no loss (NaN at every step) raises nothing; a NaN loss
+    after finite ones does, and one at the first step does where the
+    gradients are NaN too (it was back-propagated); an infinite loss always."""
+    nan = float("nan")
+    assert raised(run(NanInfDetector(), stream(30, global_fn=lambda s: {"loss": nan}))) == []
+    late = raised(run(NanInfDetector(), stream(30, global_fn=lambda s: {"loss": nan}
+                                                if s >= 12 else {})))
+    assert [(a.step, a.message) for a in late] == [(12, "non-finite values at step 12: loss nan")]
+    first = raised(run(NanInfDetector(), stream(
+        30, global_fn=lambda s: {"loss": nan, "grad_nonfinite": 40.0} if s == 0 else {})))
+    assert [a.step for a in first] == [0] and "loss nan" in first[0].message
+    inf = raised(run(NanInfDetector(), stream(30, global_fn=lambda s: {"loss": float("inf")})))
+    assert [a.step for a in inf] == [0] and "loss inf" in inf[0].message
+    detector = NanInfDetector()  # (reset forgets the finite losses seen)
+    run(detector, stream(5))
+    detector.reset()
+    assert raised(run(detector, stream(10, global_fn=lambda s: {"loss": nan}))) == []
+
+
 def test_dead_units_after_patience_on_the_window_measure():
     steps = stream(200, layer_fn=lambda s: {"conv": {"dead_frac_window": 1.0, "dead_frac": 1.0}}
                    if s >= 100 else {})

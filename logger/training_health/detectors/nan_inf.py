@@ -1,5 +1,7 @@
 """nan_inf: a non-finite loss, gradient, weight, activation or input."""
 
+import math
+
 from training_health.detectors import hints
 from training_health.detectors.base import MODEL, Detector, Finding, finite
 
@@ -16,6 +18,12 @@ class NanInfDetector(Detector):
     start: None when the inputs or only the loss are affected, else the first
     layer (in model order) with non-finite activations, gradients or weights.
 
+    A NaN loss is also how a run without a loss reads (a PyTorch loop that
+    calls `step()` without one): until the run has logged a finite loss, a
+    NaN loss counts only together with other non-finite values at the same
+    step (a NaN loss that was back-propagated makes the gradients NaN). An
+    infinite loss always counts.
+
     Args:
         patience: steps the condition must last before the alert. Defaults to
             0: a single non-finite value is conclusive (no healthy run has
@@ -30,6 +38,10 @@ class NanInfDetector(Detector):
 
     def __init__(self, patience=0, clear_patience=200, start_from_step=0):
         super().__init__(patience, 1, clear_patience, start_from_step)
+        self._loss_logged = False  # a finite loss seen: from then on a NaN one is a NaN
+
+    def _reset_state(self):
+        self._loss_logged = False
 
     def _evaluate(self, step, stats):
         g = stats.global_values
@@ -39,7 +51,11 @@ class NanInfDetector(Detector):
         if n_inputs:
             parts.append("%d NaN/Inf input values" % n_inputs)
         loss = g.get("loss")
-        if loss is not None and not finite(loss):
+        loss_part = None
+        if loss is not None and finite(loss):
+            self._loss_logged = True
+        elif loss is not None:
+            loss_part = len(parts)
             parts.append("loss %s" % float(loss))
         n_grad = _count(g.get("grad_nonfinite"))
         if n_grad:
@@ -61,6 +77,9 @@ class NanInfDetector(Detector):
                 if origin is None:
                     origin = info.name
                     parts.append("first non-finite layer: %s (%s)" % (info.name, ", ".join(what)))
+        if loss_part is not None and len(parts) == 1 and math.isnan(float(loss)) and (
+                not self._loss_logged):
+            parts = []  # (a NaN loss alone, none finite before: no loss given)
         if not parts:
             return {MODEL: None}
         layer = None if n_inputs else origin
