@@ -84,5 +84,6 @@ def test_a_stop_on_alert_stops_every_process_at_the_same_step(tmp_path):
     assert len(left) == 1, outs
     (step,) = left
     assert ddp.NAN_STEP < step < ddp.STOP_STEPS and step % 2 == 0, outs
+    assert "nan_inf at step %d" % ddp.NAN_STEP in outs[0], outs[0]
     (run,) = reader.read_logdir(logdirs[0])
     assert [s.step for s in run.steps] == list(range(1, step + 1))
