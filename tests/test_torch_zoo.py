@@ -199,6 +199,57 @@ def test_rnn_units_and_examples_follow_the_batch_axis(tmp_path):
         np.testing.assert_allclose(values[k], want[k], rtol=1e-5, atol=1e-7, equal_nan=True, err_msg=k)
 
 
+class PackedClassifier(nn.Module):
+    """An LSTM (sequence first) over padded sequences of different lengths, packed."""
+
+    def __init__(self):
+        super().__init__()
+        self.embed = nn.Embedding(50, 8)
+        self.rnn = nn.LSTM(8, 16)
+        self.head = nn.Linear(16, 3)
+
+    def forward(self, tokens, lengths):  # tokens [time, batch]
+        packed = nn.utils.rnn.pack_padded_sequence(self.embed(tokens), lengths,
+                                                   enforce_sorted=False)
+        _, (h, _) = self.rnn(packed)
+        return self.head(h[-1])
+
+
+def test_a_packed_sequence_s_units_are_its_features(tmp_path):
+    """An RNN fed a PackedSequence returns one: its `data` is [tokens,
+    features] whatever batch_first says; units are the features (the same
+    at every step, whatever the lengths), the examples its first tokens."""
+    torch.manual_seed(0)
+    model = PackedClassifier()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    outputs = {}
+    model.rnn.register_forward_hook(keep_first(outputs, "rnn", lambda o: o[0].data))
+    g = torch.Generator().manual_seed(3)
+    with tht.HealthMonitor(str(tmp_path), model, optimizer, activation_examples=4,
+                           dead_window=3) as monitor:
+        for step in range(3):
+            lengths = torch.randint(2, 9, (6,), generator=g)
+            tokens = torch.randint(0, 50, (8, 6), generator=g)
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(model(tokens, lengths),
+                                               torch.randint(0, 3, (6,), generator=g))
+            loss.backward()
+            optimizer.step()
+            monitor.step(loss)
+            if step == 0:
+                first = outputs.pop("rnn").double().numpy()  # [tokens, units]
+            outputs.clear()
+    (run,) = reader.read_logdir(str(tmp_path))
+    j = [i.name for i in run.steps[0].layers].index("rnn")
+    assert [s.layers[j].units for s in run.steps] == [16, 16, 16]
+    want = ref.activation_stats(ref.activation_sample(first, 4), (-1.0, 1.0))
+    values = dict(zip(fmt.LAYER_STATS, run.steps[0].layer_values[j]))
+    for k in fmt.ACTIVATION_STATS:
+        np.testing.assert_allclose(values[k], want[k], rtol=1e-5, atol=1e-7, equal_nan=True, err_msg=k)
+    # (the units the same at every step: the window of the third step is filled)
+    assert np.isfinite(run.steps[2].layer_values[j][fmt.LAYER_STATS.index("dead_frac_window")])
+
+
 def test_gradient_accumulation_gives_one_row_per_optimizer_step(tmp_path):
     model, kind = zoo()["cnn_bn"]
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)

@@ -27,6 +27,7 @@ import threading
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import PackedSequence
 
 from training_health import format as fmt
 from training_health.capture import host
@@ -122,8 +123,13 @@ def _activation(module):
 
 
 def _first_tensor(out):
+    """The first tensor of a module's output (nested tuples, lists, dicts);
+    of a PackedSequence, its `data`: [tokens, features], every sequence's
+    steps one after another (tokens take the examples' place)."""
     if isinstance(out, torch.Tensor):
         return out
+    if isinstance(out, PackedSequence):
+        return out.data
     if isinstance(out, (tuple, list)):
         for x in out:
             t = _first_tensor(x)
@@ -135,6 +141,12 @@ def _first_tensor(out):
             if t is not None:
                 return t
     return None
+
+
+def _is_packed(out):
+    """Whether a module's output is, or begins with, a PackedSequence (an RNN's)."""
+    return isinstance(out, PackedSequence) or (
+        isinstance(out, tuple) and bool(out) and isinstance(out[0], PackedSequence))
 
 
 class _Layer:
@@ -330,7 +342,8 @@ class TorchProgram(host.RowSource):
             return
         layer = self.layers[index]
         a = t.detach()
-        if layer.batch_axis != 0:
+        # (a packed sequence's tokens are on axis 0, whatever batch_first says)
+        if layer.batch_axis != 0 and not _is_packed(out):
             a = a.movedim(layer.batch_axis, 0)
         if a.dim() < 2:
             a = a.reshape(-1, 1)
