@@ -89,10 +89,12 @@ class HealthMonitor:
     `Conv2d`, `BatchNorm2d`, `LSTM`, `Embedding`, `MultiheadAttention`...)
     and the activation modules (`ReLU`, `GELU`, `Sigmoid`...), named by
     their `named_modules()` path. A module whose parameters all have
-    `requires_grad=False` is monitored as frozen (`LayerInfo.frozen`): its
-    activations and dead units are measured, also when it runs in eval()
-    mode or under `torch.no_grad()` inside the training forward, and it has
-    no gradient or update statistics. A unit is an output feature (last axis),
+    `requires_grad=False` is left out by default (named in the run's
+    metadata as frozen and not monitored); named in `layers`, it is
+    monitored as frozen (`LayerInfo.frozen`): its activations and dead
+    units are measured, also when it runs in eval() mode or under
+    `torch.no_grad()` inside the training forward, and it has no gradient
+    or update statistics. A unit is an output feature (last axis),
     or a channel for convolution, normalization and pooling outputs (and the
     activation modules behind them).
 
@@ -112,8 +114,10 @@ class HealthMonitor:
         flush_every: copy the device buffer to the host every this many
             steps (one copy, on a background thread). Defaults to 50.
         activation_examples: activation and input statistics use the first
-            this many examples of each batch; None uses the whole batch.
-            Dead units always cover the whole batch. Defaults to 8.
+            this many examples of each batch (under DDP, of each process's
+            share of it); None uses the whole batch. Dead units of the
+            ReLU family cover the whole batch, those of other activations
+            these examples. Defaults to 8.
         detectors: a `training_health.detectors.DetectorSuite`, or None to
             turn online alerts off. Defaults to the default suite.
         stop_on: alert kinds that set `stop_requested`, e.g. `["nan_inf"]`.
