@@ -88,3 +88,60 @@ def test_a_run_resumed_from_a_checkpoint_goes_on_numbering(tmp_path):
                                                        ckpt_path=str(tmp_path / "epoch1.ckpt"))
     (run,) = reader.read_logdir(str(tmp_path / "run"))
     assert [s.step for s in run.steps] == list(range(1, 17))  # 8 steps an epoch, 2 epochs
+
+
+class Validated(Classifier):
+    """Logs a validation loss and accuracy each epoch; `training_step` calls
+    its network, not its own forward."""
+
+    def training_step(self, batch, batch_idx):
+        x, y = batch
+        return nn.functional.cross_entropy(self.net(x), y)
+
+    def validation_step(self, batch, batch_idx):
+        x, y = batch
+        logits = self.net(x)
+        self.log("val_loss", nn.functional.cross_entropy(logits, y))
+        self.log("val_accuracy", (logits.argmax(1) == y).float().mean())
+
+
+def test_epochs_end_with_the_logged_validation_metrics_and_inputs_come_from_the_batch(tmp_path):
+    torch.manual_seed(0)
+    callback = HealthCallback(str(tmp_path), flush_every=3)
+    trainer(callback).fit(Validated(), loader(), loader(n=16))
+    (run,) = reader.read_logdir(str(tmp_path))
+    assert [(e.epoch, e.step) for e in run.epochs] == [(1, 8), (2, 16)]
+    for e in run.epochs:
+        assert {"val_loss", "val_accuracy", "loss"} <= set(e.metrics), e.metrics
+        assert all(np.isfinite(e.metrics[k]) for k in ("val_loss", "val_accuracy", "loss"))
+    # The input columns of each step: its batch's first 8 examples (the
+    # module's own forward never ran).
+    x = next(iter(loader()))[0].double().numpy()
+    first = run.steps[0].global_values
+    np.testing.assert_allclose([first["input_mean"], first["input_min"], first["input_max"]],
+                               [x.mean(), x.min(), x.max()], rtol=1e-5)
+
+
+def test_options_are_checked_at_construction(tmp_path):
+    with pytest.raises(ValueError, match="flush_every"):
+        HealthCallback(str(tmp_path), flush_every=0)
+    with pytest.raises(ValueError, match="stop_on"):
+        HealthCallback(str(tmp_path), stop_on=["no_such_alert"])
+
+
+class Failing(Classifier):
+    def training_step(self, batch, batch_idx):
+        if batch_idx == 3:
+            raise RuntimeError("a bug in training_step")
+        return super().training_step(batch, batch_idx)
+
+
+def test_a_failing_fit_writes_its_steps_and_removes_the_hooks(tmp_path):
+    torch.manual_seed(0)
+    callback = HealthCallback(str(tmp_path))
+    model = Failing()
+    with pytest.raises(RuntimeError, match="a bug in training_step"):
+        trainer(callback).fit(model, loader())
+    assert not model.net[0]._forward_hooks and not model._forward_pre_hooks
+    (run,) = reader.read_logdir(str(tmp_path))
+    assert [s.step for s in run.steps] == [1, 2, 3]

@@ -679,3 +679,32 @@ def test_the_program_names_every_method_its_hooks_call(tmp_path):
     assert names.count("_on_output") == 3  # (one per monitored module)
     monitor.close()
     assert _hook_method_names(model, optimizer) == []
+
+
+class KeywordInputs(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, features=None, mask=None):
+        return self.fc(features) * mask[:, None]
+
+
+def test_input_statistics_of_keyword_arguments(tmp_path):
+    """A model called with keyword arguments (`model(features=x, mask=m)`):
+    the input columns are those of its floating-point inputs, the boolean
+    mask left out."""
+    torch.manual_seed(0)
+    model = KeywordInputs()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    x = torch.randn(6, 4) * 3 + 1
+    with tht.HealthMonitor(str(tmp_path), model, optimizer, activation_examples=None) as monitor:
+        optimizer.zero_grad()
+        model(features=x, mask=torch.ones(6, dtype=torch.bool)).square().mean().backward()
+        optimizer.step()
+        monitor.step()
+    (run,) = reader.read_logdir(str(tmp_path))
+    want = ref.input_stats([x.double().numpy()])
+    got = run.steps[0].global_values
+    for k in fmt.INPUT_STATS:
+        np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)

@@ -261,6 +261,9 @@ class TorchProgram(host.RowSource):
         self._weight_samples = ops.WeightSamples(self._params, self.sampler)
         self._last_active = None  # int64 [all units], the step each unit last fired
         self._inputs = []
+        # The step's batch inputs as a trainer handed them over (`batch_inputs`),
+        # for a step whose model forward did not run as a whole.
+        self._batch_inputs = None
         self._grads = None  # ((gradient parts [L + 1, 5], totals [2]), per-layer gradients for histograms)
         self._before = None  # flat sample of the weights before the update
         self._weights = None  # [L, 2] weight columns of the step
@@ -301,7 +304,7 @@ class TorchProgram(host.RowSource):
         for i, layer in enumerate(self.layers):
             self._handles.append(layer.module.register_forward_hook(
                 functools.partial(self._on_output, i)))
-        self._handles.append(self.inner.register_forward_pre_hook(self._on_input))
+        self._handles.append(self.inner.register_forward_pre_hook(self._on_input, with_kwargs=True))
         self._handles.append(self.inner.register_forward_hook(self._on_model_output))
         self._handles.append(self.optimizer.register_step_pre_hook(self._before_update))
         self._handles.append(self.optimizer.register_step_post_hook(self._after_update))
@@ -397,20 +400,35 @@ class TorchProgram(host.RowSource):
             return None
         return layer.elementwise(layer.module, prev_sample)
 
-    def _on_input(self, module, args):
+    def _on_input(self, module, args, kwargs):
         self._last_output = None
         self._last_sample = None
         self._training_forward = self._recording(module)
         if not self._training_forward or self._inputs:
             return
-        xs = [x for x in args if isinstance(x, torch.Tensor) and x.is_floating_point()]
-        if not xs:
-            return
+        xs = [x for x in (*args, *kwargs.values())
+              if isinstance(x, torch.Tensor) and x.is_floating_point()]
+        if xs:
+            self._inputs.append(self._input_columns(xs))
+
+    def _input_columns(self, xs):
+        """The input columns of floating tensors (batch first), on their
+        first `activation_examples` examples (of every process's)."""
         k = self.activation_examples
         part = [x.detach()[:k] if k is not None else x.detach() for x in xs]
         if self.gather is not None:
             part = [self.gather.examples(x.float()) for x in part]
-        self._inputs.append(ops.input_columns(part))
+        return ops.input_columns(part)
+
+    def batch_inputs(self, x):
+        """The inputs of the step about to run, as a trainer's batch holds
+        them (a floating tensor, batch first; anything else is ignored): the
+        step's input columns where the model's own forward does not run (a
+        LightningModule whose `training_step` calls its submodules). Where
+        it runs, its inputs are taken instead."""
+        if self._batch_inputs is None:  # (the step's first batch, as the first forward's inputs)
+            self._batch_inputs = (x if isinstance(x, torch.Tensor) and x.is_floating_point()
+                                  else None)
 
     def _on_model_output(self, module, args, out):
         self._training_forward = False
@@ -489,6 +507,8 @@ class TorchProgram(host.RowSource):
                 layer.captured = True
                 layer.units, layer.units_first = layer.seen[0]
         try:
+            if not self._inputs and self._batch_inputs is not None:
+                self._inputs.append(self._input_columns([self._batch_inputs]))
             captured = self._captured()
             # Every captured layer's sample side by side, once for the unit
             # activity and the activation columns.
@@ -516,6 +536,7 @@ class TorchProgram(host.RowSource):
                 layer.active.clear()
                 layer.seen.clear()
             self._inputs.clear()  # (the same list: a compiled forward's hooks append to it)
+            self._batch_inputs = None
             self._last_sample = None
             self._grads = None
             self._weights = None
