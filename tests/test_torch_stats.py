@@ -481,38 +481,71 @@ def test_a_large_gradient_with_non_finite_entries(tmp_path):
 SYNCING = ("item", "tolist", "cpu", "numpy", "__bool__", "__float__", "__int__", "__index__")
 
 
-def test_the_step_never_waits_for_the_device(tmp_path, monkeypatch):
-    """On the accelerator path no call in the training thread reads a value
-    back from the device (what would wait for it): counted by wrapping every
-    Tensor method that does, over steps with activations, gradients,
-    weights, dead units, histograms and the input, between two reads of
-    the buffer (every flush_every steps, on the background thread)."""
+@pytest.mark.parametrize("setup", ["sgd_momentum", "adamw_groups_accumulation", "grad_scaler"])
+def test_the_step_never_waits_for_the_device(tmp_path, monkeypatch, setup):
+    """On the accelerator path no call of the monitor's (`step()` and its
+    hooks) reads a value back from the device (what would wait for it):
+    counted by wrapping every Tensor method that does, over steps with
+    activations, gradients, weights, dead units, histograms and the input,
+    between two reads of the buffer (every flush_every steps, on the
+    background thread); with SGD and momentum, AdamW over two param groups
+    with two micro-batches a step, and a GradScaler (whose own read of its
+    inf check, in `scaler.step`, is the loop's, not the monitor's)."""
     import threading
 
     model = make_model()
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    micro = 2 if setup == "adamw_groups_accumulation" else 1
+    if setup == "adamw_groups_accumulation":
+        params = list(model.parameters())
+        optimizer = torch.optim.AdamW([{"params": params[:4]},
+                                       {"params": params[4:], "lr": 1e-3}], lr=1e-2)
+    else:
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu") if setup == "grad_scaler" else None
     monitor = monitor_on(False, str(tmp_path), model, optimizer, flush_every=1000,
                          histogram_every=2)
+    depth = [0]  # > 0 inside the monitor's code
+
+    def in_monitor(fn):
+        def wrapped(*args, **kwargs):
+            depth[0] += 1
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return wrapped
+
+    program = monitor._program
+    program.remove()
+    for name in program.HOOK_METHODS:
+        setattr(program, name, in_monitor(getattr(program, name)))
+    program._install()
+    step = in_monitor(monitor.step)
     g = torch.Generator().manual_seed(5)
     batches = [(torch.randn(16, 3, 16, 16, generator=g), torch.randint(0, 10, (16,), generator=g))
                for _ in range(6)]
 
     def train(x, y):
         optimizer.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
+        for part in range(micro):
+            loss = nn.functional.cross_entropy(model(x[part::micro]), y[part::micro]) / micro
+            (loss if scaler is None else scaler.scale(loss)).backward()
+        if scaler is None:
+            optimizer.step()
+        else:
+            scaler.step(optimizer)
+            scaler.update()
         return loss
 
     for x, y in batches[:2]:  # the first steps make the cached constants
-        monitor.step(train(x, y))
+        step(train(x, y))
     calls = []
     main = threading.current_thread()
     for name in SYNCING:
         original = getattr(torch.Tensor, name)
 
         def counted(self, *args, __original=original, __name=name, **kwargs):
-            if threading.current_thread() is main:
+            if depth[0] and threading.current_thread() is main:
                 calls.append(__name)
             return __original(self, *args, **kwargs)
 
@@ -520,10 +553,11 @@ def test_the_step_never_waits_for_the_device(tmp_path, monkeypatch):
     for x, y in batches[2:]:
         loss = train(x, y)
         before = len(calls)
-        monitor.step(loss)
+        step(loss)
         assert calls[before:] == [], "monitor.step read the device: %s" % calls[before:]
     assert calls == []  # (not in the hooks either)
     monkeypatch.undo()
+    assert monitor.optimizer_steps == 6  # (no step skipped: every update's hooks ran)
     monitor.close()
     (run,) = reader.read_logdir(str(tmp_path))
     assert [s.step for s in run.steps] == [1, 2, 3, 4, 5, 6]
