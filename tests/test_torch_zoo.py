@@ -708,3 +708,49 @@ def test_input_statistics_of_keyword_arguments(tmp_path):
     got = run.steps[0].global_values
     for k in fmt.INPUT_STATS:
         np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
+def test_accumulated_micro_batches_share_dead_units_and_are_sampled_once(tmp_path, monkeypatch):
+    """With gradient accumulation a unit is alive when it fires in any
+    micro-batch of the step; the activation sample is taken once a step (of
+    its first micro-batch: the others' would go unused), and a later
+    micro-batch's units are not reduced again once all have fired."""
+    from training_health.capture import torch_ops
+
+    calls = {"sample": 0, "units": 0}
+    sample, units = torch_ops.Sampler.activation_sample, torch_ops.units_active
+
+    def counted_sample(*args, **kwargs):
+        calls["sample"] += 1
+        return sample(*args, **kwargs)
+
+    def counted_units(*args, **kwargs):
+        calls["units"] += 1
+        return units(*args, **kwargs)
+
+    monkeypatch.setattr(torch_ops.Sampler, "activation_sample", counted_sample)
+    monkeypatch.setattr(torch_ops, "units_active", counted_units)
+    model = nn.Sequential(nn.Linear(2, 2), nn.ReLU(), nn.Linear(2, 1))
+    with torch.no_grad():  # unit i = relu(x_i)
+        model[0].weight.copy_(torch.eye(2))
+        model[0].bias.zero_()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.0)
+    micro_batches = {1: [[[1.0, -1.0]], [[-1.0, 1.0]]],  # each unit fires in one of the two
+                     2: [[[1.0, 1.0]], [[-1.0, -1.0]]]}  # both fire in the first
+    with tht.HealthMonitor(str(tmp_path), model, optimizer, detectors=None) as monitor:
+        for step, xs in micro_batches.items():
+            optimizer.zero_grad()
+            for x in xs:
+                model(torch.tensor(x)).sum().backward()
+            optimizer.step()
+            monitor.step()
+            if step == 1:
+                # (three layers sampled once each; the ReLU's units reduced
+                # in both micro-batches, none having fired in all of the first)
+                assert calls == {"sample": 3, "units": 2}, calls
+                calls.update(sample=0, units=0)
+    assert calls == {"sample": 3, "units": 1}, calls  # (the second micro-batch: nothing)
+    (run,) = reader.read_logdir(str(tmp_path))
+    dead = fmt.LAYER_STATS.index("dead_frac")
+    relu = [l.name for l in run.steps[0].layers].index("1")
+    assert [s.layer_values[relu][dead] for s in run.steps] == [0.0, 0.0]

@@ -636,6 +636,12 @@ def _all_units(units, device):
     return _ALL_UNITS[key]
 
 
+def is_all_units(active):
+    """Whether `active` is the shared all-True vector `units_active` returns
+    where every unit fired (not one that merely holds only True)."""
+    return active is _ALL_UNITS.get((active.numel(), active.device))
+
+
 def units_active(a, unit_axis, nonnegative=False, probe=None):
     """Bool [units]: the units of a whole output (batch first, units at
     `unit_axis`) that are > 0 somewhere (`statistics.units_active`),

@@ -355,6 +355,16 @@ class TorchProgram(host.RowSource):
         unit_axis = 1 if first else a.dim() - 1
         layout = (tuple(a.shape), first)
         compiling = torch.compiler.is_compiling()
+        if layer.samples and not compiling:
+            # A later forward of the step (gradient accumulation): a step's
+            # activation statistics are those of its first, so only which
+            # units fire counts here, and not even that once all have.
+            self._output_ids[id(t)] = index
+            self._last_sample = None
+            if layer.whole_batch_units and not any(map(ops.is_all_units, layer.active)):
+                active = ops.units_active(a, unit_axis, layer.activation in ("relu", "relu6"))
+                layer.active.append(self.gather.any(active) if self.gather is not None else active)
+            return
         # The step's first sample of this layer goes into the layer's buffer
         # (eager mode; see `_Layer.sample_buffer`).
         kept = not compiling and not layer.samples
