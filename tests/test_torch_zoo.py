@@ -339,7 +339,20 @@ def test_grad_scaler_statistics_are_of_the_unscaled_gradients(tmp_path):
     assert not [a for a in run.alerts if a.kind == "nan_inf"]
 
 
-def test_torch_compile_adds_no_graph_break_or_recompilation(tmp_path):
+def _cpp_compiler():
+    import shutil
+
+    return shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")
+
+
+@pytest.mark.parametrize("backend", [
+    "aot_eager",
+    pytest.param("inductor", marks=pytest.mark.skipif(
+        _cpp_compiler() is None, reason="inductor on a CPU needs a C++ compiler"))])
+def test_torch_compile_adds_no_graph_break_or_recompilation(tmp_path, backend):
+    """The same graphs with the monitor as without (none added, none
+    recompiled), no graph break, the same weights: with the tracing backend
+    that runs the graph as traced, and with the default one (inductor)."""
     from torch._dynamo.utils import counters
 
     def train(monitored):
@@ -347,7 +360,7 @@ def test_torch_compile_adds_no_graph_break_or_recompilation(tmp_path):
         counters.clear()
         model, kind = zoo()["cnn_bn"]
         optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
-        compiled = torch.compile(model, backend="aot_eager")
+        compiled = torch.compile(model, backend=backend)
         monitor = (tht.HealthMonitor(str(tmp_path / "run"), compiled, optimizer, histogram_every=2)
                    if monitored else None)
         g = torch.Generator().manual_seed(6)
