@@ -49,7 +49,7 @@ def train(model, logdir, rank=0, world=1):
     return monitor
 
 
-STOP_STEPS = 12
+STOP_STEPS = 20
 NAN_STEP = 3  # with `stop`: rank 0's share of this step's batch is NaN
 
 
@@ -69,6 +69,11 @@ def train_until_stop(model, logdir, rank, world):
         nn.functional.cross_entropy(model(x), y).backward()
         optimizer.step()
         monitor.step()
+        if rank == 0:
+            # (its rows read and checked now, not whenever the background
+            # thread gets to them: the alert's step does not depend on the
+            # machine's speed)
+            monitor.flush()
         if monitor.stop_requested:
             break
     monitor.close()
