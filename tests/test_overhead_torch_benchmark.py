@@ -16,6 +16,7 @@ from conftest import REPO_ROOT  # noqa: E402
 sys.path.insert(0, os.path.join(REPO_ROOT, "benchmarks"))
 
 import overhead_torch  # noqa: E402
+import overhead_torch_phases  # noqa: E402
 
 LAST_LINE = re.compile(r"health_monitor_vs_plain=(\d+\.\d\d) summarywriter_vs_plain=(\d+\.\d\d) "
                        r"bytes_per_layer_step=(\d+)")
@@ -114,3 +115,24 @@ def test_variants_are_checked(capsys, variants, says):
     with pytest.raises(SystemExit):
         overhead_torch.main(["--variants", variants])
     assert says in capsys.readouterr().err
+
+
+def test_phases_split_the_step(capsys, tmp_path, monkeypatch):
+    """benchmarks/overhead_torch_phases.py times every phase of the step,
+    plain and monitored: the monitor's own step is 0 in the plain loop and
+    takes time in the monitored one; its event files are removed."""
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    overhead_torch_phases.main(["--model", "transformer", "--rounds", "2", "--steps", "1",
+                                "--batch", "4", "--device", "cpu"])
+    lines = capsys.readouterr().out.strip().splitlines()
+    rows = {}
+    for line in lines:
+        m = re.match(r"\s+(\w+)\s+plain\s+(\d+\.\d\d) ms/step\s+health\s+(\d+\.\d\d) ms/step", line)
+        if m:
+            rows[m[1]] = (float(m[2]), float(m[3]))
+    assert set(rows) == set(overhead_torch_phases.PHASES), lines
+    assert rows["monitor_step"][0] == 0.0 < rows["monitor_step"][1]
+    assert rows["forward"][0] > 0 and rows["backward"][0] > 0
+    assert re.search(r"the monitor's phases .*: [+-]\d+\.\d ms/step, -?\d+\.\d% of the plain step",
+                     lines[-1]), lines[-1]
+    assert list(tmp_path.iterdir()) == []
