@@ -32,6 +32,8 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import overhead_torch  # noqa: E402
 
 PHASES = ("forward", "backward", "optimizer", "monitor_step", "flush")
+# The phases in which the plain loop does nothing (the monitor's alone).
+MONITOR_ONLY = ("monitor_step", "flush")
 
 
 def timed_step(inst, x, y, device):
@@ -91,20 +93,27 @@ def main(argv=None):
         shutil.rmtree(tmp, ignore_errors=True)
     print("%s on %s, batch %d, %d rounds x %d steps per variant" % (
         args.model, device, args.batch, args.rounds, args.steps))
-    total = {}
+    # Each phase's time added by the monitor, per step: (the median of the
+    # blocks' health/plain ratios - 1) x the plain median (a paired figure:
+    # each block against the plain block next to it), or the monitor's own
+    # median where the plain loop does nothing.
+    added = {}
     for phase in PHASES:
         plain = statistics.median(blocks["plain"][phase]) * 1e3
         health = statistics.median(blocks["health"][phase]) * 1e3
-        ratios = [h / p for h, p in zip(blocks["health"][phase], blocks["plain"][phase]) if p > 0]
-        ratio = " block ratio x%.3f" % statistics.median(ratios) if ratios else ""
-        total[phase] = health - plain
-        print("  %-12s plain %8.2f ms/step  health %8.2f ms/step  %+8.2f%s" % (
-            phase, plain, health, health - plain, ratio))
+        if phase in MONITOR_ONLY:
+            added[phase], ratio = health, ""
+        else:
+            r = statistics.median(h / p for h, p in zip(blocks["health"][phase],
+                                                        blocks["plain"][phase]))
+            added[phase], ratio = (r - 1.0) * plain, "  block ratio x%.3f" % r
+        print("  %-12s plain %8.2f ms/step  health %8.2f ms/step  added %+8.2f ms/step%s" % (
+            phase, plain, health, added[phase], ratio))
     step = sum(statistics.median(blocks["plain"][p]) for p in PHASES) * 1e3
-    print("  the monitor's phases (forward, optimizer, monitor_step, flush): %+.1f ms/step, "
-          "%.1f%% of the plain step" % (sum(total[p] for p in PHASES if p != "backward"),
-                                         100 * sum(total[p] for p in PHASES if p != "backward")
-                                         / step))
+    own = sum(added[p] for p in PHASES if p != "backward")
+    print("  added by the monitor's phases (forward, optimizer, monitor_step, flush): "
+          "%+.1f ms/step, %.1f%% of the plain step; backward %+.1f ms/step" % (
+              own, 100 * own / step, added["backward"]))
 
 
 if __name__ == "__main__":

@@ -133,6 +133,6 @@ def test_phases_split_the_step(capsys, tmp_path, monkeypatch):
     assert set(rows) == set(overhead_torch_phases.PHASES), lines
     assert rows["monitor_step"][0] == 0.0 < rows["monitor_step"][1]
     assert rows["forward"][0] > 0 and rows["backward"][0] > 0
-    assert re.search(r"the monitor's phases .*: [+-]\d+\.\d ms/step, -?\d+\.\d% of the plain step",
-                     lines[-1]), lines[-1]
+    assert re.search(r"added by the monitor's phases .*: [+-]\d+\.\d ms/step, -?\d+\.\d% of the "
+                     r"plain step; backward [+-]\d+\.\d ms/step", lines[-1]), lines[-1]
     assert list(tmp_path.iterdir()) == []
