@@ -25,9 +25,8 @@ except ImportError:  # the older package name
             "`pip install lightning` (and `pip install training-health[torch]`). (%s)" % e
         ) from e
 
-import torch
-
 from training_health.capture import host
+from training_health.capture.torch_program import _first_tensor
 from training_health.torch import HealthMonitor
 
 __all__ = ["HealthCallback"]
@@ -114,14 +113,6 @@ class HealthCallback(Callback):
         # (what was recorded is written, the hooks removed from the module)
         if self.monitor is not None:
             self.monitor.close()
-
-
-def _first_tensor(batch):
-    """The first tensor of a batch: itself, the first item of a tuple or
-    list, the first value of a dict (nested alike), or None."""
-    while isinstance(batch, (tuple, list, dict)) and batch:
-        batch = next(iter(batch.values())) if isinstance(batch, dict) else batch[0]
-    return batch if torch.is_tensor(batch) else None
 
 
 def _check(logdir, options):

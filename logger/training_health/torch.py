@@ -61,9 +61,7 @@ class _DataParallel:
         """Whether `flag` (a bool) is True in any process: every process
         calls it at the same step and gets the same answer (waits for the
         device and the other processes)."""
-        x = torch.tensor([int(flag)], dtype=torch.int32, device=device)
-        self.dist.all_reduce(x, op=self.dist.ReduceOp.MAX)
-        return bool(x.item())
+        return bool(self.any(torch.tensor([bool(flag)], device=device)).item())
 
 
 def optimizer_step_count(optimizer):

@@ -51,12 +51,11 @@ class NanInfDetector(Detector):
         if n_inputs:
             parts.append("%d NaN/Inf input values" % n_inputs)
         loss = g.get("loss")
-        loss_part = None
-        if loss is not None and finite(loss):
-            self._loss_logged = True
-        elif loss is not None:
-            loss_part = len(parts)
+        loss_bad = loss is not None and not finite(loss)
+        if loss_bad:
             parts.append("loss %s" % float(loss))
+        elif loss is not None:
+            self._loss_logged = True
         n_grad = _count(g.get("grad_nonfinite"))
         if n_grad:
             parts.append("%d NaN/Inf gradient entries" % n_grad)
@@ -77,8 +76,7 @@ class NanInfDetector(Detector):
                 if origin is None:
                     origin = info.name
                     parts.append("first non-finite layer: %s (%s)" % (info.name, ", ".join(what)))
-        if loss_part is not None and len(parts) == 1 and math.isnan(float(loss)) and (
-                not self._loss_logged):
+        if loss_bad and len(parts) == 1 and math.isnan(float(loss)) and not self._loss_logged:
             parts = []  # (a NaN loss alone, none finite before: no loss given)
         if not parts:
             return {MODEL: None}
